@@ -1,0 +1,1 @@
+"""Benchmarks that back the speed and memory targets (never timed unit tests)."""

@@ -1,0 +1,322 @@
+"""Ingestion: log files in, validated exchanges in the store, bad records quarantined with reasons.
+
+The rules, in order of importance: never lose a good record; never let one bad record (or a
+hostile one) stop the rest of the file; say exactly which record and field was bad; load the same
+``id`` once however many times it is ingested; stream, so input size does not bound memory.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from distillwatch.ingest.adapters import ADAPTERS, detect_format
+from distillwatch.ingest.batch import exchanges_to_table
+from distillwatch.ingest.readers import (
+    BadRecord,
+    FileFormatError,
+    Position,
+    expand_paths,
+    file_kind,
+    first_record,
+    parquet_columns,
+    read_records,
+)
+from distillwatch.schema import (
+    DEFAULT_MAX_TEXT_CHARS,
+    Exchange,
+    RecordError,
+    parse_account,
+    validate_exchange,
+)
+from distillwatch.store import Store
+
+__all__ = ["FORMATS", "FileFormatError", "IngestReport", "ingest_accounts", "ingest_paths"]
+
+FORMATS = ("auto", *ADAPTERS)
+BATCH_ROWS = 10_000
+REQUIRED_CONTRACT_COLUMNS = ("id", "ts", "account_id", "model", "messages")
+QUARANTINE_RAW_BYTES = 2048
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did. ``quarantined`` + ``loaded`` + ``duplicates`` == ``records``."""
+
+    files: int = 0
+    records: int = 0
+    loaded: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    truncated: int = 0
+    accounts: int = 0
+    accounts_quarantined: int = 0
+    file_errors: list[str] = field(default_factory=list)
+    quarantine_path: Path | None = None
+    seconds: float = 0.0
+    formats: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = self.__dict__.copy()
+        data["quarantine_path"] = str(self.quarantine_path) if self.quarantine_path else None
+        return data
+
+
+class _Quarantine:
+    """Appends bad records, with where and why, to a JSONL file opened on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._handle: IO[bytes] | None = None
+
+    def add(self, source: Path, record_no: int, field_name: str, reason: str, raw: Any) -> None:
+        if self._handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        if not isinstance(raw, bytes):
+            raw = orjson.dumps(raw, default=str)
+        entry = {
+            "file": str(source),
+            "record": record_no,
+            "field": field_name,
+            "reason": reason,
+            "raw": raw[:QUARANTINE_RAW_BYTES].decode("utf-8", errors="replace"),
+        }
+        self._handle.write(orjson.dumps(entry) + b"\n")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+
+
+class _BatchWriter:
+    """Inserts batches on a background thread so parsing the next batch overlaps the write.
+
+    At most one batch is in flight: the DuckDB connection is never used by two threads at once,
+    and memory stays bounded at two batches.
+    """
+
+    def __init__(self, store: Store, source: str, counts: dict[str, int]) -> None:
+        self.store = store
+        self.source = source
+        self.counts = counts
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+        self._pending: Future[tuple[int, int]] | None = None
+
+    def _write(self, rows: list[Exchange]) -> tuple[int, int]:
+        new = self.store.insert_exchanges(exchanges_to_table(rows, self.source))
+        return new, len(rows) - new
+
+    def _collect(self) -> None:
+        if self._pending is not None:
+            new, duplicates = self._pending.result()
+            self.counts["loaded"] += new
+            self.counts["duplicates"] += duplicates
+            self._pending = None
+
+    def submit(self, rows: list[Exchange]) -> None:
+        self._collect()
+        if rows:
+            self._pending = self._pool.submit(self._write, rows)
+
+    def close(self) -> None:
+        try:
+            self._collect()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def _resolve_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    return detect_format(first_record(path))
+
+
+def _check_parquet_columns(path: Path, fmt: str) -> None:
+    if fmt != "contract" or file_kind(path) != "parquet":
+        return
+    missing = [c for c in REQUIRED_CONTRACT_COLUMNS if c not in parquet_columns(path)]
+    if missing:
+        raise FileFormatError(f"{path}: Parquet file lacks required columns: {', '.join(missing)}")
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    ) as progress:
+        yield progress
+
+
+def ingest_paths(
+    paths: list[Path],
+    store: Store,
+    *,
+    accounts: Path | None = None,
+    fmt: str = "auto",
+    quarantine: Path | None = None,
+    progress: bool = False,
+    max_text: int = DEFAULT_MAX_TEXT_CHARS,
+    batch_rows: int = BATCH_ROWS,
+) -> IngestReport:
+    """Ingest log files/folders (and an optional account-metadata file) into ``store``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    started = time.perf_counter()
+    report = IngestReport()
+    report.quarantine_path = quarantine or store.path.with_name(
+        store.path.name + ".quarantine.jsonl"
+    )
+    bad = _Quarantine(report.quarantine_path)
+    run_id = uuid.uuid4().hex[:12]
+    files = expand_paths(paths)
+    try:
+        with _progress_bar(progress) as bar:
+            for path in files:
+                report.files += 1
+                _ingest_file(path, store, fmt, bad, report, run_id, bar, max_text, batch_rows)
+            if accounts is not None:
+                report.accounts = ingest_accounts(accounts, store, bad, report)
+    finally:
+        bad.close()
+    if report.quarantined == 0 and not bad.path.exists():
+        report.quarantine_path = None
+    report.seconds = time.perf_counter() - started
+    store.audit(
+        "ingest",
+        "ingest.completed",
+        {k: v for k, v in report.as_dict().items() if k not in ("formats",)},
+    )
+    return report
+
+
+def _ingest_file(
+    path: Path,
+    store: Store,
+    fmt: str,
+    bad: _Quarantine,
+    report: IngestReport,
+    run_id: str,
+    bar: Progress | None,
+    max_text: int,
+    batch_rows: int,
+) -> None:
+    started_at = datetime.now(UTC).replace(tzinfo=None)
+    counts = {"records": 0, "loaded": 0, "duplicates": 0, "quarantined": 0, "truncated": 0}
+    error: str | None = None
+    source = str(path)
+    task = None
+    try:
+        if not path.is_file():
+            raise FileFormatError(f"{path}: no such file")
+        file_fmt = _resolve_format(path, fmt)
+        report.formats[source] = file_fmt
+        _check_parquet_columns(path, file_fmt)
+        adapt = ADAPTERS[file_fmt]
+        position = Position()
+        if bar is not None:
+            task = bar.add_task(path.name[-40:], total=path.stat().st_size)
+        writer = _BatchWriter(store, source, counts)
+        rows: list[Exchange] = []
+        seen_in_batch: set[str] = set()
+        try:
+            for record_no, raw in read_records(path, position):
+                counts["records"] += 1
+                if isinstance(raw, BadRecord):
+                    counts["quarantined"] += 1
+                    bad.add(path, record_no, raw.field, raw.reason, raw.raw)
+                    continue
+                try:
+                    row = validate_exchange(adapt(raw), max_text)
+                except RecordError as exc:
+                    counts["quarantined"] += 1
+                    bad.add(path, record_no, exc.field, exc.reason, raw)
+                    continue
+                if row.truncated:
+                    counts["truncated"] += 1
+                if row.id in seen_in_batch:
+                    counts["duplicates"] += 1
+                    continue
+                seen_in_batch.add(row.id)
+                rows.append(row)
+                if len(rows) >= batch_rows:
+                    writer.submit(rows)
+                    rows, seen_in_batch = [], set()
+                    if bar is not None and task is not None:
+                        bar.update(task, completed=position.consumed)
+        finally:
+            # Whatever was valid before a file error still loads.
+            writer.submit(rows)
+            writer.close()
+        if bar is not None and task is not None:
+            bar.update(task, completed=path.stat().st_size)
+    except FileFormatError as exc:
+        # Rows already flushed stay loaded: they were valid. The error names the file and place.
+        error = str(exc)
+        report.file_errors.append(error)
+    for key, value in counts.items():
+        setattr(report, key, getattr(report, key) + value)
+    store.record_ingest_run(
+        run_id=run_id,
+        source=source,
+        format=report.formats.get(source),
+        started_at=started_at,
+        finished_at=datetime.now(UTC).replace(tzinfo=None),
+        error=error,
+        **counts,
+    )
+
+
+def ingest_accounts(
+    path: Path, store: Store, bad: _Quarantine | None = None, report: IngestReport | None = None
+) -> int:
+    """Load an account-metadata file (JSONL/JSON/Parquet). Later rows for an account win."""
+    quarantine = bad or _Quarantine(store.path.with_name(store.path.name + ".quarantine.jsonl"))
+    rows: dict[str, dict[str, Any]] = {}
+    rejected = 0
+    try:
+        for record_no, raw in read_records(path):
+            try:
+                if isinstance(raw, BadRecord):
+                    raise RecordError(raw.field, raw.reason)
+                row = parse_account(raw)
+            except RecordError as exc:
+                rejected += 1
+                quarantine.add(path, record_no, exc.field, exc.reason, getattr(raw, "raw", raw))
+                continue
+            rows[row["account_id"]] = row
+    except FileFormatError as exc:
+        if report is None:
+            raise
+        report.file_errors.append(str(exc))
+    finally:
+        if bad is None:
+            quarantine.close()
+    if report is not None:
+        report.accounts_quarantined += rejected
+    return store.upsert_accounts(list(rows.values()))

@@ -1,0 +1,332 @@
+"""The embedded store: one DuckDB file holding exchanges, accounts and everything derived from them.
+
+The schema is versioned in ``meta``. A store written by an older version is migrated in place by
+the steps in :data:`MIGRATIONS`; one written by a newer version is refused with a clear message
+rather than silently misread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from distillwatch import __version__
+
+SCHEMA_VERSION = 2
+DEFAULT_STORE = "distillwatch.duckdb"
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used (wrong version, not a DuckDB file, ...)."""
+
+
+EXCHANGE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("ts", pa.timestamp("us")),
+        ("account_id", pa.string()),
+        ("model", pa.string()),
+        ("messages", pa.string()),
+        ("prompt", pa.string()),
+        ("system_prompt", pa.string()),
+        ("n_messages", pa.int32()),
+        ("response", pa.string()),
+        ("org_id", pa.string()),
+        ("api_key_id", pa.string()),
+        ("ip", pa.string()),
+        ("user_agent", pa.string()),
+        ("tls_fingerprint", pa.string()),
+        ("payment_fingerprint", pa.string()),
+        ("endpoint", pa.string()),
+        ("conversation_id", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("status", pa.int64()),
+        ("latency_ms", pa.int64()),
+        ("truncated", pa.bool_()),
+        ("extra", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+_TABLES_V1 = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS exchanges (
+    id VARCHAR PRIMARY KEY,
+    ts TIMESTAMP NOT NULL,
+    account_id VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    messages VARCHAR,
+    prompt VARCHAR,
+    system_prompt VARCHAR,
+    n_messages INTEGER,
+    response VARCHAR,
+    org_id VARCHAR,
+    api_key_id VARCHAR,
+    ip VARCHAR,
+    user_agent VARCHAR,
+    tls_fingerprint VARCHAR,
+    payment_fingerprint VARCHAR,
+    endpoint VARCHAR,
+    conversation_id VARCHAR,
+    prompt_tokens BIGINT,
+    completion_tokens BIGINT,
+    status BIGINT,
+    latency_ms BIGINT,
+    truncated BOOLEAN,
+    extra VARCHAR,
+    source VARCHAR
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    account_id VARCHAR PRIMARY KEY,
+    created_at TIMESTAMP,
+    email_domain VARCHAR,
+    country VARCHAR,
+    signup_ip VARCHAR,
+    payment_fingerprint VARCHAR,
+    extra VARCHAR
+);
+CREATE TABLE IF NOT EXISTS ingest_runs (
+    run_id VARCHAR,
+    source VARCHAR,
+    format VARCHAR,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    records BIGINT,
+    loaded BIGINT,
+    duplicates BIGINT,
+    quarantined BIGINT,
+    truncated BIGINT,
+    error VARCHAR
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    run_id VARCHAR,
+    generated_at TIMESTAMP,
+    account_id VARCHAR,
+    score DOUBLE,
+    verdict VARCHAR,
+    cluster_id VARCHAR,
+    reasons VARCHAR
+);
+CREATE TABLE IF NOT EXISTS campaigns (
+    run_id VARCHAR,
+    campaign_id VARCHAR,
+    score DOUBLE,
+    accounts VARCHAR,
+    exchanges BIGINT,
+    first_seen TIMESTAMP,
+    last_seen TIMESTAMP,
+    evidence VARCHAR
+);
+CREATE TABLE IF NOT EXISTS actions (
+    action_id VARCHAR,
+    created_at TIMESTAMP,
+    subject_kind VARCHAR,
+    subject VARCHAR,
+    action VARCHAR,
+    expires_at TIMESTAMP,
+    reasons VARCHAR,
+    actor VARCHAR,
+    lifted_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq BIGINT PRIMARY KEY,
+    ts TIMESTAMP NOT NULL,
+    actor VARCHAR NOT NULL,
+    event VARCHAR NOT NULL,
+    payload VARCHAR,
+    prev_hash VARCHAR NOT NULL,
+    hash VARCHAR NOT NULL
+);
+"""
+
+
+def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
+    # v2 adds per-account feature snapshots so detection can run incrementally.
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS account_features (
+            run_id VARCHAR, account_id VARCHAR, computed_at TIMESTAMP, features VARCHAR)"""
+    ).fetchall()
+
+
+#: ``MIGRATIONS[n]`` upgrades a store from schema ``n`` to ``n + 1``.
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {1: _migrate_1_to_2}
+
+
+class Store:
+    """A DuckDB-backed exchange store. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | Path = DEFAULT_STORE, read_only: bool = False) -> None:
+        self.path = Path(path)
+        if read_only and not self.path.exists():
+            raise StoreError(f"{self.path}: no such store (run `distillwatch ingest` first)")
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as exc:
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(f"{self.path}: cannot open as a DuckDB store ({first_line})") from None
+        # DuckDB draws its own progress bar on stdout for long queries; ours are Rich's.
+        self.run("SET enable_progress_bar = false")
+        try:
+            self._ensure_schema(read_only)
+        except Exception:
+            self.con.close()
+            raise
+
+    # -- schema -------------------------------------------------------------------------------
+    def _ensure_schema(self, read_only: bool) -> None:
+        tables = {
+            row[0] for row in self.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        }
+        if "meta" not in tables:
+            if tables:
+                raise StoreError(
+                    f"{self.path}: a DuckDB file, but not a distillwatch store "
+                    f"(tables: {', '.join(sorted(tables)[:5])})"
+                )
+            if read_only:
+                raise StoreError(f"{self.path}: empty store")
+            self.run(_TABLES_V1)
+            for step in sorted(MIGRATIONS):
+                MIGRATIONS[step](self.con)
+            self._set_meta("schema_version", str(SCHEMA_VERSION))
+            self._set_meta("created_by", __version__)
+            return
+        found = self.schema_version()
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: written by a newer distillwatch (schema {found}); this is "
+                f"distillwatch {__version__}, which reads schema <= {SCHEMA_VERSION}. Upgrade."
+            )
+        if found < SCHEMA_VERSION:
+            if read_only:
+                raise StoreError(
+                    f"{self.path}: schema {found} needs migrating to {SCHEMA_VERSION}; "
+                    "open it once without read-only (e.g. `distillwatch ingest`)"
+                )
+            for step in range(found, SCHEMA_VERSION):
+                if step not in MIGRATIONS:
+                    raise StoreError(f"{self.path}: no migration from schema {step}")
+                MIGRATIONS[step](self.con)
+                self._set_meta("schema_version", str(step + 1))
+
+    def schema_version(self) -> int:
+        rows = self.run("SELECT value FROM meta WHERE key = 'schema_version'")
+        row = rows[0] if rows else None
+        if row is None:
+            raise StoreError(f"{self.path}: store has no schema version")
+        return int(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.run("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    # -- writes -------------------------------------------------------------------------------
+    def insert_exchanges(self, batch: pa.Table) -> int:
+        """Insert a batch; ids already stored are ignored. Returns how many rows were new."""
+        before = self.count("exchanges")
+        self.con.register("_incoming", batch)
+        try:
+            self.run("INSERT OR IGNORE INTO exchanges SELECT * FROM _incoming")
+        finally:
+            self.con.unregister("_incoming")
+        return self.count("exchanges") - before
+
+    def upsert_accounts(self, rows: list[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        table = pa.Table.from_pylist(
+            rows,
+            schema=pa.schema(
+                [
+                    ("account_id", pa.string()),
+                    ("created_at", pa.timestamp("us")),
+                    ("email_domain", pa.string()),
+                    ("country", pa.string()),
+                    ("signup_ip", pa.string()),
+                    ("payment_fingerprint", pa.string()),
+                    ("extra", pa.string()),
+                ]
+            ),
+        )
+        self.con.register("_accounts", table)
+        try:
+            self.run("INSERT OR REPLACE INTO accounts SELECT * FROM _accounts")
+        finally:
+            self.con.unregister("_accounts")
+        return len(rows)
+
+    def record_ingest_run(self, **row: Any) -> None:
+        columns = [
+            "run_id", "source", "format", "started_at", "finished_at", "records", "loaded",
+            "duplicates", "quarantined", "truncated", "error",
+        ]  # fmt: skip
+        placeholders = ", ".join("?" * len(columns))
+        self.run(
+            f"INSERT INTO ingest_runs ({', '.join(columns)}) VALUES ({placeholders})",
+            [row.get(c) for c in columns],
+        )
+
+    def audit(self, actor: str, event: str, payload: dict[str, Any] | None = None) -> int:
+        """Append to the audit log. Each row chains the previous row's hash (tamper-evident)."""
+        rows = self.run("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        last = rows[0] if rows else None
+        seq, prev_hash = (last[0] + 1, last[1]) if last else (1, "0" * 64)
+        ts = datetime.now(UTC).replace(tzinfo=None)
+        body = orjson.dumps(payload or {}, option=orjson.OPT_SORT_KEYS).decode()
+        digest = hashlib.sha256(
+            f"{prev_hash}|{seq}|{ts.isoformat()}|{actor}|{event}|{body}".encode()
+        ).hexdigest()
+        self.run(
+            "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [seq, ts, actor, event, body, prev_hash, digest],
+        )
+        return seq
+
+    def verify_audit_chain(self) -> bool:
+        prev = "0" * 64
+        rows = self.run(
+            "SELECT seq, ts, actor, event, payload, prev_hash, hash FROM audit_log ORDER BY seq"
+        )
+        for seq, ts, actor, event, body, prev_hash, digest in rows:
+            expected = hashlib.sha256(
+                f"{prev}|{seq}|{ts.isoformat()}|{actor}|{event}|{body}".encode()
+            ).hexdigest()
+            if prev_hash != prev or digest != expected:
+                return False
+            prev = digest
+        return True
+
+    # -- reads --------------------------------------------------------------------------------
+    def count(self, table: str) -> int:
+        if table not in {
+            "exchanges",
+            "accounts",
+            "ingest_runs",
+            "verdicts",
+            "audit_log",
+            "actions",
+        }:
+            raise ValueError(f"unknown table {table}")
+        return int(self.run(f"SELECT count(*) FROM {table}")[0][0])
+
+    def run(self, sql: str, params: Iterable[Any] | None = None) -> list[tuple[Any, ...]]:
+        """Execute and fetch everything (DuckDB >= 2 refuses new work while a result is open)."""
+        return self.con.execute(sql, list(params or [])).fetchall()
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
