@@ -40,6 +40,7 @@ KNOWN_FIELDS = (
     "status",
     "latency_ms",
 )
+_KNOWN = frozenset(KNOWN_FIELDS)
 OPTIONAL_STRINGS = (
     "org_id",
     "api_key_id",
@@ -248,7 +249,7 @@ def validate_exchange(raw: Any, max_text: int = DEFAULT_MAX_TEXT_CHARS) -> Excha
     if ip is not None:
         ip = _normalise_ip(ip)
 
-    extra_keys = [key for key in raw if key not in KNOWN_FIELDS]
+    extra_keys = [key for key in raw if key not in _KNOWN]
     extra: str | None = None
     if extra_keys:
         extra_text = orjson.dumps({key: raw[key] for key in extra_keys}).decode()

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+import pyarrow as pa
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -46,7 +46,7 @@ from distillwatch.schema import (
     parse_account,
     validate_exchange,
 )
-from distillwatch.store import Store
+from distillwatch.store import EXCHANGE_SCHEMA, Store
 
 __all__ = ["FORMATS", "FileFormatError", "IngestReport", "ingest_accounts", "ingest_paths"]
 
@@ -104,43 +104,6 @@ class _Quarantine:
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
-
-
-class _BatchWriter:
-    """Inserts batches on a background thread so parsing the next batch overlaps the write.
-
-    At most one batch is in flight: the DuckDB connection is never used by two threads at once,
-    and memory stays bounded at two batches.
-    """
-
-    def __init__(self, store: Store, source: str, counts: dict[str, int]) -> None:
-        self.store = store
-        self.source = source
-        self.counts = counts
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
-        self._pending: Future[tuple[int, int]] | None = None
-
-    def _write(self, rows: list[Exchange]) -> tuple[int, int]:
-        new = self.store.insert_exchanges(exchanges_to_table(rows, self.source))
-        return new, len(rows) - new
-
-    def _collect(self) -> None:
-        if self._pending is not None:
-            new, duplicates = self._pending.result()
-            self.counts["loaded"] += new
-            self.counts["duplicates"] += duplicates
-            self._pending = None
-
-    def submit(self, rows: list[Exchange]) -> None:
-        self._collect()
-        if rows:
-            self._pending = self._pool.submit(self._write, rows)
-
-    def close(self) -> None:
-        try:
-            self._collect()
-        finally:
-            self._pool.shutdown(wait=True)
 
 
 def _resolve_format(path: Path, fmt: str) -> str:
@@ -215,6 +178,55 @@ def ingest_paths(
     return report
 
 
+def _validated_batches(
+    path: Path,
+    adapt: Callable[[dict[str, Any]], dict[str, Any]],
+    bad: _Quarantine,
+    counts: dict[str, int],
+    failure: list[str],
+    max_text: int,
+    batch_rows: int,
+    on_progress: Callable[[int], None],
+) -> Iterator[pa.RecordBatch]:
+    """Parse, adapt and validate ``path``, yielding Arrow batches of good rows.
+
+    DuckDB pulls this generator from inside one INSERT. A file-level error must not abort that
+    statement (the good rows before it would be lost), so it is recorded in ``failure`` and the
+    stream simply ends.
+    """
+    source = str(path)
+    position = Position()
+    rows: list[Exchange] = []
+    seen: set[str] = set()
+    try:
+        for record_no, raw in read_records(path, position):
+            counts["records"] += 1
+            if isinstance(raw, BadRecord):
+                counts["quarantined"] += 1
+                bad.add(path, record_no, raw.field, raw.reason, raw.raw)
+                continue
+            try:
+                row = validate_exchange(adapt(raw), max_text)
+            except RecordError as exc:
+                counts["quarantined"] += 1
+                bad.add(path, record_no, exc.field, exc.reason, raw)
+                continue
+            if row.truncated:
+                counts["truncated"] += 1
+            if row.id in seen:
+                continue  # repeated within the batch; counted as a duplicate by the caller
+            seen.add(row.id)
+            rows.append(row)
+            if len(rows) >= batch_rows:
+                yield from exchanges_to_table(rows, source).to_batches()
+                rows, seen = [], set()
+                on_progress(position.consumed)
+    except FileFormatError as exc:
+        failure.append(str(exc))
+    if rows:
+        yield from exchanges_to_table(rows, source).to_batches()
+
+
 def _ingest_file(
     path: Path,
     store: Store,
@@ -228,56 +240,33 @@ def _ingest_file(
 ) -> None:
     started_at = datetime.now(UTC).replace(tzinfo=None)
     counts = {"records": 0, "loaded": 0, "duplicates": 0, "quarantined": 0, "truncated": 0}
-    error: str | None = None
+    failure: list[str] = []
     source = str(path)
-    task = None
     try:
         if not path.is_file():
             raise FileFormatError(f"{path}: no such file")
         file_fmt = _resolve_format(path, fmt)
         report.formats[source] = file_fmt
         _check_parquet_columns(path, file_fmt)
-        adapt = ADAPTERS[file_fmt]
-        position = Position()
-        if bar is not None:
-            task = bar.add_task(path.name[-40:], total=path.stat().st_size)
-        writer = _BatchWriter(store, source, counts)
-        rows: list[Exchange] = []
-        seen_in_batch: set[str] = set()
-        try:
-            for record_no, raw in read_records(path, position):
-                counts["records"] += 1
-                if isinstance(raw, BadRecord):
-                    counts["quarantined"] += 1
-                    bad.add(path, record_no, raw.field, raw.reason, raw.raw)
-                    continue
-                try:
-                    row = validate_exchange(adapt(raw), max_text)
-                except RecordError as exc:
-                    counts["quarantined"] += 1
-                    bad.add(path, record_no, exc.field, exc.reason, raw)
-                    continue
-                if row.truncated:
-                    counts["truncated"] += 1
-                if row.id in seen_in_batch:
-                    counts["duplicates"] += 1
-                    continue
-                seen_in_batch.add(row.id)
-                rows.append(row)
-                if len(rows) >= batch_rows:
-                    writer.submit(rows)
-                    rows, seen_in_batch = [], set()
-                    if bar is not None and task is not None:
-                        bar.update(task, completed=position.consumed)
-        finally:
-            # Whatever was valid before a file error still loads.
-            writer.submit(rows)
-            writer.close()
-        if bar is not None and task is not None:
-            bar.update(task, completed=path.stat().st_size)
+        size = path.stat().st_size
+        task = bar.add_task(path.name[-40:], total=size) if bar is not None else None
+
+        def on_progress(consumed: int) -> None:
+            if bar is not None and task is not None:
+                bar.update(task, completed=consumed)
+
+        batches = _validated_batches(
+            path, ADAPTERS[file_fmt], bad, counts, failure, max_text, batch_rows, on_progress
+        )
+        reader = pa.RecordBatchReader.from_batches(EXCHANGE_SCHEMA, batches)
+        counts["loaded"] = store.insert_exchange_stream(reader, source)
+        counts["duplicates"] = counts["records"] - counts["quarantined"] - counts["loaded"]
+        on_progress(size)
     except FileFormatError as exc:
-        # Rows already flushed stay loaded: they were valid. The error names the file and place.
-        error = str(exc)
+        failure.append(str(exc))
+    error = failure[0] if failure else None
+    if error:
+        # Rows read before the error stay loaded: they were valid.
         report.file_errors.append(error)
     for key, value in counts.items():
         setattr(report, key, getattr(report, key) + value)
