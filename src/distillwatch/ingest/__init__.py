@@ -29,6 +29,7 @@ from rich.progress import (
 
 from distillwatch.ingest.adapters import ADAPTERS, detect_format
 from distillwatch.ingest.batch import exchanges_to_table
+from distillwatch.ingest.parallel import PARALLEL_MIN_BYTES, default_workers, parallel_chunks
 from distillwatch.ingest.readers import (
     BadRecord,
     FileFormatError,
@@ -146,8 +147,14 @@ def ingest_paths(
     progress: bool = False,
     max_text: int = DEFAULT_MAX_TEXT_CHARS,
     batch_rows: int = BATCH_ROWS,
+    workers: int | None = None,
 ) -> IngestReport:
-    """Ingest log files/folders (and an optional account-metadata file) into ``store``."""
+    """Ingest log files/folders (and an optional account-metadata file) into ``store``.
+
+    ``workers`` > 1 parses large uncompressed JSONL files in that many processes (default: one
+    per core); other files are read in this process.
+    """
+    workers = default_workers() if workers is None else workers
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     started = time.perf_counter()
@@ -162,7 +169,9 @@ def ingest_paths(
         with _progress_bar(progress) as bar:
             for path in files:
                 report.files += 1
-                _ingest_file(path, store, fmt, bad, report, run_id, bar, max_text, batch_rows)
+                _ingest_file(
+                    path, store, fmt, bad, report, run_id, bar, max_text, batch_rows, workers
+                )
             if accounts is not None:
                 report.accounts = ingest_accounts(accounts, store, bad, report)
     finally:
@@ -227,6 +236,39 @@ def _validated_batches(
         yield from exchanges_to_table(rows, source).to_batches()
 
 
+def _splittable(path: Path) -> bool:
+    if file_kind(path) != "jsonl" or path.stat().st_size < PARALLEL_MIN_BYTES:
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(2) != b"\x1f\x8b"  # gzip cannot be split
+
+
+def _parallel_batches(
+    path: Path,
+    fmt: str,
+    bad: _Quarantine,
+    counts: dict[str, int],
+    failure: list[str],
+    max_text: int,
+    workers: int,
+    on_progress: Callable[[int], None],
+) -> Iterator[pa.RecordBatch]:
+    """Like :func:`_validated_batches`, with the parsing spread over worker processes."""
+    lines_before = 0
+    for chunk in parallel_chunks(path, fmt, max_text, workers):
+        counts["records"] += chunk.records
+        counts["quarantined"] += len(chunk.bad)
+        counts["truncated"] += chunk.truncated
+        for line_no, field_name, reason, raw in chunk.bad:
+            bad.add(path, lines_before + line_no, field_name, reason, raw)
+        if chunk.error:
+            # Worker messages count lines from their range's start; say where in the file.
+            failure.append(f"{chunk.error} (range starting after line {lines_before})")
+        lines_before += chunk.lines
+        yield from chunk.table.to_batches()
+        on_progress(chunk.end)
+
+
 def _ingest_file(
     path: Path,
     store: Store,
@@ -237,6 +279,7 @@ def _ingest_file(
     bar: Progress | None,
     max_text: int,
     batch_rows: int,
+    workers: int,
 ) -> None:
     started_at = datetime.now(UTC).replace(tzinfo=None)
     counts = {"records": 0, "loaded": 0, "duplicates": 0, "quarantined": 0, "truncated": 0}
@@ -255,9 +298,14 @@ def _ingest_file(
             if bar is not None and task is not None:
                 bar.update(task, completed=consumed)
 
-        batches = _validated_batches(
-            path, ADAPTERS[file_fmt], bad, counts, failure, max_text, batch_rows, on_progress
-        )
+        if workers > 1 and _splittable(path):
+            batches = _parallel_batches(
+                path, file_fmt, bad, counts, failure, max_text, workers, on_progress
+            )
+        else:
+            batches = _validated_batches(
+                path, ADAPTERS[file_fmt], bad, counts, failure, max_text, batch_rows, on_progress
+            )
         reader = pa.RecordBatchReader.from_batches(EXCHANGE_SCHEMA, batches)
         counts["loaded"] = store.insert_exchange_stream(reader, source)
         counts["duplicates"] = counts["records"] - counts["quarantined"] - counts["loaded"]

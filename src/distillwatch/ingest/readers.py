@@ -46,9 +46,10 @@ class BadRecord:
 
 @dataclass(slots=True)
 class Position:
-    """Where the reader is, for progress bars: bytes of the file consumed so far."""
+    """Where the reader is: bytes of the file consumed (progress bars) and lines read."""
 
     consumed: int = 0
+    lines: int = 0
 
 
 def expand_paths(paths: Iterable[Path]) -> list[Path]:
@@ -111,7 +112,6 @@ def _open_maybe_gzip(path: Path) -> tuple[BinaryIO, BinaryIO]:
 
 def _read_jsonl(path: Path, position: Position, max_line_bytes: int) -> Iterator[tuple[int, Any]]:
     stream, raw = _open_maybe_gzip(path)
-    line_no = 0
     try:
         try:
             head = stream.peek(4096)[:4096] if hasattr(stream, "peek") else b""
@@ -119,32 +119,82 @@ def _read_jsonl(path: Path, position: Position, max_line_bytes: int) -> Iterator
             raise FileFormatError(f"{path}: corrupt gzip stream ({exc})") from None
         if b"\x00" in head:
             raise FileFormatError(f"{path}: binary content, not JSON lines")
-        while True:
-            try:
-                line = stream.readline(max_line_bytes + 1)
-            except (EOFError, OSError, zlib.error) as exc:
-                detail = "truncated gzip" if isinstance(exc, EOFError) else f"corrupt gzip ({exc})"
-                raise FileFormatError(f"{path}: {detail} after line {line_no}") from None
-            if not line:
-                break
-            line_no += 1
-            position.consumed = raw.tell()
-            if len(line) > max_line_bytes and not line.endswith(b"\n"):
-                _skip_rest_of_line(stream)
-                yield (
-                    line_no,
-                    BadRecord("<line>", f"line longer than {max_line_bytes} bytes", line[:4096]),
-                )
-                continue
-            if not line.strip():
-                continue
-            try:
-                yield line_no, orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield line_no, BadRecord("<json>", f"invalid JSON ({exc})", line[:4096])
+        yield from _decode_lines(path, stream, raw, position, max_line_bytes)
     finally:
         stream.close()
         raw.close()
+
+
+def read_jsonl_range(
+    path: Path,
+    start: int,
+    end: int,
+    position: Position | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> Iterator[tuple[int, Any]]:
+    """Records of an uncompressed JSONL file whose lines start in ``[start, end)``.
+
+    Line numbers are relative to ``start`` (1 = the first line there). ``start`` and ``end``
+    must be line starts: see :func:`line_aligned_ranges`.
+    """
+    with open(path, "rb") as raw:
+        raw.seek(start)
+        if start == 0 and b"\x00" in raw.peek(4096)[:4096]:
+            raise FileFormatError(f"{path}: binary content, not JSON lines")
+        yield from _decode_lines(path, raw, raw, position or Position(), max_line_bytes, end)
+
+
+def line_aligned_ranges(path: Path, chunk_bytes: int) -> list[tuple[int, int]]:
+    """Split an uncompressed file into ``[start, end)`` byte ranges that begin at line starts."""
+    size = path.stat().st_size
+    starts = [0]
+    with open(path, "rb") as raw:
+        offset = chunk_bytes
+        while offset < size:
+            raw.seek(offset)
+            raw.readline()  # finish the line we landed in
+            boundary = raw.tell()
+            if boundary >= size:
+                break
+            if boundary > starts[-1]:
+                starts.append(boundary)
+            offset = boundary + chunk_bytes
+    return list(zip(starts, [*starts[1:], size], strict=True))
+
+
+def _decode_lines(
+    path: Path,
+    stream: BinaryIO,
+    raw: BinaryIO,
+    position: Position,
+    max_line_bytes: int,
+    end: int | None = None,
+) -> Iterator[tuple[int, Any]]:
+    line_no = 0
+    while end is None or raw.tell() < end:
+        try:
+            line = stream.readline(max_line_bytes + 1)
+        except (EOFError, OSError, zlib.error) as exc:
+            detail = "truncated gzip" if isinstance(exc, EOFError) else f"corrupt gzip ({exc})"
+            raise FileFormatError(f"{path}: {detail} after line {line_no}") from None
+        if not line:
+            break
+        line_no += 1
+        position.consumed = raw.tell()
+        position.lines = line_no
+        if len(line) > max_line_bytes and not line.endswith(b"\n"):
+            _skip_rest_of_line(stream)
+            yield (
+                line_no,
+                BadRecord("<line>", f"line longer than {max_line_bytes} bytes", line[:4096]),
+            )
+            continue
+        if not line.strip():
+            continue
+        try:
+            yield line_no, orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield line_no, BadRecord("<json>", f"invalid JSON ({exc})", line[:4096])
 
 
 def _skip_rest_of_line(stream: BinaryIO) -> None:
