@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import orjson
@@ -38,7 +39,7 @@ def test_line_aligned_ranges_cover_the_file_exactly(tmp_path):
     ranges = line_aligned_ranges(path, 4096)
     assert len(ranges) > 5
     assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
-    for (_, end), (start, _) in zip(ranges, ranges[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(ranges):
         assert end == start and data[start - 1 : start] == b"\n"
 
 
