@@ -210,7 +210,8 @@ def validate_exchange(raw: Any, max_text: int = DEFAULT_MAX_TEXT_CHARS) -> Excha
         role = message.get("role")
         if not isinstance(role, str) or role not in MESSAGE_ROLES:
             raise RecordError(f"{where}.role", f"unknown role {str(role)[:40]!r}")
-        if "content" not in message and role != "assistant":
+        if message.get("content") is None and role != "assistant":
+            # Only an assistant turn (one that made tool calls) may come without content.
             raise RecordError(f"{where}.content", "missing")
         text = bound(content_text(message.get("content"), f"{where}.content"))
         messages.append({"role": role, "content": text})

@@ -30,6 +30,7 @@ from rich.progress import (
 from distillwatch.ingest.adapters import ADAPTERS, detect_format
 from distillwatch.ingest.batch import exchanges_to_table
 from distillwatch.ingest.parallel import PARALLEL_MIN_BYTES, default_workers, parallel_chunks
+from distillwatch.ingest.parquet_sql import ingest_parquet_sql, sql_compatible
 from distillwatch.ingest.readers import (
     BadRecord,
     FileFormatError,
@@ -298,7 +299,11 @@ def _ingest_file(
             if bar is not None and task is not None:
                 bar.update(task, completed=consumed)
 
-        if workers > 1 and _splittable(path):
+        if file_fmt == "contract" and file_kind(path) == "parquet" and sql_compatible(store, path):
+            counts.update(ingest_parquet_sql(store, path, bad.add, max_text))
+            on_progress(size)
+            batches = None
+        elif workers > 1 and _splittable(path):
             batches = _parallel_batches(
                 path, file_fmt, bad, counts, failure, max_text, workers, on_progress
             )
@@ -306,10 +311,11 @@ def _ingest_file(
             batches = _validated_batches(
                 path, ADAPTERS[file_fmt], bad, counts, failure, max_text, batch_rows, on_progress
             )
-        reader = pa.RecordBatchReader.from_batches(EXCHANGE_SCHEMA, batches)
-        counts["loaded"] = store.insert_exchange_stream(reader, source)
-        counts["duplicates"] = counts["records"] - counts["quarantined"] - counts["loaded"]
-        on_progress(size)
+        if batches is not None:
+            reader = pa.RecordBatchReader.from_batches(EXCHANGE_SCHEMA, batches)
+            counts["loaded"] = store.insert_exchange_stream(reader, source)
+            counts["duplicates"] = counts["records"] - counts["quarantined"] - counts["loaded"]
+            on_progress(size)
     except FileFormatError as exc:
         failure.append(str(exc))
     error = failure[0] if failure else None
