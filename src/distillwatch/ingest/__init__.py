@@ -30,7 +30,7 @@ from rich.progress import (
 from distillwatch.ingest.adapters import ADAPTERS, detect_format
 from distillwatch.ingest.batch import exchanges_to_table
 from distillwatch.ingest.parallel import PARALLEL_MIN_BYTES, default_workers, parallel_chunks
-from distillwatch.ingest.parquet_sql import ingest_parquet_sql, sql_compatible
+from distillwatch.ingest.parquet_sql import SqlPathUnavailable, ingest_parquet_sql, sql_compatible
 from distillwatch.ingest.readers import (
     BadRecord,
     FileFormatError,
@@ -299,10 +299,23 @@ def _ingest_file(
             if bar is not None and task is not None:
                 bar.update(task, completed=consumed)
 
+        batches: Iterator[pa.RecordBatch] | None = None
         if file_fmt == "contract" and file_kind(path) == "parquet" and sql_compatible(store, path):
-            counts.update(ingest_parquet_sql(store, path, bad.add, max_text))
-            on_progress(size)
-            batches = None
+            try:
+                counts.update(ingest_parquet_sql(store, path, bad.add, max_text))
+                on_progress(size)
+            except SqlPathUnavailable:
+                # Huge row groups can exceed DuckDB's memory cap; stream it in Python instead.
+                batches = _validated_batches(
+                    path,
+                    ADAPTERS[file_fmt],
+                    bad,
+                    counts,
+                    failure,
+                    max_text,
+                    batch_rows,
+                    on_progress,
+                )
         elif workers > 1 and _splittable(path):
             batches = _parallel_batches(
                 path, file_fmt, bad, counts, failure, max_text, workers, on_progress

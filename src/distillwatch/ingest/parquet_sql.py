@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from distillwatch.schema import MAX_ID_CHARS, MAX_INT, MAX_MESSAGES, MESSAGE_ROLES, _canonical_ip
@@ -43,6 +44,10 @@ REQUIRED_IDS = ("id", "account_id", "model")
 MAX_EXTRA_COLUMNS = 200
 
 Quarantine = Callable[[Path, int, str, str, Any], None]
+
+
+class SqlPathUnavailable(RuntimeError):
+    """DuckDB could not run the SQL path within its memory limit; use the Python path."""
 
 
 def _quote(name: str) -> str:
@@ -228,16 +233,9 @@ def ingest_parquet_sql(
     """
     try:
         records = store.run(f"SELECT count(*) FROM {src}")[0][0]
-        bad_rows = store.con.execute(
-            f"""SELECT p.file_row_number + 1, {field}, {reason}, left(to_json(p)::VARCHAR, 2048)
-                FROM {src} p {join_ips} WHERE {reason} IS NOT NULL ORDER BY 1"""
-        )
-        quarantined = 0
-        while chunk := bad_rows.fetchmany(10_000):
-            for row_no, field_name, why, raw in chunk:
-                quarantine(path, row_no, field_name, why, raw.encode())
-            quarantined += len(chunk)
-        bad_rows.fetchall()
+        # Load first, then look for bad rows only if some rows did not load: a clean file is
+        # read once. If memory runs out, nothing half-done is left for the fallback to repeat:
+        # the INSERT is atomic and the quarantine is only written after it.
         count_new = "SELECT count(*), count(*) FILTER (WHERE truncated) FROM exchanges"
         before, truncated_before = store.run(count_new)[0]
         store.run(
@@ -248,8 +246,20 @@ def ingest_parquet_sql(
         )
         after, truncated_after = store.run(count_new)[0]
         loaded, truncated = after - before, truncated_after - truncated_before
+        bad: list[tuple[int, str, str, str]] = []
+        if loaded < records:
+            bad = store.run(
+                f"""SELECT p.file_row_number + 1, {field}, {reason},
+                           left(to_json(p)::VARCHAR, 2048)
+                    FROM {src} p {join_ips} WHERE {reason} IS NOT NULL ORDER BY 1"""
+            )
+    except duckdb.OutOfMemoryException as exc:
+        raise SqlPathUnavailable(f"{path}: {str(exc).splitlines()[0]}") from None
     finally:
         store.con.unregister("_ip_map")
+    for row_no, field_name, why, raw in bad:
+        quarantine(path, row_no, field_name, why, raw.encode())
+    quarantined = len(bad)
     return {
         "records": records,
         "loaded": loaded,
