@@ -47,7 +47,11 @@ def records():
         {**good, "id": "ok-1"},  # duplicate id
         {**good, "id": None},
         {**good, "id": "bad-ts", "ts": "tomorrow"},
-        {**good, "id": "bad-role", "messages": [{"role": "user", "content": "a"}, {"role": "x", "content": "b"}]},  # noqa: E501
+        {
+            **good,
+            "id": "bad-role",
+            "messages": [{"role": "user", "content": "a"}, {"role": "x", "content": "b"}],
+        },
         {**good, "id": "bad-content", "messages": [{"role": "user", "content": None}]},
         {**good, "id": "bad-empty", "messages": []},
         {**good, "id": "bad-ip", "ip": "300.1.1.1"},

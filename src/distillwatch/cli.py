@@ -13,7 +13,10 @@ from distillwatch.commands._app import app
 
 #: Command modules, in the order their commands appear in ``--help``.
 COMMAND_MODULES = (
+    "distillwatch.commands.demo",
+    "distillwatch.commands.traffic",
     "distillwatch.commands.ingest",
+    "distillwatch.commands.detection",
     "distillwatch.commands.stats",
     "distillwatch.commands.bench_ingest",
 )

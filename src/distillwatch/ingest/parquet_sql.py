@@ -129,7 +129,7 @@ def ingest_parquet_sql(
         else f"{ts}::TIMESTAMP"
     )  # fmt: skip
     msgs = f"list_slice(p.messages, -{MAX_MESSAGES}, -1)"
-    bad_role = f"list_position(list_transform({msgs}, lambda m: coalesce(m.role IN ({roles}), false)), false)"  # noqa: E501
+    bad_role = f"list_position(list_transform({msgs}, lambda m: coalesce(m.role IN ({roles}), false)), false)"
     no_content = (
         f"list_position(list_transform({msgs}, lambda m: m.content IS NOT NULL "
         f"OR m.role = 'assistant'), false)"

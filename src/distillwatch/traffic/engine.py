@@ -73,10 +73,10 @@ FOLLOWUPS = (
 
 # Harvest wrappers seen in self-instruct style distillation: one campaign reuses a few.
 HARVEST_TEMPLATES = (
-    "You are an expert assistant generating training data. Task:\n{p}\n\nProvide a complete, high-quality response.",  # noqa: E501
+    "You are an expert assistant generating training data. Task:\n{p}\n\nProvide a complete, high-quality response.",
     "### Instruction:\n{p}\n\n### Response:",
     "Answer the following request as thoroughly as possible.\n\nRequest: {p}",
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n{p}",  # noqa: E501
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n{p}",
     "[TASK]\n{p}\n[/TASK]\nRespond in full detail, including all code and explanations.",
     "Q: {p}\nA (detailed):",
     "Please solve this and give a comprehensive answer:\n{p}",
@@ -86,15 +86,15 @@ HARVEST_TEMPLATES = (
 COT_WRAPPERS = (
     "{p}\n\nThink step by step and show all of your reasoning before the final answer.",
     "{p}\n\nLet's think step by step.",
-    "Before answering, reason through the problem carefully inside <thinking></thinking> tags, then give the answer.\n\n{p}",  # noqa: E501
-    "{p}\n\nExplain your full chain of thought, every intermediate step, then the final answer on its own line.",  # noqa: E501
+    "Before answering, reason through the problem carefully inside <thinking></thinking> tags, then give the answer.\n\n{p}",
+    "{p}\n\nExplain your full chain of thought, every intermediate step, then the final answer on its own line.",
     "Work through this slowly and write out your internal reasoning in detail:\n{p}",
     "{p}\n\nFirst list your assumptions, then reason step by step, then verify your answer.",
     "{p}\nShow your work.",
     "Reason about this like an expert would, thinking aloud at each step:\n\n{p}",
 )
 SWEEP_WRAPPERS = (
-    "Solve the following problem. Explain your reasoning step by step, then give the final answer.\n\n{p}",  # noqa: E501
+    "Solve the following problem. Explain your reasoning step by step, then give the final answer.\n\n{p}",
     "{p}",
     "Complete the following task. Return only the solution with a brief explanation.\n\n{p}",
 )

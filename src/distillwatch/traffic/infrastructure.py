@@ -15,11 +15,11 @@ RESIDENTIAL_FIRST_OCTETS = (24, 47, 67, 68, 71, 73, 76, 86, 90, 98, 99, 109, 174
 CLOUD_FIRST_OCTETS = (3, 13, 18, 20, 34, 35, 40, 44, 52, 54, 104, 130, 146)
 
 BROWSER_UAS = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36",  # noqa: E501
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36",  # noqa: E501
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.{s} Safari/605.1.15",  # noqa: E501
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.{s} Safari/605.1.15",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:{v}.0) Gecko/20100101 Firefox/{v}.0",
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_{s} like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.{s} Mobile/15E148 Safari/604.1",  # noqa: E501
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_{s} like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.{s} Mobile/15E148 Safari/604.1",
 )
 SDK_UAS = (
     "OpenAI/Python 1.{m}.{p}",

@@ -1,0 +1,113 @@
+"""``distillwatch detect``: find distillation campaigns and explain them (Contract 2)."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from distillwatch.commands._app import app, console, fail
+from distillwatch.detection.pipeline import detect_and_write
+from distillwatch.ingest import ingest_paths
+from distillwatch.schema import RecordError, parse_ts
+from distillwatch.store import Store, StoreError
+
+
+@app.command("detect")
+def detect_command(
+    logs: list[Path] = typer.Argument(
+        None,
+        help="Exchange logs (files or folders). Optional with --store: then the store's "
+        "contents are used.",
+        show_default=False,
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for verdicts.json and report.html."),
+    accounts: Path | None = typer.Option(None, "--accounts", help="Account metadata file."),
+    store_path: Path | None = typer.Option(
+        None,
+        "--store",
+        "-s",
+        help="DuckDB store to ingest into and read from (default: a temporary store under --out).",
+    ),
+    until: str | None = typer.Option(
+        None, "--until", help="Only consider exchanges at or before this RFC 3339 time (replay)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print verdicts.json instead of a table."),
+) -> None:
+    """Score every account, link accounts into clusters and report campaigns with evidence.
+
+    Writes OUT/verdicts.json (Contract 2) and OUT/report.html, and records the verdicts in the
+    store."""
+    logs = logs or []
+    if not logs and store_path is None:
+        raise fail("give LOG files/folders, or --store with exchanges already ingested")
+    for path in [*logs, *([accounts] if accounts else [])]:
+        if not path.exists():
+            raise fail(f"{path}: no such file or folder")
+    cutoff: datetime | None = None
+    if until is not None:
+        try:
+            cutoff = parse_ts(until, "--until")
+        except RecordError as exc:
+            raise fail(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as scratch:
+        path = store_path or Path(scratch) / "detect.duckdb"
+        try:
+            with Store(path) as store:
+                if logs or accounts:
+                    report = ingest_paths(logs, store, accounts=accounts,
+                                          progress=console.is_terminal and not as_json)  # fmt: skip
+                    for error in report.file_errors:
+                        console.print(Text(f"file error: {error}", style="red"))
+                with (
+                    console.status("detecting...", spinner="dots")
+                    if console.is_terminal
+                    else _null()
+                ):
+                    doc = detect_and_write(store, out, cutoff)
+        except StoreError as exc:
+            raise fail(str(exc)) from None
+    if as_json:
+        console.print_json(orjson.dumps(doc).decode())
+        return
+    _summary(doc, out)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _summary(doc: dict, out: Path) -> None:
+    accounts = doc["accounts"]
+    verdicts = {
+        v: sum(a["verdict"] == v for a in accounts)
+        for v in ("distillation", "suspicious", "benign")
+    }
+    console.print(
+        f"{doc['exchanges']:,} exchanges, {len(accounts):,} accounts: "
+        f"[bold red]{verdicts['distillation']:,} distillation[/], "
+        f"[yellow]{verdicts['suspicious']:,} suspicious[/], {verdicts['benign']:,} benign; "
+        f"{len(doc['campaigns'])} campaigns",
+        highlight=False,
+    )
+    if doc["campaigns"]:
+        table = Table(title="Campaigns", title_justify="left", show_lines=True)
+        for column in ("campaign", "score", "accounts", "exchanges", "evidence"):
+            table.add_column(column, overflow="fold")
+        for c in doc["campaigns"][:15]:
+            table.add_row(
+                Text(c["campaign_id"]), f"{c['score']:.2f}", f"{len(c['accounts']):,}",
+                f"{c['exchanges']:,}", Text("\n".join(c["evidence"][:4])),
+            )  # fmt: skip
+        console.print(table)
+    console.print(f"verdicts: {out / 'verdicts.json'}\nreport:   {out / 'report.html'}")

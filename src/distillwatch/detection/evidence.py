@@ -1,0 +1,119 @@
+"""Cross-account evidence: what an account shares with others, and how rare that is.
+
+Each signal here is a column of the temp table ``evid`` (one row per account), computed in SQL
+from ``ex``, ``acct`` and ``tmpl``. Sharing only counts when it is specific: a template, a
+payment instrument or a prompt used by a handful to a few thousand accounts, not by everyone.
+"""
+
+from __future__ import annotations
+
+from distillwatch.store import Store
+
+#: An artefact shared by more than this share of all accounts is too common to mean anything.
+COMMON_SHARE = 0.2
+
+
+def build_evidence(store: Store) -> None:
+    total = store.run("SELECT count(*) FROM acct")[0][0] or 1
+    common = max(50, int(total * COMMON_SHARE))
+    store.run("DROP TABLE IF EXISTS evid")
+    store.run(
+        f"""
+        CREATE TEMP TABLE evid AS
+        WITH tmpl_reach AS (
+            SELECT side, gram, count(DISTINCT account_id) AS accounts
+            FROM tmpl GROUP BY side, gram
+        ), shared_tmpl AS (
+            SELECT t.account_id, least(1.0, sum(t.share)) AS share,
+                   count(*) AS templates, max(r.accounts) AS reach
+            FROM tmpl t JOIN tmpl_reach r USING (side, gram)
+            WHERE r.accounts >= 3 AND r.accounts <= {common}
+            GROUP BY t.account_id
+        ), content_reach AS (
+            SELECT content_hash, count(DISTINCT account_id) AS accounts
+            FROM ex GROUP BY content_hash
+        ), dup AS (
+            SELECT e.account_id,
+                   avg((c.accounts >= 3 AND c.accounts <= {common})::INTEGER) AS share
+            FROM ex e JOIN content_reach c USING (content_hash)
+            GROUP BY e.account_id
+        ), pay AS (
+            -- Several unrelated public-webmail accounts paying with one instrument. Colleagues
+            -- on a company card share their company's own mail domain instead.
+            SELECT payment_fingerprint, count(*) AS accounts
+            FROM acct WHERE payment_fingerprint IS NOT NULL AND public_email
+            GROUP BY payment_fingerprint
+        ), bursts AS (
+            SELECT account_id,
+                   count(*) OVER (ORDER BY created_at RANGE BETWEEN INTERVAL 30 MINUTES PRECEDING
+                                  AND INTERVAL 30 MINUTES FOLLOWING) - 1 AS created_near
+            FROM acct WHERE created_at IS NOT NULL
+        ), launch AS (
+            SELECT sum(new_model_requests) / nullif(sum(after_launch_requests), 0) AS share
+            FROM acct
+        )
+        SELECT a.account_id,
+               coalesce(s.share, 0) AS shared_template_share,
+               coalesce(s.templates, 0) AS shared_templates,
+               coalesce(s.reach, 0) AS template_reach,
+               coalesce(d.share, 0) AS duplicate_share,
+               CASE WHEN a.public_email THEN coalesce(p.accounts, 1) - 1 ELSE 0 END
+                   AS payment_shared_with,
+               coalesce(b.created_near, 0) AS created_near,
+               CASE WHEN a.after_launch_requests >= 5
+                    THEN a.new_model_requests / a.after_launch_requests END AS new_model_share,
+               (SELECT share FROM launch) AS population_new_model_share,
+               CASE WHEN a.created_at IS NOT NULL
+                    THEN epoch(a.first_ts - a.created_at) / 86400 END AS age_days
+        FROM acct a
+        LEFT JOIN shared_tmpl s USING (account_id)
+        LEFT JOIN dup d USING (account_id)
+        LEFT JOIN pay p ON a.payment_fingerprint = p.payment_fingerprint
+        LEFT JOIN bursts b USING (account_id)
+        """
+    )
+
+
+def artefact_edges(store: Store) -> list[tuple[str, str, float]]:
+    """(account, artefact, weight) rows: the bipartite account-artefact graph.
+
+    Weights favour specific artefacts: a payment instrument shared by webmail accounts and a
+    repeated wrapper weigh most; an IP prefix weighs little and less the more accounts sit
+    behind it, so a corporate NAT or a mobile carrier does not glue strangers together.
+    """
+    total = store.run("SELECT count(*) FROM acct")[0][0] or 1
+    common = max(50, int(total * COMMON_SHARE))
+    rows = store.run(
+        f"""
+        WITH pay AS (
+            SELECT account_id, 'pay:' || payment_fingerprint AS artefact, 3.0 AS weight
+            FROM acct WHERE payment_fingerprint IS NOT NULL AND public_email
+        ), tpl AS (
+            SELECT account_id, 'tpl:' || side || ':' || gram AS artefact,
+                   1.0 + 2.0 * least(share * 2, 1.0) AS weight
+            FROM tmpl
+        ), burst AS (
+            SELECT account_id, 'burst:' || strftime(time_bucket(INTERVAL 1 HOUR, created_at),
+                                                    '%Y%m%d%H') AS artefact, 1.0 AS weight
+            FROM acct WHERE created_at IS NOT NULL
+        ), content AS (
+            SELECT account_id, 'txt:' || content_hash AS artefact,
+                   least(0.5 * count(*), 2.0) AS weight
+            FROM ex GROUP BY account_id, content_hash
+        ), prefix AS (
+            SELECT account_id, 'net:' || ip_prefix AS artefact,
+                   least(0.1 * count(*), 1.0) AS weight
+            FROM ex WHERE ip_prefix IS NOT NULL GROUP BY account_id, ip_prefix
+        ), all_edges AS (
+            SELECT * FROM pay UNION ALL SELECT * FROM tpl UNION ALL SELECT * FROM burst
+            UNION ALL SELECT * FROM content UNION ALL SELECT * FROM prefix
+        ), reach AS (
+            SELECT artefact, count(DISTINCT account_id) AS accounts FROM all_edges GROUP BY artefact
+        )
+        SELECT e.account_id, e.artefact,
+               e.weight / ln(1 + r.accounts) AS weight
+        FROM all_edges e JOIN reach r USING (artefact)
+        WHERE r.accounts >= 2 AND r.accounts <= {common}
+        """
+    )
+    return [(a, b, float(w)) for a, b, w in rows]
