@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "distillwatch.commands.detection",
     "distillwatch.commands.stats",
     "distillwatch.commands.bench_ingest",
+    "distillwatch.commands.bench_detection",
 )
 
 for _module in COMMAND_MODULES:

@@ -1,0 +1,1 @@
+"""Evaluation harness: detectors scored against simulated ground truth (`bench detect`)."""
