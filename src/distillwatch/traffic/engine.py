@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -175,6 +176,14 @@ class Simulator:
     def _pool(self, name: str) -> list[Item]:
         kind, _, pool = name.partition(":") if ":" in name else ("human", "", name)
         return self.corpora.pool(kind, pool)
+
+    @lru_cache(maxsize=64)  # noqa: B019 - one simulator, a handful of persona pool lists
+    def _persona_items(self, pools: tuple[str, ...]) -> list[Item]:
+        """Items of the non-human pools a persona names (a benchmark team's benchmark), else
+        empty: human prompts come from the shared, per-account-sharded human pool."""
+        if all(":" not in p for p in pools):
+            return []
+        return [item for p in pools if ":" in p for item in self._pool(p)]
 
     # -- planning ------------------------------------------------------------------------------
     def _count(self, accounts: int) -> int:
@@ -393,8 +402,8 @@ class Simulator:
     ) -> Item:
         if rng.random() < 0.03:
             return self._popular[rng.integers(0, len(self._popular))]  # famous prompts recur
-        if pools and not all(p in self.corpora.human for p in pools):
-            items = [i for p in pools for i in self._pool(p)]
+        items = self._persona_items(tuple(pools))
+        if items:
             return items[(plan.index * 37 + n) % len(items)]
         # Each account reads its own stretch of the shuffled human pool, so two innocent
         # accounts share a prompt only as often as the pool size forces it.
