@@ -1,0 +1,251 @@
+"""Detection: each feature family, linking weights, robustness cases, report escaping, and the
+end-to-end `distillwatch detect` on simulated traffic."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import pytest
+
+from distillwatch.contracts import verdicts_problems
+from distillwatch.detection.features import (
+    build_account_features,
+    build_exchange_features,
+    build_templates,
+)
+from distillwatch.detection.pipeline import detect, detect_and_write
+from distillwatch.detection.report import render_report
+from distillwatch.ingest.batch import exchanges_to_table
+from distillwatch.schema import validate_exchange
+from distillwatch.store import Store
+
+T0 = datetime(2026, 3, 2)
+
+
+def fill(store: Store, records: list[dict], accounts: list[dict] | None = None) -> None:
+    rows = [validate_exchange(r) for r in records]
+    if rows:
+        store.insert_exchanges(exchanges_to_table(rows, "test"))
+    if accounts:
+        from distillwatch.schema import parse_account
+
+        store.upsert_accounts([parse_account(a) for a in accounts])
+
+
+def rec(i: int, account: str, prompt: str, hours: float, **extra) -> dict:
+    return {
+        "id": f"{account}-{i}",
+        "ts": (T0 + timedelta(hours=hours)).isoformat() + "Z",
+        "account_id": account,
+        "model": "m",
+        "messages": [{"role": "user", "content": prompt}],
+        **extra,
+    }
+
+
+WRAPPER = "Think step by step and show all of your reasoning before the final answer."
+
+
+def hydra(n_accounts: int = 12, per_account: int = 20) -> tuple[list[dict], list[dict]]:
+    records, accounts = [], []
+    for a in range(n_accounts):
+        account = f"h{a:02d}"
+        accounts.append({"account_id": account, "created_at": (T0 - timedelta(hours=30, minutes=a)).isoformat() + "Z",
+                         "email_domain": "mailinator.com", "payment_fingerprint": f"pm_shared{a % 2}"})  # fmt: skip
+        for i in range(per_account):
+            task = f"Write a Python function number {a * 100 + i} that parses {['csv', 'json', 'xml'][i % 3]} files and handles error case {i}."
+            records.append(rec(i, account, f"### Instruction:\n{task}\n\n{WRAPPER}", hours=1.2 * i + a / 7,
+                               ip=f"73.{a}.{i % 5}.9", user_agent="python-httpx/0.27"))  # fmt: skip
+    return records, accounts
+
+
+HUMAN = [
+    "what's a good name for a golden retriever puppy?", "how do I fix a squeaky door hinge",
+    "explain the difference between weather and climate", "recipe ideas with leftover rice",
+    "is it worth learning rust in 2026", "help me write a birthday message for my sister",
+    "why is the sky blue", "what should I pack for a weekend in Lisbon",
+    "summarize the plot of Hamlet in three sentences", "how long should I boil an egg",
+]  # fmt: skip
+
+
+TAILS = ("", "for my kid", "asap", "my friend says otherwise", "in simple terms please", "?", "thx")
+
+
+def people(n: int = 30, per_account: int = 8, nat: bool = False) -> tuple[list[dict], list[dict]]:
+    records, accounts = [], []
+    for a in range(n):
+        account = f"p{a:02d}"
+        accounts.append({"account_id": account, "created_at": (T0 - timedelta(days=100 + 13 * a)).isoformat() + "Z",
+                         "email_domain": "acme-corp.com" if nat else "gmail.com",
+                         "payment_fingerprint": "pm_acme" if nat else f"pm_{a}"})  # fmt: skip
+        for i in range(per_account):
+            tail = TAILS[(a + 2 * i) % len(TAILS)]
+            prompt = f"{HUMAN[(a * 3 + i) % len(HUMAN)]} {tail}".strip() + f" {a}-{i}"
+            records.append(rec(i, account, prompt, hours=9 + 24 * (i % 5) + a % 8 + i * 0.1,
+                               ip="198.51.100.7" if nat else f"24.{a}.1.{i % 3 + 1}",
+                               user_agent="Mozilla/5.0 Chrome/126"))  # fmt: skip
+    return records, accounts
+
+
+def test_cot_marker_and_capability_tags(tmp_path):
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, [
+            rec(0, "a", "Let's think step by step: what is 17 * 23?", 1),
+            rec(1, "a", "Step on it, I need a taxi company name", 2),
+            rec(2, "a", "Write a python function to reverse a list", 3),
+            rec(3, "a", "Imagine you are a pirate captain. Describe your ship.", 4),
+        ])  # fmt: skip
+        build_exchange_features(store, None)
+        rows = dict(store.run("SELECT id, cot FROM ex"))
+        tags = dict(store.run("SELECT id, tags FROM ex"))
+    assert rows == {"a-0": True, "a-1": False, "a-2": False, "a-3": False}
+    assert "math" in tags["a-0"] and "reasoning" in tags["a-0"]
+    assert "coding" in tags["a-2"]
+    assert "roleplay" in tags["a-3"]
+
+
+def test_template_mining_finds_wrappers_not_human_phrasing(tmp_path):
+    h_records, h_accounts = hydra(4, 10)
+    p_records, p_accounts = people(4, 10)
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, h_records + p_records, h_accounts + p_accounts)
+        build_exchange_features(store, None)
+        build_templates(store)
+        owners = {row[0] for row in store.run("SELECT DISTINCT account_id FROM tmpl")}
+        grams = {row[0] for row in store.run("SELECT gram FROM tmpl")}
+    assert owners >= {"h00", "h01", "h02", "h03"}
+    assert not any(o.startswith("p") for o in owners)
+    assert "reasoning before the final answer." in grams
+
+
+def test_account_features_rhythm_and_rotation(tmp_path):
+    records = [
+        rec(i, "bot", f"task {i} of many: convert units", hours=i * 0.5, ip=f"73.{i}.0.1")
+        for i in range(96)
+    ]
+    records += [
+        rec(
+            i,
+            "human",
+            HUMAN[i % 10] + f" #{i}",
+            hours=24 * (i // 6) + 10 + (i % 6) * 0.5,
+            ip="24.0.0.1",
+        )
+        for i in range(48)
+    ]
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, records)
+        build_exchange_features(store, None)
+        build_account_features(store)
+        feats = {
+            r[0]: r[1:]
+            for r in store.run("SELECT account_id, hour_entropy, prefixes, gap_cv FROM acct")
+        }
+    assert feats["bot"][0] > 4.2 > feats["human"][0]
+    assert feats["bot"][1] == 96 and feats["human"][1] == 1
+
+
+def test_hydra_flagged_and_corporate_nat_not(tmp_path):
+    h_records, h_accounts = hydra()
+    n_records, n_accounts = people(30, nat=True)
+    p_records, p_accounts = people(30)
+    p_records = [dict(r, id="x" + r["id"], account_id="x" + r["account_id"]) for r in p_records]
+    p_accounts = [dict(a, account_id="x" + a["account_id"]) for a in p_accounts]
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, h_records + n_records + p_records, h_accounts + n_accounts + p_accounts)
+        doc = detect(store)
+    verdicts = {a["account_id"]: a for a in doc["accounts"]}
+    assert verdicts_problems(doc, expected_accounts=verdicts) == []
+    hydra_ids = [a["account_id"] for a in h_accounts]
+    assert all(verdicts[h]["verdict"] == "distillation" for h in hydra_ids)
+    # 30 colleagues behind one NAT address, one company card: linked, but not a campaign.
+    assert all(verdicts[a["account_id"]]["verdict"] == "benign" for a in n_accounts + p_accounts)
+    assert len(doc["campaigns"]) == 1 and set(doc["campaigns"][0]["accounts"]) == set(hydra_ids)
+    reasons = " ".join(verdicts["h00"]["reasons"])
+    assert "step-by-step reasoning" in reasons and "template" in reasons
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [],
+        [rec(0, "solo", "hello there", 1)],
+        [rec(i, f"one-{i}", f"question {i}", i) for i in range(25)],
+        [
+            {
+                "id": f"m{i}",
+                "ts": "2026-03-02T10:00:00Z",
+                "account_id": f"bare{i % 3}",
+                "model": "m",
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            for i in range(9)
+        ],
+    ],
+    ids=["empty", "single-account", "one-request-each", "no-optional-fields"],
+)
+def test_robust_cases_give_valid_contract_2(tmp_path, records):
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, records)
+        doc = detect(store)
+    assert verdicts_problems(doc, expected_accounts={r["account_id"] for r in records}) == []
+    assert doc["exchanges"] == len(records)
+
+
+def test_all_attacker_log(tmp_path):
+    h_records, h_accounts = hydra(6, 15)
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, h_records, h_accounts)
+        doc = detect(store)
+    assert verdicts_problems(doc, expected_accounts={a["account_id"] for a in h_accounts}) == []
+    assert sum(a["verdict"] == "distillation" for a in doc["accounts"]) >= 5
+
+
+def test_report_escapes_attacker_text(tmp_path):
+    evil = '<script>alert("x")</script>'
+    h_records, h_accounts = hydra(5, 15)
+    h_records = [dict(r, account_id=evil + r["account_id"]) for r in h_records]
+    h_accounts = [dict(a, account_id=evil + a["account_id"]) for a in h_accounts]
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, h_records, h_accounts)
+        doc = detect_and_write(store, tmp_path / "out")
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert any(a["verdict"] == "distillation" for a in doc["accounts"])
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert render_report(doc) == html
+
+
+def test_detect_cli_on_simulated_traffic_beats_baseline(tmp_path, cli, shared_data):
+    from sklearn.metrics import average_precision_score
+
+    from distillwatch.evaluation.baseline import detect_baseline
+    from distillwatch.traffic import simulate
+
+    traffic = tmp_path / "traffic"
+    simulate("small", traffic, seed=11, scale=0.35)
+    store = tmp_path / "s.duckdb"
+    result = cli("detect", traffic / "exchanges.jsonl", "--accounts", traffic / "accounts.jsonl",
+                 "--store", store, "--out", tmp_path / "out")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "campaigns" in result.stdout
+    doc = json.loads((tmp_path / "out" / "verdicts.json").read_text())
+    labels = json.loads((traffic / "labels.json").read_text())["accounts"]
+    assert verdicts_problems(doc, expected_accounts=labels) == []
+    y = [labels[a["account_id"]]["label"] == "campaign" for a in doc["accounts"]]
+    ours = average_precision_score(y, [a["score"] for a in doc["accounts"]])
+    with Store(store) as db:
+        base_doc = detect_baseline(db)
+    base = average_precision_score(
+        y, [a["score"] for a in sorted(base_doc["accounts"], key=lambda a: a["account_id"])]
+    )
+    assert ours >= 0.9 and ours > base + 0.2
+    flagged_benign = [
+        a
+        for a, t in zip(doc["accounts"], y, strict=True)
+        if not t and a["verdict"] == "distillation"
+    ]
+    assert len(flagged_benign) <= 0.01 * (len(y) - sum(y))
+    assert (tmp_path / "out" / "report.html").exists()
+    with Store(store) as db:
+        assert db.run("SELECT count(*) FROM verdicts")[0][0] == len(doc["accounts"])
