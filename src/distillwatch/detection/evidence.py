@@ -11,6 +11,7 @@ from distillwatch.store import Store
 
 #: An artefact shared by more than this share of all accounts is too common to mean anything.
 COMMON_SHARE = 0.2
+MAX_EDGES_PER_KIND = 12
 
 
 def build_evidence(store: Store) -> None:
@@ -114,6 +115,11 @@ def artefact_edges(store: Store) -> list[tuple[str, str, float]]:
                e.weight / ln(1 + r.accounts) AS weight
         FROM all_edges e JOIN reach r USING (artefact)
         WHERE r.accounts >= 2 AND r.accounts <= {common}
+        -- An account's strongest few links of each kind place it as well as all of them do,
+        -- and keep the graph (and Leiden's time) linear in accounts, not in requests.
+        QUALIFY row_number() OVER (PARTITION BY e.account_id, split_part(e.artefact, ':', 1)
+                                   ORDER BY e.weight / ln(1 + r.accounts) DESC, e.artefact)
+                <= {MAX_EDGES_PER_KIND}
         """
     )
     return [(a, b, float(w)) for a, b, w in rows]

@@ -26,7 +26,7 @@ def communities(edges: list[tuple[str, str, float]], seed: int = 0) -> dict[str,
     graph = ig.Graph(n=len(names), edges=pairs)
     graph.es["weight"] = weights
     partition = leidenalg.find_partition(
-        graph, leidenalg.ModularityVertexPartition, weights="weight", seed=seed, n_iterations=-1
+        graph, leidenalg.ModularityVertexPartition, weights="weight", seed=seed, n_iterations=2
     )
     membership = partition.membership
     return {name[2:]: membership[index] for name, index in names.items() if name.startswith("a:")}

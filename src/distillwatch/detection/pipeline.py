@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from distillwatch.detection.evidence import artefact_edges, build_evidence
 from distillwatch.detection.features import (
@@ -151,14 +152,26 @@ def _top_reasons(members: list[str], scores: dict[str, AccountScore]) -> list[st
 
 
 def store_verdicts(store: Store, doc: dict[str, Any]) -> str:
+    """Append this run's verdicts and campaigns to the store (one bulk insert each)."""
     run_id = uuid.uuid4().hex[:12]
     generated = datetime.fromisoformat(doc["generated_at"]).replace(tzinfo=None)
-    for account in doc["accounts"]:
-        store.run(
-            "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [run_id, generated, account["account_id"], account["score"], account["verdict"],
-             account["cluster_id"], json.dumps(account["reasons"])],
-        )  # fmt: skip
+    accounts = doc["accounts"]
+    verdicts = pa.table(
+        {
+            "run_id": [run_id] * len(accounts),
+            "generated_at": pa.array([generated] * len(accounts), pa.timestamp("us")),
+            "account_id": [a["account_id"] for a in accounts],
+            "score": pa.array([a["score"] for a in accounts], pa.float64()),
+            "verdict": [a["verdict"] for a in accounts],
+            "cluster_id": pa.array([a["cluster_id"] for a in accounts], pa.string()),
+            "reasons": [json.dumps(a["reasons"]) for a in accounts],
+        }
+    )
+    store.con.register("_verdicts", verdicts)
+    try:
+        store.run("INSERT INTO verdicts SELECT * FROM _verdicts")
+    finally:
+        store.con.unregister("_verdicts")
     for campaign in doc["campaigns"]:
         store.run(
             "INSERT INTO campaigns VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -166,14 +179,11 @@ def store_verdicts(store: Store, doc: dict[str, Any]) -> str:
              campaign["exchanges"], campaign["first_seen"][:-1], campaign["last_seen"][:-1],
              json.dumps(campaign["evidence"])],
         )  # fmt: skip
+    flagged = sum(a["verdict"] == "distillation" for a in accounts)
     store.audit(
         "detect",
         "detect.completed",
-        {
-            "run_id": run_id,
-            "campaigns": len(doc["campaigns"]),
-            "flagged": sum(a["verdict"] == "distillation" for a in doc["accounts"]),
-        },
+        {"run_id": run_id, "campaigns": len(doc["campaigns"]), "flagged": flagged},
     )
     return run_id
 
