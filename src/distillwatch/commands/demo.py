@@ -49,7 +49,7 @@ def demo(
     traffic = out / "traffic"
     with console.status(f"1/3 simulating scenario '{scenario}' (seed {seed})..."):
         summary = simulate(scenario, traffic, seed=seed)
-    counts = summary.get("counts", summary)
+    counts = summary["counts"]
     console.print(
         f"[green]1/3[/] simulated {counts.get('exchanges', 0):,} exchanges from "
         f"{counts.get('accounts', 0):,} accounts -> {traffic}",

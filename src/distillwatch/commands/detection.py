@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def detect_command(
                 with (
                     console.status("detecting...", spinner="dots")
                     if console.is_terminal
-                    else _null()
+                    else nullcontext()
                 ):
                     doc = detect_and_write(store, out, cutoff)
         except StoreError as exc:
@@ -77,14 +78,6 @@ def detect_command(
         console.print_json(orjson.dumps(doc).decode())
         return
     _summary(doc, out)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _summary(doc: dict, out: Path) -> None:
