@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "distillwatch.commands.traffic",
     "distillwatch.commands.ingest",
     "distillwatch.commands.detection",
+    "distillwatch.commands.proxy",
     "distillwatch.commands.stats",
     "distillwatch.commands.bench_ingest",
     "distillwatch.commands.bench_detection",

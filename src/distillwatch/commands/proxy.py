@@ -1,0 +1,144 @@
+"""``distillwatch proxy``: the enforcing OpenAI-compatible reverse proxy."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from pathlib import Path
+
+import typer
+
+from distillwatch.commands._app import app, console, fail
+from distillwatch.enforce.policy import PolicyError, load_policy
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise fail(f"--listen: expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _jsonl(path: Path, what: str) -> list[dict]:
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise fail(f"{path}:{number}: {what} line is not JSON") from None
+        if not isinstance(row, dict):
+            raise fail(f"{path}:{number}: {what} line is not an object")
+        rows.append(row)
+    return rows
+
+
+@app.command("proxy")
+def proxy_command(
+    upstream: str = typer.Option(
+        ..., "--upstream", help="Base URL of the OpenAI-compatible API to protect."
+    ),
+    listen: str = typer.Option("127.0.0.1:8080", "--listen", help="HOST:PORT to serve on."),
+    store: Path | None = typer.Option(
+        None, "--store", help="DuckDB store for the exchange log and audit trail."
+    ),
+    policy: Path | None = typer.Option(
+        None, "--policy", help="Policy YAML (default: the shipped policy)."
+    ),
+    verdicts: Path | None = typer.Option(
+        None, "--verdicts", help="Contract-2 verdicts.json to enforce; reloaded when it changes."
+    ),
+    redis: str | None = typer.Option(
+        None, "--redis", help="redis:// URL to share counters and decisions across replicas."
+    ),
+    shadow: bool = typer.Option(
+        False, "--shadow", help="Decide and log everything, enforce nothing."
+    ),
+    keys: Path | None = typer.Option(
+        None, "--keys", help='JSONL of {"api_key": ..., "account_id": ...}; other keys are refused.'
+    ),
+    accounts: Path | None = typer.Option(
+        None, "--accounts", help="Account metadata JSONL (payment fingerprints for linking)."
+    ),
+    trusted_proxy: list[str] = typer.Option(
+        None, "--trusted-proxy", help="CIDR whose X-Forwarded-For is believed (repeatable)."
+    ),
+    tls_header: str = typer.Option(
+        "X-JA4", "--tls-fingerprint-header", help="Header carrying the client's TLS fingerprint."
+    ),
+    replay_time_header: str | None = typer.Option(
+        None,
+        "--replay-time-header",
+        help="Take each request's time from this header (replays only).",
+    ),
+    admin_token: str | None = typer.Option(
+        None, "--admin-token", envvar="DISTILLWATCH_ADMIN_TOKEN", help="Bearer token for /admin/*."
+    ),
+    max_body_bytes: int = typer.Option(
+        2 * 1024 * 1024, "--max-body-bytes", min=1024, help="Largest request body accepted."
+    ),
+    body_timeout: float = typer.Option(
+        15.0, "--body-timeout", min=0.1, help="Seconds a client gets to send its body (else 408)."
+    ),
+) -> None:
+    """Serve /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models in front of
+    UPSTREAM, allowing, throttling, challenging, shaping or blocking per the policy; plus
+    /healthz, /metrics (Prometheus) and a token-protected /admin API."""
+    import uvicorn
+
+    from distillwatch.enforce.app import Proxy, ProxyConfig
+
+    host, port = _listen(listen)
+    try:
+        chosen = load_policy(policy)
+    except PolicyError as exc:
+        raise fail(f"policy: {exc}") from None
+    key_map: dict[str, str] = {}
+    if keys is not None:
+        if not keys.is_file():
+            raise fail(f"{keys}: no such keys file")
+        for row in _jsonl(keys, "keys"):
+            if not isinstance(row.get("api_key"), str) or not isinstance(
+                row.get("account_id"), str
+            ):
+                raise fail(f"{keys}: each line needs string api_key and account_id")
+            key_map[hashlib.sha256(row["api_key"].encode()).hexdigest()] = row["account_id"]
+    payments: dict[str, str] = {}
+    if accounts is not None:
+        if not accounts.is_file():
+            raise fail(f"{accounts}: no such accounts file")
+        payments = {r["account_id"]: r["payment_fingerprint"] for r in _jsonl(accounts, "accounts")
+                    if isinstance(r.get("account_id"), str) and isinstance(r.get("payment_fingerprint"), str)}  # fmt: skip
+    try:
+        networks = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxy or [])
+    except ValueError as exc:
+        raise fail(f"--trusted-proxy: {exc}") from None
+    if verdicts is not None and not verdicts.is_file():
+        raise fail(f"{verdicts}: no such verdicts file")
+    config = ProxyConfig(
+        upstream=upstream, policy=chosen, store=store, verdicts=verdicts, redis_url=redis,
+        shadow=shadow, keys=key_map, payments=payments, trusted_proxies=networks,
+        tls_header=tls_header, replay_time_header=replay_time_header, admin_token=admin_token,
+        max_body_bytes=max_body_bytes, body_timeout_s=body_timeout,
+    )  # fmt: skip
+    proxy = Proxy(config)
+    console.print(f"distillwatch proxy on http://{host}:{port} -> {upstream}"
+                  f"{' (shadow mode)' if shadow else ''}", highlight=False)  # fmt: skip
+    uvicorn.run(proxy.app, host=host, port=port, log_level="warning", timeout_keep_alive=5,
+                limit_concurrency=2048, h11_max_incomplete_event_size=64 * 1024)  # fmt: skip
+
+
+@app.command("mock-upstream")
+def mock_upstream_command(
+    listen: str = typer.Option("127.0.0.1:8081", "--listen", help="HOST:PORT to serve on."),
+    delay_ms: float = typer.Option(0.0, "--delay-ms", min=0.0, help="Fixed delay per request."),
+) -> None:
+    """A small OpenAI-compatible stand-in model for demos, tests and benchmarks (not a model)."""
+    import uvicorn
+
+    from distillwatch.enforce.mock_upstream import create_app
+
+    host, port = _listen(listen)
+    uvicorn.run(create_app(delay_ms / 1000), host=host, port=port, log_level="warning")

@@ -1,0 +1,1 @@
+"""Enforcement in front of the model: the OpenAI-compatible proxy, policy and shared state."""

@@ -1,0 +1,142 @@
+"""Enforcement policy: which risk gets which action (YAML, validated with errors naming the field).
+
+A policy is a list of rules checked in order; the first that matches decides. Allowlists always
+win. The shipped default (``policies/default.yaml``) refuses or challenges flagged accounts and
+clusters, throttles and shapes suspicious ones, and leaves benign accounts untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ACTIONS = ("allow", "throttle", "challenge", "shape", "block")
+CONDITIONS = ("verdict", "min_score", "linked_to_flagged_cluster", "cot_elicitation", "any")
+
+
+class PolicyError(ValueError):
+    """An invalid policy file; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    action: str
+    when: dict[str, Any]
+    requests_per_minute: int | None = None
+    output_tokens_per_minute: int | None = None
+    scope: str = "account"  # throttle scope: account or cluster
+    max_tokens: int | None = None  # shape: cap the request's max_tokens
+    strip_reasoning: bool = False  # shape: remove reasoning sections from the response
+    message: str = "Additional verification is required for this account."
+    verification_url: str | None = None
+    ttl_seconds: int | None = None  # how long a challenge/block decision sticks
+
+    def matches(self, facts: dict[str, Any]) -> bool:
+        when = self.when
+        if when.get("any"):
+            return True
+        if "verdict" in when and facts.get("verdict") not in _as_list(when["verdict"]):
+            return False
+        if "min_score" in when and (facts.get("score") or 0.0) < float(when["min_score"]):
+            return False
+        if when.get("linked_to_flagged_cluster") and not facts.get("linked_cluster"):
+            return False
+        return not (when.get("cot_elicitation") and not facts.get("cot_elicitation"))
+
+
+@dataclass(frozen=True)
+class Policy:
+    rules: tuple[Rule, ...]
+    allow_accounts: frozenset[str] = field(default_factory=frozenset)
+    fail_open: bool = True
+    default_requests_per_minute: int | None = None
+
+    def first_match(self, facts: dict[str, Any]) -> Rule | None:
+        return next((rule for rule in self.rules if rule.matches(facts)), None)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise PolicyError(f"{where}: expected a positive integer")
+    return value
+
+
+def parse_policy(doc: Any, source: str = "<policy>") -> Policy:
+    if not isinstance(doc, dict):
+        raise PolicyError(f"{source}: expected a mapping at the top level")
+    allowed = {"rules", "allowlist", "fail_open", "default_requests_per_minute"}
+    unknown = sorted(set(doc) - allowed)
+    if unknown:
+        raise PolicyError(f"{unknown[0]}: unknown field (allowed: {', '.join(sorted(allowed))})")
+    raw_rules = doc.get("rules")
+    if not isinstance(raw_rules, list) or not raw_rules:
+        raise PolicyError("rules: expected a non-empty list")
+    rules = []
+    rule_fields = set(Rule.__dataclass_fields__)
+    for i, raw in enumerate(raw_rules):
+        where = f"rules[{i}]"
+        if not isinstance(raw, dict):
+            raise PolicyError(f"{where}: expected a mapping")
+        unknown = sorted(set(raw) - rule_fields)
+        if unknown:
+            raise PolicyError(f"{where}.{unknown[0]}: unknown field")
+        for key in ("name", "action", "when"):
+            if key not in raw:
+                raise PolicyError(f"{where}.{key}: required")
+        if raw["action"] not in ACTIONS:
+            raise PolicyError(f"{where}.action: one of {', '.join(ACTIONS)}")
+        when = raw["when"]
+        if not isinstance(when, dict) or not when:
+            raise PolicyError(f"{where}.when: expected a mapping of conditions")
+        for key in when:
+            if key not in CONDITIONS:
+                raise PolicyError(
+                    f"{where}.when.{key}: unknown condition ({', '.join(CONDITIONS)})"
+                )
+        for key in ("requests_per_minute", "output_tokens_per_minute", "max_tokens", "ttl_seconds"):
+            if raw.get(key) is not None:
+                _positive_int(raw[key], f"{where}.{key}")
+        if raw["action"] == "throttle" and not (
+            raw.get("requests_per_minute") or raw.get("output_tokens_per_minute")
+        ):
+            raise PolicyError(
+                f"{where}: a throttle needs requests_per_minute or output_tokens_per_minute"
+            )
+        if raw.get("scope", "account") not in ("account", "cluster"):
+            raise PolicyError(f"{where}.scope: account or cluster")
+        rules.append(Rule(**raw))
+    allowlist = doc.get("allowlist") or []
+    if not isinstance(allowlist, list) or not all(isinstance(a, str) for a in allowlist):
+        raise PolicyError("allowlist: expected a list of account ids")
+    fail_open = doc.get("fail_open", True)
+    if not isinstance(fail_open, bool):
+        raise PolicyError("fail_open: expected true or false")
+    default_rpm = doc.get("default_requests_per_minute")
+    if default_rpm is not None:
+        _positive_int(default_rpm, "default_requests_per_minute")
+    return Policy(tuple(rules), frozenset(allowlist), fail_open, default_rpm)
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    """A policy file, or the shipped default when ``path`` is None."""
+    if path is None:
+        text = resources.files("distillwatch.enforce").joinpath("default_policy.yaml").read_text()
+        source = "default policy"
+    else:
+        if not path.is_file():
+            raise PolicyError(f"{path}: no such policy file")
+        text, source = path.read_text(), str(path)
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_policy(doc, source)

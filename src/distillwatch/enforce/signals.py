@@ -1,0 +1,182 @@
+"""Online signals computed per request, and verdicts (hot-reloaded) to act on.
+
+Cheap by design: a regex, a hash and a few dictionary lookups per request. The heavy lifting
+(clusters, scores) happens in batch detection; this module carries its results to the gateway
+and extends them to accounts the batch run has not seen yet, through the artefacts they share
+with a flagged cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distillwatch.detection.features import COT_PATTERN
+
+_COT = re.compile(COT_PATTERN)
+_SPACE = re.compile(r"\s+")
+_NUMBER = re.compile(r"[0-9]+([.,][0-9]+)*")
+TEMPLATE_WORDS = 5
+
+
+def cot_elicitation(prompt: str) -> bool:
+    return bool(_COT.search(prompt[:8000].lower()))
+
+
+def template_signatures(prompt: str) -> list[str]:
+    """The first and last five normalised words: the same skeleton grams batch detection mines."""
+    words = _NUMBER.sub("0", _SPACE.sub(" ", prompt[:8000].lower()).strip()).split(" ")
+    if len(words) < TEMPLATE_WORDS * 2:
+        return []
+    return [
+        "prefix:" + " ".join(words[:TEMPLATE_WORDS]),
+        "suffix:" + " ".join(words[-TEMPLATE_WORDS:]),
+    ]
+
+
+def ip_prefix(ip: str | None) -> str | None:
+    if not ip:
+        return None
+    if ":" in ip:
+        return ":".join(ip.split(":")[:3]) + "::/48"
+    parts = ip.split(".")
+    return ".".join(parts[:3]) + ".0/24" if len(parts) == 4 else None
+
+
+def key_account(api_key: str) -> str:
+    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class VerdictIndex:
+    """What batch detection concluded, plus the artefacts of flagged clusters for linking."""
+
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    artefacts: dict[str, str] = field(default_factory=dict)  # "kind:value" -> cluster id
+    loaded_from: str | None = None
+    mtime: float | None = None
+
+    def linked_cluster(self, artefacts: list[str]) -> tuple[str | None, list[str]]:
+        """A flagged cluster this request's artefacts point at, and which artefacts matched.
+
+        A payment instrument alone is enough; otherwise two different kinds must agree (a
+        residential prefix alone would also match innocent users behind the same proxy exit).
+        """
+        hits: dict[str, set[str]] = {}
+        matched: dict[str, list[str]] = {}
+        for artefact in artefacts:
+            cluster = self.artefacts.get(artefact)
+            if cluster:
+                kind = artefact.split(":", 1)[0]
+                hits.setdefault(cluster, set()).add(kind)
+                matched.setdefault(cluster, []).append(artefact)
+        for cluster, kinds in hits.items():
+            if "pay" in kinds or len(kinds) >= 2:
+                return cluster, matched[cluster]
+        return None, []
+
+
+StoreReader = Callable[[Callable[[Any], Any]], Any]
+
+
+def load_verdicts(
+    path: Path, store_path: Path | None = None, reader: StoreReader | None = None
+) -> VerdictIndex:
+    """Read a Contract-2 file; with a store, also index the flagged clusters' artefacts.
+
+    ``reader`` runs a function against an already open store (the proxy's sink owns the
+    connection while it runs); without one the store is opened read-only here.
+    """
+    doc = json.loads(path.read_text())
+    index = VerdictIndex(loaded_from=str(path), mtime=path.stat().st_mtime)
+    for account in doc.get("accounts", []):
+        index.accounts[account["account_id"]] = {
+            "score": float(account.get("score", 0.0)),
+            "verdict": account.get("verdict", "benign"),
+            "cluster_id": account.get("cluster_id"),
+        }
+    flagged = {a: v["cluster_id"] for a, v in index.accounts.items()
+               if v["verdict"] == "distillation" and v["cluster_id"]}  # fmt: skip
+    if flagged and reader is not None:
+        index.artefacts = reader(lambda store: _flagged_artefacts(store, flagged))
+    elif flagged and store_path is not None and store_path.exists():
+        from distillwatch.store import Store
+
+        with Store(store_path, read_only=True) as store:
+            index.artefacts = _flagged_artefacts(store, flagged)
+    return index
+
+
+def _flagged_artefacts(store: Any, flagged: dict[str, str]) -> dict[str, str]:
+    """Artefacts seen repeatedly in a flagged cluster's traffic (a sample of it), and its cards."""
+    import pyarrow as pa
+
+    artefacts: dict[str, str] = {}
+    store.con.register(
+        "_flagged", pa.table({"account_id": list(flagged), "cluster": list(flagged.values())})
+    )
+    try:
+        rows = store.run(
+            """SELECT f.cluster, e.ip, e.tls_fingerprint, e.prompt
+               FROM exchanges e JOIN _flagged f USING (account_id)
+               USING SAMPLE 20000 ROWS"""
+        )
+        payments = store.run(
+            """SELECT f.cluster, a.payment_fingerprint FROM accounts a JOIN _flagged f USING (account_id)
+               WHERE a.payment_fingerprint IS NOT NULL"""
+        )
+    finally:
+        store.con.unregister("_flagged")
+    counts: dict[str, dict[str, int]] = {}
+    for cluster, ip, tls, prompt in rows:
+        keys = [f"net:{ip_prefix(ip)}" if ip else None, f"tls:{tls}" if tls else None]
+        keys += [f"tpl:{sig}" for sig in template_signatures(prompt or "")]
+        for key in filter(None, keys):
+            counts.setdefault(key, {}).setdefault(cluster, 0)
+            counts[key][cluster] += 1
+    for key, by_cluster in counts.items():
+        cluster, hits = max(by_cluster.items(), key=lambda kv: kv[1])
+        if hits >= 3:  # seen repeatedly in the cluster, not a one-off
+            artefacts[key] = cluster
+    for cluster, payment in payments:
+        artefacts[f"pay:{payment}"] = cluster
+    return artefacts
+
+
+class HotVerdicts:
+    """Reloads the verdicts file when it changes (checked at most once a second)."""
+
+    def __init__(self, path: Path | None, store_path: Path | None = None) -> None:
+        self.path = path
+        self.store_path = store_path
+        self.reader: StoreReader | None = None  # set once the proxy's sink owns the store
+        self.index = VerdictIndex()
+        self.error: str | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        self.reload_if_changed(force=True)
+
+    def reload_if_changed(self, force: bool = False) -> VerdictIndex:
+        if self.path is None:
+            return self.index
+        now = time.monotonic()
+        if not force and now - self._checked < 1.0:
+            return self.index
+        self._checked = now
+        try:
+            mtime = self.path.stat().st_mtime
+            if force or mtime != self.index.mtime:
+                with self._lock:
+                    self.index = load_verdicts(self.path, self.store_path, self.reader)
+                self.error = None
+        except Exception as exc:
+            # Keep serving with the last good verdicts; /healthz reports the problem.
+            self.error = f"{self.path}: {exc}"
+        return self.index

@@ -1,0 +1,346 @@
+"""The enforcing proxy end to end: real processes over loopback, a mock upstream, real Redis,
+real DuckDB. Each proxy is the installed CLI (`distillwatch proxy`) in its own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from distillwatch.ingest.batch import exchanges_to_table
+from distillwatch.schema import parse_account, validate_exchange
+from distillwatch.store import Store
+
+pytestmark = pytest.mark.e2e
+ADMIN = "admin-secret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"process exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start(args: list[str], health: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "distillwatch.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    wait_http(health, proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # uvicorn shuts down cleanly, the sink drains
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    port = free_port()
+    proc = start(
+        ["mock-upstream", "--listen", f"127.0.0.1:{port}"], f"http://127.0.0.1:{port}/v1/models"
+    )
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is required in CI (.ci/run installs it)")
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0", proc
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def verdicts_file(path: Path, accounts: dict[str, tuple[str, float, str | None]]) -> Path:
+    doc = {
+        "generated_at": "2026-03-08T00:00:00Z",
+        "exchanges": 1,
+        "accounts": [
+            {"account_id": a, "verdict": v, "score": s, "cluster_id": c, "reasons": []}
+            for a, (v, s, c) in accounts.items()
+        ],
+        "campaigns": [],
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def keys_file(path: Path, accounts: list[str]) -> Path:
+    path.write_text(
+        "".join(json.dumps({"api_key": f"sk-{a}", "account_id": a}) + "\n" for a in accounts)
+    )
+    return path
+
+
+PINNED = {"X-Replay-Time": "2026-03-02T10:00:30Z"}  # one rate window, whatever the wall clock
+
+
+def chat(
+    base: str, account: str, content: str = "hello", headers: dict | None = None, **extra
+) -> httpx.Response:
+    body = {"model": "atlas-2", "messages": [{"role": "user", "content": content}], **extra}
+    return httpx.post(f"{base}/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer sk-{account}", **(headers or {})}, timeout=10)  # fmt: skip
+
+
+ACCOUNTS = ["good", "flagged", "suspect", "shady", "lifted"]
+
+
+@pytest.fixture
+def proxy(tmp_path, upstream):
+    started = []
+
+    def launch(
+        *extra: str, verdicts: dict | None = None, store: Path | None = None
+    ) -> tuple[str, Path]:
+        port = free_port()
+        vfile = verdicts_file(tmp_path / f"v{port}.json", verdicts or {
+            "flagged": ("distillation", 0.99, "c-1"), "suspect": ("suspicious", 0.6, "c-9"),
+            "shady": ("suspicious", 0.5, "c-9"), "lifted": ("distillation", 0.97, "c-1"),
+            "good": ("benign", 0.01, None),
+        })  # fmt: skip
+        store = store or tmp_path / f"proxy{port}.duckdb"
+        args = ["proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", "--store", str(store),
+                "--verdicts", str(vfile), "--keys", str(keys_file(tmp_path / "keys.jsonl", ACCOUNTS + [f"new{i}" for i in range(5)])),
+                "--admin-token", ADMIN, "--max-body-bytes", "65536", "--body-timeout", "1", *extra]  # fmt: skip
+        proc = start(args, f"http://127.0.0.1:{port}/healthz")
+        started.append(proc)
+        return f"http://127.0.0.1:{port}", vfile
+
+    launch.processes = started  # type: ignore[attr-defined]
+    yield launch
+    for proc in started:
+        stop(proc)
+
+
+def test_passthrough_and_openai_errors(proxy):
+    base, _ = proxy()
+    ok = chat(base, "good")
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
+    with httpx.stream("POST", f"{base}/v1/chat/completions", headers={"Authorization": "Bearer sk-good"},
+                      json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as s:  # fmt: skip
+        body = b"".join(s.iter_raw())
+    assert s.status_code == 200 and b"data: [DONE]" in body
+    auth = {"Authorization": "Bearer sk-good"}
+    assert (
+        httpx.post(
+            f"{base}/v1/completions", json={"model": "m", "prompt": "x"}, headers=auth
+        ).status_code
+        == 200
+    )
+    assert httpx.post(
+        f"{base}/v1/embeddings", json={"model": "m", "input": "x"}, headers=auth
+    ).json()["data"]
+    assert httpx.get(f"{base}/v1/models", headers=auth).json()["data"][0]["id"] == "atlas-2"
+    missing = httpx.post(f"{base}/v1/chat/completions", json={})
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "missing_api_key"
+    unknown = chat(base, "stranger")
+    assert unknown.status_code == 401 and unknown.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_bad_input_gets_4xx_never_500(proxy):
+    base, _ = proxy()
+    auth = {"Authorization": "Bearer sk-good", "content-type": "application/json"}
+    assert (
+        httpx.post(f"{base}/v1/chat/completions", content=b"{nope", headers=auth).status_code == 400
+    )
+    assert (
+        httpx.post(f"{base}/v1/chat/completions", content=b"[1,2]", headers=auth).status_code == 400
+    )
+    big = httpx.post(
+        f"{base}/v1/chat/completions", content=b"{" + b" " * 100_000 + b"}", headers=auth
+    )
+    assert big.status_code == 413
+    # Header injection: a raw CR inside a header value is refused by the HTTP parser.
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-good\rX-Evil: 1\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 4")
+    # A slow client that never sends its body gets 408 while others are served.
+    with socket.create_connection(("127.0.0.1", port)) as slow:
+        slow.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-good\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        assert chat(base, "good").status_code == 200
+        slow.settimeout(5)
+        assert slow.recv(4096).startswith(b"HTTP/1.1 408")
+    assert chat(base, "good").status_code == 200
+
+
+def test_policy_actions_and_audit(proxy, tmp_path):
+    store = tmp_path / "audit.duckdb"
+    base, _ = proxy("--replay-time-header", "X-Replay-Time", store=store)
+    flagged = chat(base, "flagged")
+    assert flagged.status_code == 403 and flagged.json()["error"]["code"] == "verification_required"
+    # suspicious + chain-of-thought: shaped (reasoning stripped, max_tokens capped)
+    shaped = chat(base, "suspect", "Think step by step about primes.", max_tokens=4000)
+    content = shaped.json()["choices"][0]["message"]["content"]
+    assert shaped.status_code == 200 and "<think>" not in content and content.count("word") <= 512
+    # suspicious: the cluster c-9 shares 10 requests a minute between its accounts
+    codes = [
+        chat(base, "suspect" if i % 2 else "shady", headers=PINNED).status_code for i in range(14)
+    ]
+    assert codes.count(200) == 10 and codes[-4:] == [429] * 4
+    assert chat(base, "good").status_code == 200
+    for port_proc in proxy.processes:
+        stop(port_proc)
+    with Store(store, read_only=True) as db:
+        events = [r[0] for r in db.run("SELECT event FROM audit_log")]
+        logged = db.run("SELECT account_id, api_key_id FROM exchanges")
+        assert db.verify_audit_chain()
+    assert (
+        "decision.challenge" in events
+        and "decision.throttle" in events
+        and "decision.shape" in events
+    )
+    assert {a for a, _ in logged} >= {"good", "suspect"}
+    assert all(
+        k.startswith("kh-") and "sk-" not in k for _, k in logged
+    )  # keys stored only as hashes
+
+
+def test_shadow_mode_enforces_nothing(proxy):
+    base, _ = proxy("--shadow")
+    assert chat(base, "flagged").status_code == 200
+    recent = httpx.get(
+        f"{base}/admin/decisions", headers={"Authorization": f"Bearer {ADMIN}"}
+    ).json()["recent"]
+    assert any(
+        d["account_id"] == "flagged" and d["action"] == "challenge" and d["shadow"] for d in recent
+    )
+
+
+def test_verdicts_hot_reload_and_admin_lift(proxy):
+    base, vfile = proxy()
+    assert chat(base, "good").status_code == 200
+    verdicts_file(vfile, {"good": ("distillation", 0.95, "c-3")})
+    time.sleep(1.2)
+    assert chat(base, "good").status_code == 403
+    assert httpx.post(f"{base}/admin/lift", json={"account_id": "good"}).status_code == 401
+    lifted = httpx.post(f"{base}/admin/lift", json={"account_id": "good", "reason": "appeal #12: university lab"},
+                        headers={"Authorization": f"Bearer {ADMIN}"})  # fmt: skip
+    assert lifted.status_code == 200 and lifted.json()["lifted"]
+    assert chat(base, "good").status_code == 200
+    allow = httpx.get(
+        f"{base}/admin/allowlist", headers={"Authorization": f"Bearer {ADMIN}"}
+    ).json()
+    assert "good" in allow["allowlist"]
+
+
+def test_new_account_linked_to_flagged_cluster(proxy, tmp_path):
+    store = tmp_path / "link.duckdb"
+    template = "### Instruction: {} Think step by step and show all of your reasoning before the final answer."
+    with Store(store) as db:
+        rows = [validate_exchange({"id": f"h{i}", "ts": "2026-03-02T10:00:00Z", "account_id": f"hydra{i % 4}",
+                                   "model": "m", "ip": f"73.9.{i % 3}.{i}", "tls_fingerprint": "t13d1812h1_hydra",
+                                   "messages": [{"role": "user", "content": template.format(f"write parser number {i} for logs")}]})
+                for i in range(40)]  # fmt: skip
+        db.insert_exchanges(exchanges_to_table(rows, "fixture"))
+        db.upsert_accounts(
+            [
+                parse_account({"account_id": f"hydra{i}", "payment_fingerprint": "pm_stolen"})
+                for i in range(4)
+            ]
+        )
+    verdicts = {f"hydra{i}": ("distillation", 0.99, "c-7") for i in range(4)}
+    base, _ = proxy("--trusted-proxy", "127.0.0.1/32", store=store, verdicts=verdicts)
+    headers = {
+        "Authorization": "Bearer sk-new0",
+        "X-JA4": "t13d1812h1_hydra",
+        "X-Forwarded-For": "73.9.0.77",
+    }
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": template.format("write parser number 999 for csv")}
+        ],
+    }
+    first = httpx.post(f"{base}/v1/chat/completions", json=body, headers=headers)
+    assert first.status_code == 403 and first.json()["error"]["code"] == "verification_required"
+    # An ordinary new user behind the same residential proxy exit (/24) is not linked by that alone.
+    plain = chat(
+        base,
+        "new1",
+        "what's a good pasta recipe?",
+        headers={"X-Forwarded-For": "198.51.100.1, 73.9.1.200"},
+    )
+    assert plain.status_code == 200
+    # X-Forwarded-For from an untrusted peer would be ignored; here the trusted hop's client is used.
+    health = httpx.get(f"{base}/healthz").json()
+    assert health["verdicts"]["linking_artefacts"] >= 3
+
+
+def test_two_replicas_share_one_limit_through_redis(proxy, redis_url):
+    url, _ = redis_url
+    a, _ = proxy("--redis", url, "--replay-time-header", "X-Replay-Time")
+    b, _ = proxy("--redis", url, "--replay-time-header", "X-Replay-Time")
+    codes = [chat(a if i % 2 else b, "shady", headers=PINNED).status_code for i in range(16)]
+    assert codes.count(200) == 10 and codes.count(429) == 6  # one global limit of 10/min
+    assert httpx.get(f"{a}/healthz").json()["state"] == {"backend": "redis", "ok": True}
+    metrics = httpx.get(f"{a}/metrics").text
+    assert (
+        "distillwatch_decisions_total" in metrics
+        and "distillwatch_upstream_latency_seconds" in metrics
+    )
+
+
+def test_redis_down_fails_open_or_closed(proxy, tmp_path):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    base, _ = proxy("--redis", dead)
+    assert chat(base, "good").status_code == 200  # default policy: fail open
+    health = httpx.get(f"{base}/healthz").json()
+    assert health["status"] == "degraded" and health["state"]["ok"] is False
+    closed = tmp_path / "closed.yaml"
+    closed.write_text(
+        "fail_open: false\nrules:\n  - {name: flagged, when: {verdict: distillation}, action: block}\n"
+    )
+    base2, _ = proxy("--redis", dead, "--policy", str(closed))
+    refused = chat(base2, "good")
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "fail_closed"
