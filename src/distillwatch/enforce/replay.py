@@ -1,0 +1,178 @@
+"""Replay simulated traffic through the real proxy: the live enforcement demo and its benchmark.
+
+Detection runs on the first days of a simulation; the proxy is started with those verdicts, and
+the rest of the log is sent through it over loopback with each request's original time
+(``--replay-time-header``), client IP (``X-Forwarded-For`` from a trusted hop) and TLS
+fingerprint. Responses are tallied against the simulator's ground truth: how much of the
+attackers' traffic after detection was refused or shaped, how much benign traffic was refused,
+and how quickly accounts the verdicts had never seen were stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from distillwatch.detection.pipeline import detect_and_write
+from distillwatch.ingest import ingest_paths
+from distillwatch.store import Store
+from distillwatch.traffic import iter_records
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited")
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def replay(
+    traffic: Path,
+    out: Path,
+    detect_days: float = 3.0,
+    max_requests: int = 4000,
+    concurrency: int = 32,
+    on_progress: Callable[[Counter[str]], None] | None = None,
+) -> dict[str, Any]:
+    """Detect on the first ``detect_days``, then replay (a sample of) the rest through the proxy."""
+    labels = json.loads((traffic / "labels.json").read_text())
+    start = datetime.fromisoformat(labels["time_start"].replace("Z", ""))
+    cutoff = start + timedelta(days=detect_days)
+    out.mkdir(parents=True, exist_ok=True)
+    store_path = out / "enforce.duckdb"
+    for stale in (store_path, store_path.with_name(store_path.name + ".wal")):
+        stale.unlink(missing_ok=True)
+    with Store(store_path) as store:
+        ingest_paths([traffic / "exchanges.jsonl"], store, accounts=traffic / "accounts.jsonl")
+        doc = detect_and_write(store, out / "verdicts-day-0", until=cutoff)
+        store.run("DELETE FROM exchanges WHERE ts > ?", [cutoff])  # the proxy logs the rest live
+    known = {a["account_id"] for a in doc["accounts"]}
+    later = [
+        r for r in iter_records(traffic / "exchanges.jsonl") if r["ts"][:19] > cutoff.isoformat()
+    ]
+    later.sort(key=lambda r: r["ts"])
+    step = max(1, len(later) // max_requests)
+    sample = later[::step][:max_requests]
+    accounts = sorted({r["account_id"] for r in sample} | known)
+    keys = out / "keys.jsonl"
+    keys.write_text(
+        "".join(json.dumps({"api_key": f"sk-{a}", "account_id": a}) + "\n" for a in accounts)
+    )
+
+    cli = [sys.executable, "-m", "distillwatch.cli"]
+    up, px = _free_port(), _free_port()
+    upstream = subprocess.Popen([*cli, "mock-upstream", "--listen", f"127.0.0.1:{up}"])
+    proxy = subprocess.Popen(
+        [*cli, "proxy", "--upstream", f"http://127.0.0.1:{up}", "--listen", f"127.0.0.1:{px}",
+         "--store", str(store_path), "--verdicts", str(out / "verdicts-day-0" / "verdicts.json"),
+         "--keys", str(keys), "--accounts", str(traffic / "accounts.jsonl"),
+         "--trusted-proxy", "127.0.0.1/32", "--replay-time-header", "X-Replay-Time"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait(f"http://127.0.0.1:{up}/v1/models", upstream)
+        _wait(f"http://127.0.0.1:{px}/healthz", proxy)
+        outcomes = asyncio.run(_send(f"http://127.0.0.1:{px}", sample, concurrency, on_progress))
+    finally:
+        for proc in (proxy, upstream):
+            proc.terminate()
+            proc.wait(timeout=20)
+    return _tally(sample, outcomes, labels, known, cutoff)
+
+
+async def _send(base: str, sample: list[dict[str, Any]], concurrency: int,
+                on_progress: Callable[[Counter[str]], None] | None) -> list[str]:  # fmt: skip
+    outcomes = ["" for _ in sample]
+    live: Counter[str] = Counter()
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(sample)):
+        queue.put_nowait(i)
+    async with httpx.AsyncClient(
+        timeout=30, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                record = sample[i]
+                headers = {"Authorization": f"Bearer sk-{record['account_id']}",
+                           "X-Replay-Time": record["ts"], "X-Forwarded-For": record.get("ip") or "127.0.0.1"}  # fmt: skip
+                if record.get("tls_fingerprint"):
+                    headers["X-JA4"] = record["tls_fingerprint"]
+                body = {
+                    "model": record["model"],
+                    "messages": record["messages"],
+                    "max_tokens": 1024,
+                }
+                response = await client.post(
+                    f"{base}/v1/chat/completions", json=body, headers=headers
+                )
+                outcome = str(response.status_code)
+                if response.status_code == 200:
+                    text = response.json()["choices"][0]["message"]["content"]
+                    outcome = "shaped" if "<think>" not in text else "served"
+                outcomes[i] = outcome
+                live[outcome] += 1
+                if on_progress is not None and sum(live.values()) % 100 == 0:
+                    on_progress(live)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return outcomes
+
+
+def _tally(sample: list[dict[str, Any]], outcomes: list[str], labels: dict[str, Any],
+           known: set[str], cutoff: datetime) -> dict[str, Any]:  # fmt: skip
+    truth = labels["accounts"]
+    by_group: dict[str, Counter[str]] = defaultdict(Counter)
+    first_stop: dict[str, int | None] = {}
+    seen: Counter[str] = Counter()
+    for record, outcome in zip(sample, outcomes, strict=True):
+        account = record["account_id"]
+        label = truth[account]
+        group = "attacker" if label["label"] == "campaign" else "benign"
+        by_group[group][outcome] += 1
+        if group == "attacker" and account not in known:
+            seen[account] += 1
+            if outcome != "served" and first_stop.get(account) is None:
+                first_stop[account] = seen[account]
+            first_stop.setdefault(account, None)
+    attacker, benign = by_group["attacker"], by_group["benign"]
+    a_total, b_total = sum(attacker.values()), sum(benign.values())
+    refused_benign = sum(n for k, n in benign.items() if k in ("403", "429"))
+    fresh = [n for n in first_stop.values() if n is not None]
+    return {
+        "requests": len(sample),
+        "after": cutoff.isoformat(),
+        "attacker_requests": a_total,
+        "attacker_stopped_or_shaped_share": (a_total - attacker["served"]) / a_total
+        if a_total
+        else None,
+        "benign_requests": b_total,
+        "benign_refused_share": refused_benign / b_total if b_total else None,
+        "outcomes": {k: dict(v) for k, v in by_group.items()},
+        "fresh_attacker_accounts": len(first_stop),
+        "fresh_accounts_stopped": len(fresh),
+        "fresh_requests_until_stopped_max": max(fresh) if fresh else None,
+    }
