@@ -18,7 +18,6 @@ import json
 import re
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,17 +38,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from distillwatch.enforce.decide import Decision, decide
+from distillwatch.enforce.decide import Decision
+from distillwatch.enforce.enforcer import Enforcer
 from distillwatch.enforce.policy import Policy
 from distillwatch.enforce.signals import (
-    HotVerdicts,
-    cot_elicitation,
-    ip_prefix,
     key_account,
-    template_signatures,
 )
-from distillwatch.enforce.sink import StoreSink
-from distillwatch.enforce.state import MemoryState, RedisState, State, StateError
+from distillwatch.enforce.state import StateError
 from distillwatch.schema import RecordError, parse_ts
 
 ENFORCED_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -133,13 +128,13 @@ class Proxy:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.verdicts = HotVerdicts(config.verdicts, config.store)
-        self.state: State = RedisState(config.redis_url) if config.redis_url else MemoryState()
-        self.sink: StoreSink | None = None
+        self.enforcer = Enforcer(config.policy, config.verdicts, config.store, config.redis_url,
+                                 config.shadow, config.payments)  # fmt: skip
+        self.state = self.enforcer.state
+        self.verdicts = self.enforcer.verdicts
+        self.recent = self.enforcer.recent
         self.client: httpx.AsyncClient | None = None
-        self.recent: deque[dict[str, Any]] = deque(maxlen=1000)
         self.upstream_error: str | None = None
-        self.state_error: str | None = None
         routes = [
             Route("/v1/chat/completions", self.enforced, methods=["POST"]),
             Route("/v1/completions", self.enforced, methods=["POST"]),
@@ -161,16 +156,12 @@ class Proxy:
             timeout=httpx.Timeout(self.config.upstream_timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
         )
-        if self.config.store is not None:
-            self.sink = StoreSink(self.config.store)
-            self.verdicts.reader = self.sink.call
+        self.enforcer.start()
         try:
             yield
         finally:
             await self.client.aclose()
-            await self.state.close()
-            if self.sink is not None:
-                await asyncio.to_thread(self.sink.close)
+            await self.enforcer.close()
 
     # -- identity and input ---------------------------------------------------------------------
     def _account(self, request: Request) -> tuple[str, str] | JSONResponse:
@@ -279,45 +270,16 @@ class Proxy:
         prompt = _prompt_text(body)
 
         started = time.perf_counter()
-        try:
-            decision = await self._decide(account, ip, tls, prompt, when)
-        except Exception as exc:
-            self.state_error = f"{type(exc).__name__}: {exc}"
-            if not self.config.policy.fail_open:
-                return self._count(
-                    route,
-                    openai_error(
-                        503, "Enforcement state unavailable.", "server_error", "fail_closed"
-                    ),
-                )
-            decision = Decision("allow", reasons=[f"fail-open: {self.state_error}"])
-        else:
-            self.state_error = None
+        decision, refusal = await self.enforcer.evaluate(account, ip, tls, prompt, when)
         self.metrics.decision_latency.observe(time.perf_counter() - started)
         self.metrics.decisions.labels(decision.action, str(self.config.shadow).lower()).inc()
-        if decision.action != "allow":
-            self._record_decision(account, decision, when, ip)
-
+        if refusal is not None:
+            headers = {"Retry-After": "60"} if refusal.status == 429 else None
+            return self._count(
+                route,
+                openai_error(refusal.status, refusal.message, refusal.kind, refusal.code, headers),
+            )
         enforce = not self.config.shadow
-        if enforce and decision.action in ("challenge", "block"):
-            message = decision.message or "Access denied."
-            if decision.verification_url:
-                message += f" Verify at {decision.verification_url}"
-            code = "verification_required" if decision.action == "challenge" else "account_blocked"
-            return self._count(route, openai_error(403, message, "permission_error", code))
-        if enforce and decision.action == "throttle":
-            limited = await self._over_limit(account, decision, when)
-            if limited:
-                return self._count(
-                    route,
-                    openai_error(
-                        429,
-                        limited,
-                        "rate_limit_error",
-                        "rate_limit_exceeded",
-                        {"Retry-After": "60"},
-                    ),
-                )
         if enforce and decision.action == "shape" and decision.max_tokens:
             for key in ("max_tokens", "max_completion_tokens"):
                 if key in body or key == "max_tokens":
@@ -325,66 +287,6 @@ class Proxy:
         return await self._forward(
             request, route, body, account, key_hash, ip, tls, when, decision, enforce
         )
-
-    async def _decide(
-        self, account: str, ip: str | None, tls: str | None, prompt: str, when: datetime
-    ) -> Decision:
-        index = self.verdicts.reload_if_changed()
-        known = index.accounts.get(account)
-        facts: dict[str, Any] = {"account_id": account, "cot_elicitation": cot_elicitation(prompt)}
-        if known:
-            facts.update(
-                verdict=known["verdict"], score=known["score"], cluster_id=known["cluster_id"]
-            )
-        elif index.artefacts:
-            artefacts = [f"net:{ip_prefix(ip)}" if ip else "", f"tls:{tls}" if tls else ""]
-            artefacts += [f"tpl:{sig}" for sig in template_signatures(prompt)]
-            payment = self.config.payments.get(account)
-            if payment:
-                artefacts.append(f"pay:{payment}")
-            cluster, matched = index.linked_cluster([a for a in artefacts if a])
-            if cluster:
-                facts.update(linked_cluster=cluster, linked_artefacts=matched, cluster_id=cluster)
-        allowlisted = account in await self.state.allowlist()
-        sticky = None if allowlisted else await self.state.get_decision(account)
-        decision = decide(facts, self.config.policy, allowlisted, sticky)
-        if (
-            sticky is None
-            and decision.ttl_seconds
-            and decision.action in ("challenge", "block")
-            and not self.config.shadow
-        ):
-            stored = decision.as_dict()
-            stored["decided_at"] = when.isoformat() + "Z"
-            await self.state.set_decision(account, stored, decision.ttl_seconds)
-        return decision
-
-    async def _over_limit(self, account: str, decision: Decision, when: datetime) -> str | None:
-        scope_key = decision.cluster_id if decision.scope == "cluster" else None
-        key = f"cluster:{scope_key}" if scope_key else f"account:{account}"
-        now = when.replace(tzinfo=UTC).timestamp()
-        if decision.requests_per_minute:
-            used = await self.state.hit(f"req:{key}", 1, now)
-            if used > decision.requests_per_minute:
-                return f"Rate limit: {decision.requests_per_minute} requests per minute for this {decision.scope}."
-        if decision.output_tokens_per_minute:
-            used_tokens = await self.state.count(f"tok:{key}", now)
-            if used_tokens >= decision.output_tokens_per_minute:
-                return f"Rate limit: {decision.output_tokens_per_minute} output tokens per minute for this {decision.scope}."
-        return None
-
-    def _record_decision(
-        self, account: str, decision: Decision, when: datetime, ip: str | None
-    ) -> None:
-        entry = {
-            "ts": when.isoformat() + "Z",
-            "account_id": account,
-            "shadow": self.config.shadow,
-            **decision.as_dict(),
-        }
-        self.recent.append(entry)
-        if self.sink is not None:
-            self.sink.audit("proxy", f"decision.{decision.action}", entry)
 
     async def _forward(self, request: Request, route: str, body: dict[str, Any], account: str, key_hash: str,
                        ip: str | None, tls: str | None, when: datetime, decision: Decision, enforce: bool) -> Response:  # fmt: skip
@@ -470,18 +372,8 @@ class Proxy:
             if isinstance(usage.get("completion_tokens"), int)
             else None
         )
-        if completion:
-            try:
-                cluster = decision.cluster_id
-                key = (
-                    f"cluster:{cluster}"
-                    if decision.scope == "cluster" and cluster
-                    else f"account:{account}"
-                )
-                await self.state.hit(f"tok:{key}", completion, when.replace(tzinfo=UTC).timestamp())
-            except StateError:
-                pass
-        if self.sink is None:
+        await self.enforcer.record_usage(account, decision, when, completion)
+        if self.enforcer.sink is None:
             return
         messages = body.get("messages")
         if not isinstance(messages, list):
@@ -514,7 +406,7 @@ class Proxy:
             "latency_ms": int((time.perf_counter() - started) * 1000),
             "proxy_decision": decision.action,
         }
-        self.sink.exchange(record)
+        self.enforcer.log_exchange(record)
 
     # -- pass-through and operations ------------------------------------------------------------
     async def models(self, request: Request) -> Response:
@@ -537,7 +429,7 @@ class Proxy:
     async def healthz(self, request: Request) -> Response:
         redis_ok = await self.state.ping()
         index = self.verdicts.index
-        degraded = not redis_ok or self.verdicts.error or self.upstream_error
+        degraded = not redis_ok or self.verdicts.error or self.upstream_error or self.enforcer.state_error
         return JSONResponse({
             "status": "degraded" if degraded else "ok",
             "state": {"backend": "redis" if self.config.redis_url else "memory", "ok": redis_ok},
@@ -547,7 +439,7 @@ class Proxy:
             "verdicts": {"path": index.loaded_from, "accounts": len(index.accounts),
                          "linking_artefacts": len(index.artefacts), "error": self.verdicts.error},
             "store": {"path": str(self.config.store) if self.config.store else None,
-                      "exchanges_logged": self.sink.written if self.sink else 0},
+                      "exchanges_logged": self.enforcer.sink.written if self.enforcer.sink else 0},
         })  # fmt: skip
 
     async def metrics_endpoint(self, request: Request) -> Response:
@@ -652,8 +544,8 @@ class Proxy:
     def _admin_audit(self, event: str, body: dict[str, Any]) -> None:
         entry = {"account_id": body["account_id"], "reason": str(body.get("reason", ""))[:500]}
         self.recent.append({"ts": datetime.now(UTC).isoformat(), "event": event, **entry})
-        if self.sink is not None:
-            self.sink.audit("admin", event, entry)
+        if self.enforcer.sink is not None:
+            self.enforcer.sink.audit("admin", event, entry)
 
     def _count(self, route: str, response: Response) -> Response:
         self.metrics.requests.labels(route, str(response.status_code)).inc()

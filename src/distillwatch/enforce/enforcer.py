@@ -1,0 +1,170 @@
+"""The enforcement core shared by the proxy and the LiteLLM plugin.
+
+It knows the policy, the (hot-reloaded) verdicts, the shared state and the audit sink; given who
+is asking, from where and what, it returns a :class:`Decision` and, when the decision refuses
+the request, the HTTP status and OpenAI error code to answer with.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from distillwatch.enforce.decide import Decision, decide
+from distillwatch.enforce.policy import Policy
+from distillwatch.enforce.signals import (
+    HotVerdicts,
+    cot_elicitation,
+    ip_prefix,
+    template_signatures,
+)
+from distillwatch.enforce.sink import StoreSink
+from distillwatch.enforce.state import MemoryState, RedisState, State
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    kind: str
+    code: str
+    message: str
+
+
+class Enforcer:
+    def __init__(
+        self,
+        policy: Policy,
+        verdicts: Path | None = None,
+        store: Path | None = None,
+        redis_url: str | None = None,
+        shadow: bool = False,
+        payments: dict[str, str] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.store = store
+        self.shadow = shadow
+        self.payments = payments or {}
+        self.verdicts = HotVerdicts(verdicts, store)
+        self.state: State = RedisState(redis_url) if redis_url else MemoryState()
+        self.backend = "redis" if redis_url else "memory"
+        self.sink: StoreSink | None = None
+        self.recent: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.state_error: str | None = None
+
+    def start(self) -> None:
+        """Open the store for logging (call once the event loop runs)."""
+        if self.store is not None and self.sink is None:
+            self.sink = StoreSink(self.store)
+            self.verdicts.reader = self.sink.call
+
+    async def close(self) -> None:
+        await self.state.close()
+        if self.sink is not None:
+            self.sink.close()
+
+    async def evaluate(
+        self, account: str, ip: str | None, tls: str | None, prompt: str, when: datetime
+    ) -> tuple[Decision, Refusal | None]:
+        """Decide, count against limits, and say whether (and how) to refuse."""
+        try:
+            decision = await self._decide(account, ip, tls, prompt, when)
+            refusal = await self._refusal(account, decision, when)
+            self.state_error = None
+        except Exception as exc:
+            self.state_error = f"{type(exc).__name__}: {exc}"
+            if not self.policy.fail_open:
+                return Decision("block", reasons=[self.state_error]), Refusal(
+                    503, "server_error", "fail_closed", "Enforcement state unavailable."
+                )
+            decision, refusal = Decision("allow", reasons=[f"fail-open: {self.state_error}"]), None
+        if decision.action != "allow":
+            self.record_decision(account, decision, when)
+        return decision, (None if self.shadow else refusal)
+
+    async def _decide(
+        self, account: str, ip: str | None, tls: str | None, prompt: str, when: datetime
+    ) -> Decision:
+        index = self.verdicts.reload_if_changed()
+        known = index.accounts.get(account)
+        facts: dict[str, Any] = {"account_id": account, "cot_elicitation": cot_elicitation(prompt)}
+        if known:
+            facts.update(
+                verdict=known["verdict"], score=known["score"], cluster_id=known["cluster_id"]
+            )
+        elif index.artefacts:
+            artefacts = [f"net:{ip_prefix(ip)}" if ip else "", f"tls:{tls}" if tls else ""]
+            artefacts += [f"tpl:{sig}" for sig in template_signatures(prompt)]
+            if account in self.payments:
+                artefacts.append(f"pay:{self.payments[account]}")
+            cluster, matched = index.linked_cluster([a for a in artefacts if a])
+            if cluster:
+                facts.update(linked_cluster=cluster, linked_artefacts=matched, cluster_id=cluster)
+        allowlisted = account in await self.state.allowlist()
+        sticky = None if allowlisted else await self.state.get_decision(account)
+        decision = decide(facts, self.policy, allowlisted, sticky)
+        standing = decision.ttl_seconds and decision.action in ("challenge", "block")
+        if sticky is None and standing and not self.shadow:
+            stored = decision.as_dict()
+            stored["decided_at"] = when.isoformat() + "Z"
+            await self.state.set_decision(account, stored, decision.ttl_seconds or 0)
+        return decision
+
+    def _limit_key(self, account: str, decision: Decision) -> str:
+        if decision.scope == "cluster" and decision.cluster_id:
+            return f"cluster:{decision.cluster_id}"
+        return f"account:{account}"
+
+    async def _refusal(self, account: str, decision: Decision, when: datetime) -> Refusal | None:
+        if decision.action in ("challenge", "block"):
+            message = decision.message or "Access denied."
+            if decision.verification_url:
+                message += f" Verify at {decision.verification_url}"
+            code = "verification_required" if decision.action == "challenge" else "account_blocked"
+            return Refusal(403, "permission_error", code, message)
+        if decision.action != "throttle" or self.shadow:
+            return None
+        key = self._limit_key(account, decision)
+        now = when.replace(tzinfo=UTC).timestamp()
+        if decision.requests_per_minute:
+            used = await self.state.hit(f"req:{key}", 1, now)
+            if used > decision.requests_per_minute:
+                return Refusal(429, "rate_limit_error", "rate_limit_exceeded",
+                               f"Rate limit: {decision.requests_per_minute} requests per minute for this {decision.scope}.")  # fmt: skip
+        if decision.output_tokens_per_minute:
+            used_tokens = await self.state.count(f"tok:{key}", now)
+            if used_tokens >= decision.output_tokens_per_minute:
+                return Refusal(429, "rate_limit_error", "rate_limit_exceeded",
+                               f"Rate limit: {decision.output_tokens_per_minute} output tokens per minute for this {decision.scope}.")  # fmt: skip
+        return None
+
+    async def record_usage(
+        self, account: str, decision: Decision, when: datetime, completion_tokens: int | None
+    ) -> None:
+        """Count output tokens against the account's (or its cluster's) token budget."""
+        if not completion_tokens:
+            return
+        try:
+            key = self._limit_key(account, decision)
+            await self.state.hit(
+                f"tok:{key}", completion_tokens, when.replace(tzinfo=UTC).timestamp()
+            )
+        except Exception as exc:
+            self.state_error = f"{type(exc).__name__}: {exc}"
+
+    def record_decision(self, account: str, decision: Decision, when: datetime) -> None:
+        entry = {
+            "ts": when.isoformat() + "Z",
+            "account_id": account,
+            "shadow": self.shadow,
+            **decision.as_dict(),
+        }
+        self.recent.append(entry)
+        if self.sink is not None:
+            self.sink.audit("proxy", f"decision.{decision.action}", entry)
+
+    def log_exchange(self, record: dict[str, Any]) -> None:
+        if self.sink is not None:
+            self.sink.exchange(record)
