@@ -429,7 +429,9 @@ class Proxy:
     async def healthz(self, request: Request) -> Response:
         redis_ok = await self.state.ping()
         index = self.verdicts.index
-        degraded = not redis_ok or self.verdicts.error or self.upstream_error or self.enforcer.state_error
+        degraded = (
+            not redis_ok or self.verdicts.error or self.upstream_error or self.enforcer.state_error
+        )
         return JSONResponse({
             "status": "degraded" if degraded else "ok",
             "state": {"backend": "redis" if self.config.redis_url else "memory", "ok": redis_ok},
