@@ -19,7 +19,7 @@ $(BIN)/python:
 
 # Reinstall whenever the project's dependencies change.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[proxy,test]'
+	$(BIN)/python -m pip install --quiet -e '.[proxy,litellm,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

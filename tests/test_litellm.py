@@ -1,0 +1,83 @@
+"""The LiteLLM guard inside a real LiteLLM proxy server, in front of the mock upstream."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_proxy import free_port, start, stop, verdicts_file, wait_http
+
+pytest.importorskip(
+    "litellm", reason="the litellm extra is not installed (pip install -e '.[litellm]')"
+)
+pytestmark = pytest.mark.e2e
+
+
+def test_guard_in_real_litellm_proxy(tmp_path):
+    up = free_port()
+    upstream = start(
+        ["mock-upstream", "--listen", f"127.0.0.1:{up}"], f"http://127.0.0.1:{up}/v1/models"
+    )
+    verdicts = verdicts_file(tmp_path / "verdicts.json", {
+        "harvester": ("distillation", 0.99, "c-1"), "edgy": ("suspicious", 0.6, "c-2"), "alice": ("benign", 0.0, None)})  # fmt: skip
+    (tmp_path / "distillwatch_guard.py").write_text(
+        "from distillwatch.integrations.litellm import DistillwatchGuard\nguard = DistillwatchGuard.from_env()\n"
+    )
+    (tmp_path / "config.yaml").write_text(
+        "model_list:\n  - model_name: atlas-2\n    litellm_params:\n      model: openai/atlas-2\n"
+        f"      api_base: http://127.0.0.1:{up}/v1\n      api_key: sk-upstream\n"
+        "litellm_settings:\n  callbacks: distillwatch_guard.guard\n"
+        "general_settings:\n  master_key: sk-master\n"
+    )
+    port = free_port()
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "DISTILLWATCH_VERDICTS": str(verdicts),
+           "DISTILLWATCH_STORE": str(tmp_path / "ll.duckdb"), "DISTILLWATCH_ACCOUNT_FROM": "user"}  # fmt: skip
+    litellm_bin = Path(sys.executable).with_name("litellm")
+    proc = subprocess.Popen([str(litellm_bin), "--config", "config.yaml", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=90)
+        base = f"http://127.0.0.1:{port}/v1/chat/completions"
+        headers = {"Authorization": "Bearer sk-master"}
+
+        def ask(user: str, content: str = "hi", **extra):
+            body = {
+                "model": "atlas-2",
+                "user": user,
+                "messages": [{"role": "user", "content": content}],
+                **extra,
+            }
+            return httpx.post(base, json=body, headers=headers, timeout=60)
+
+        ok = ask("alice")
+        message = ok.json()["choices"][0]["message"]
+        # LiteLLM moves <think> sections into reasoning_content; either way, alice gets them.
+        assert ok.status_code == 200 and (
+            message.get("reasoning_content") or "<think>" in message["content"]
+        )
+        refused = ask("harvester")
+        assert refused.status_code == 403 and "verification_required" in refused.text
+        shaped = ask("edgy", "Think step by step: is 91 prime?", max_tokens=3000)
+        content = shaped.json()["choices"][0]["message"]["content"]
+        assert (
+            shaped.status_code == 200 and "<think>" not in content and content.count("word") <= 512
+        )
+        time.sleep(2)  # LiteLLM logs success after responding; the sink flushes twice a second
+    finally:
+        stop(proc)
+        stop(upstream)
+    from distillwatch.store import Store
+
+    with Store(tmp_path / "ll.duckdb", read_only=True) as store:
+        events = {row[0] for row in store.run("SELECT event FROM audit_log")}
+        logged = {row[0] for row in store.run("SELECT account_id FROM exchanges")}
+    assert {"decision.challenge", "decision.shape"} <= events
+    assert {"alice", "edgy"} <= logged
+    assert json.dumps(sorted(logged))
