@@ -14,31 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait(url: str) -> None:
-    for _ in range(200):
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
+from distillwatch.enforce.processes import CLI, free_port, wait_http
 
 
 async def load(rate: float, seconds: float, direct: str, proxied: str) -> dict[str, list[float]]:
@@ -86,13 +70,13 @@ def main() -> None:
                                     "accounts": [{"account_id": "x", "score": 0.0, "verdict": "benign",
                                                   "cluster_id": None, "reasons": []}]}))  # fmt: skip
     up, px = free_port(), free_port()
-    cli = [sys.executable, "-m", "distillwatch.cli"]
+    cli = list(CLI)
     upstream = subprocess.Popen([*cli, "mock-upstream", "--listen", f"127.0.0.1:{up}"])
     proxy = subprocess.Popen([*cli, "proxy", "--upstream", f"http://127.0.0.1:{up}", "--listen",
                               f"127.0.0.1:{px}", "--verdicts", str(verdicts)], stdout=subprocess.DEVNULL)  # fmt: skip
     try:
-        wait(f"http://127.0.0.1:{up}/v1/models")
-        wait(f"http://127.0.0.1:{px}/healthz")
+        wait_http(f"http://127.0.0.1:{up}/v1/models")
+        wait_http(f"http://127.0.0.1:{px}/healthz")
         runs = []
         for _ in range(args.repeats):
             lat = asyncio.run(

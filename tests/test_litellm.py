@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_proxy import free_port, start, stop, verdicts_file, wait_http
+from distillwatch.enforce.processes import free_port, wait_http
+from tests.test_proxy import start, stop, verdicts_file
 
 pytest.importorskip(
     "litellm", reason="the litellm extra is not installed (pip install -e '.[litellm]')"

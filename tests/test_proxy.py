@@ -16,33 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from distillwatch.enforce.processes import free_port, wait_http
 from distillwatch.ingest.batch import exchanges_to_table
 from distillwatch.schema import parse_account, validate_exchange
 from distillwatch.store import Store
 
 pytestmark = pytest.mark.e2e
 ADMIN = "admin-secret-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"process exited: {proc.stderr.read().decode() if proc.stderr else ''}"
-            )
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def start(args: list[str], health: str) -> subprocess.Popen:

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
-import sys
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -25,27 +22,10 @@ from typing import Any
 import httpx
 
 from distillwatch.detection.pipeline import detect_and_write
+from distillwatch.enforce.processes import CLI, free_port, wait_http
 from distillwatch.ingest import ingest_paths
 from distillwatch.store import Store
 from distillwatch.traffic import iter_records
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited")
-        try:
-            httpx.get(url, timeout=0.5)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def replay(
@@ -81,8 +61,8 @@ def replay(
         "".join(json.dumps({"api_key": f"sk-{a}", "account_id": a}) + "\n" for a in accounts)
     )
 
-    cli = [sys.executable, "-m", "distillwatch.cli"]
-    up, px = _free_port(), _free_port()
+    cli = list(CLI)
+    up, px = free_port(), free_port()
     upstream = subprocess.Popen([*cli, "mock-upstream", "--listen", f"127.0.0.1:{up}"])
     proxy = subprocess.Popen(
         [*cli, "proxy", "--upstream", f"http://127.0.0.1:{up}", "--listen", f"127.0.0.1:{px}",
@@ -92,8 +72,8 @@ def replay(
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _wait(f"http://127.0.0.1:{up}/v1/models", upstream)
-        _wait(f"http://127.0.0.1:{px}/healthz", proxy)
+        wait_http(f"http://127.0.0.1:{up}/v1/models", upstream)
+        wait_http(f"http://127.0.0.1:{px}/healthz", proxy)
         outcomes = asyncio.run(_send(f"http://127.0.0.1:{px}", sample, concurrency, on_progress))
     finally:
         for proc in (proxy, upstream):
