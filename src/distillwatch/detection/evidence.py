@@ -45,9 +45,14 @@ def build_evidence(store: Store) -> None:
             FROM acct WHERE payment_fingerprint IS NOT NULL AND public_email
             GROUP BY payment_fingerprint
         ), bursts AS (
+            -- Sign-ups within the hour around this one, against the local sign-up rate over the
+            -- surrounding day: at a large provider dozens of accounts open every hour, so only a
+            -- crowd well above that background is a burst.
             SELECT account_id,
                    count(*) OVER (ORDER BY created_at RANGE BETWEEN INTERVAL 30 MINUTES PRECEDING
-                                  AND INTERVAL 30 MINUTES FOLLOWING) - 1 AS created_near
+                                  AND INTERVAL 30 MINUTES FOLLOWING) - 1 AS created_near,
+                   count(*) OVER (ORDER BY created_at RANGE BETWEEN INTERVAL 12 HOURS PRECEDING
+                                  AND INTERVAL 12 HOURS FOLLOWING) / 24.0 AS hourly_background
             FROM acct WHERE created_at IS NOT NULL
         ), launch AS (
             SELECT sum(new_model_requests) / nullif(sum(after_launch_requests), 0) AS share
@@ -61,6 +66,8 @@ def build_evidence(store: Store) -> None:
                CASE WHEN a.public_email THEN coalesce(p.accounts, 1) - 1 ELSE 0 END
                    AS payment_shared_with,
                coalesce(b.created_near, 0) AS created_near,
+               coalesce(b.created_near >= 4 AND b.created_near >= 4 * b.hourly_background, false)
+                   AS created_burst,
                CASE WHEN a.after_launch_requests >= 5
                     THEN a.new_model_requests / a.after_launch_requests END AS new_model_share,
                (SELECT share FROM launch) AS population_new_model_share,

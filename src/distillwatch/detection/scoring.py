@@ -82,7 +82,7 @@ class EvidenceScorer:
                     f"payment instrument shared with {r['payment_shared_with']} other webmail/disposable accounts",
                 )
             )
-        if r["created_near"] >= 4:
+        if r["created_burst"]:
             ev.append(
                 Evidence(
                     min(2.0, 0.5 + 0.1 * r["created_near"]),
@@ -117,6 +117,20 @@ class EvidenceScorer:
                     f"demands long outputs: {r['mean_output']:.0f} tokens on average vs {self.median_output_:.0f} typical",
                 )
             )
+        elif (
+            self.median_output_
+            and n >= 20
+            and r["mean_output"] < 0.5 * self.median_output_
+            and r["cot_rate"] < 0.1
+        ):
+            # Distillation needs rich answers; short, reasoning-free outputs are little worth
+            # copying (a classifier or router behind a fixed template, say).
+            ev.append(
+                Evidence(
+                    -1.0,
+                    f"asks for short outputs ({r['mean_output']:.0f} tokens vs {self.median_output_:.0f} typical) without reasoning: little to distil",
+                )
+            )
         share, population = r["new_model_share"], r["population_new_model_share"]
         if (
             share is not None
@@ -143,7 +157,7 @@ class EvidenceScorer:
             ev.append(
                 Evidence(0.4, f"account was {r['age_days']:.1f} days old at its first request")
             )
-        ev.sort(key=lambda e: -e.points)
+        ev.sort(key=lambda e: -abs(e.points))
         return AccountScore(r["account_id"], PRIOR_LOG_ODDS + sum(e.points for e in ev), ev)
 
 
@@ -167,7 +181,7 @@ def score_clusters(
             continue
         own = np.array([scores[m].log_odds for m in members])
         log_odds = float(np.median(own))
-        burst = sum(rows[m]["created_near"] >= 4 for m in members)
+        burst = sum(rows[m]["created_burst"] for m in members)
         paid = sum(rows[m]["payment_shared_with"] >= 2 for m in members)
         templated = sum(rows[m]["shared_template_share"] >= 0.1 for m in members)
         cot = float(np.mean([rows[m]["cot_rate"] for m in members]))
