@@ -121,7 +121,8 @@ def _summarise(verdicts: dict, labels_path: Path, out: Path, store_path: Path) -
             f"verdicts: {out / 'detect' / 'verdicts.json'}\n"
             f"report:   {out / 'detect' / 'report.html'}\n"
             f"traffic:  {out / 'traffic'} (labels.json is the ground truth)\n\n"
-            f"next: distillwatch stats --store {store_path}\n"
+            f"next: distillwatch demo-proxy --traffic {out / 'traffic'} --out {out / 'enforce'}\n"
+            f"      distillwatch stats --store {store_path}\n"
             f"      distillwatch bench detect --scenario small",
             title="outputs",
             expand=False,
