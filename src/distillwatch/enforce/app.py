@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -245,8 +246,8 @@ class Proxy:
         except TimeoutError:
             return openai_error(408, "Timed out reading the request body.", "invalid_request_error")
         try:
-            body = json.loads(b"".join(chunks) or b"null")
-        except (ValueError, UnicodeDecodeError):
+            body = orjson.loads(b"".join(chunks) or b"null")
+        except orjson.JSONDecodeError:
             return openai_error(400, "Request body is not valid JSON.", "invalid_request_error")
         if not isinstance(body, dict):
             return openai_error(400, "Request body must be a JSON object.", "invalid_request_error")
@@ -297,7 +298,9 @@ class Proxy:
         started = time.perf_counter()
         stream = bool(body.get("stream")) and route != "/v1/embeddings"
         try:
-            upstream_request = self.client.build_request("POST", route, json=body, headers=headers)
+            upstream_request = self.client.build_request(
+                "POST", route, content=orjson.dumps(body), headers=headers
+            )
             upstream = await self.client.send(upstream_request, stream=stream)
         except httpx.TimeoutException:
             self.upstream_error = "timeout"
@@ -322,7 +325,7 @@ class Proxy:
         payload: dict[str, Any] | None = None
         if upstream.headers.get("content-type", "").startswith("application/json"):
             try:
-                payload = json.loads(content)
+                payload = orjson.loads(content)
             except ValueError:
                 payload = None
         if enforce and decision.action == "shape" and isinstance(payload, dict):
@@ -330,7 +333,7 @@ class Proxy:
                 payload = strip_reasoning(payload)
             for hook in self.config.response_hooks:
                 payload = hook(payload, decision, body)
-            content = json.dumps(payload).encode()
+            content = orjson.dumps(payload)
         usage = (payload or {}).get("usage") or {}
         await self._after(account, key_hash, ip, tls, when, route, body, _response_text(payload),
                           upstream.status_code, usage, started, decision)  # fmt: skip

@@ -102,7 +102,7 @@ class Enforcer:
             cluster, matched = index.linked_cluster([a for a in artefacts if a])
             if cluster:
                 facts.update(linked_cluster=cluster, linked_artefacts=matched, cluster_id=cluster)
-        allowlisted = account in await self.state.allowlist()
+        allowlisted = await self.state.is_allowed(account)
         sticky = None if allowlisted else await self.state.get_decision(account)
         decision = decide(facts, self.policy, allowlisted, sticky)
         standing = decision.ttl_seconds and decision.action in ("challenge", "block")

@@ -28,6 +28,7 @@ class State(Protocol):
     async def delete_decision(self, account: str) -> bool: ...
     async def decisions(self) -> dict[str, dict[str, Any]]: ...
     async def allowlist(self) -> set[str]: ...
+    async def is_allowed(self, account: str) -> bool: ...
     async def allow(self, account: str, allowed: bool) -> None: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
@@ -78,6 +79,9 @@ class MemoryState:
 
     async def allowlist(self) -> set[str]:
         return set(self._allow)
+
+    async def is_allowed(self, account: str) -> bool:
+        return account in self._allow
 
     async def allow(self, account: str, allowed: bool) -> None:
         (self._allow.add if allowed else self._allow.discard)(account)
@@ -138,6 +142,9 @@ class RedisState:
     async def allowlist(self) -> set[str]:
         members = await self._do(self._redis.smembers(f"{self._prefix}allow"))
         return {m.decode() for m in members}
+
+    async def is_allowed(self, account: str) -> bool:
+        return bool(await self._do(self._redis.sismember(f"{self._prefix}allow", account)))
 
     async def allow(self, account: str, allowed: bool) -> None:
         key = f"{self._prefix}allow"
