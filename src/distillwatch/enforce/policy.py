@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
+from distillwatch.yamlfile import parse_yaml
 
 ACTIONS = ("allow", "throttle", "challenge", "shape", "block")
 CONDITIONS = ("verdict", "min_score", "linked_to_flagged_cluster", "cot_elicitation", "any")
@@ -135,8 +135,4 @@ def load_policy(path: Path | None = None) -> Policy:
         if not path.is_file():
             raise PolicyError(f"{path}: no such policy file")
         text, source = path.read_text(), str(path)
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_policy(doc, source)
+    return parse_policy(parse_yaml(text, source, PolicyError), source)

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
+from distillwatch.yamlfile import parse_yaml
 
 PRESETS = ("small", "week", "disclosure")
 CLIENTS = ("browser", "sdk", "mixed")
@@ -207,8 +207,4 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
                 f"{name_or_path}: not a preset ({', '.join(PRESETS)}) and no such YAML file"
             )
         text, source = path.read_text(), str(path)
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_scenario(doc, source)
+    return parse_scenario(parse_yaml(text, source, ScenarioError), source)
