@@ -29,5 +29,7 @@ def test_demo_proxy_stops_attackers_not_customers(tmp_path, cli, shared_data):
     assert tally["requests"] == 800
     assert tally["attacker_requests"] > 100 and tally["benign_requests"] > 100
     assert tally["attacker_stopped_or_shaped_share"] > 0.7
+    assert tally["attacker_requests_after_detection"] > 50
+    assert tally["attacker_after_detection_stopped_or_shaped_share"] >= 0.99
     assert tally["benign_refused_share"] <= 0.01
     assert (tmp_path / "enforce" / "verdicts-day-0" / "verdicts.json").exists()

@@ -210,8 +210,11 @@ def demo_proxy_command(
     console.print(summary)
     share = result["attacker_stopped_or_shaped_share"]
     benign = result["benign_refused_share"]
+    after = result["attacker_after_detection_stopped_or_shaped_share"]
     console.print(
-        f"attacker requests stopped or shaped: [bold]{(share or 0):.1%}[/]; benign requests refused: "
+        f"requests from attacker accounts already flagged: [bold]{(after or 0):.1%}[/] stopped or "
+        f"shaped ({result['attacker_requests_after_detection']:,} requests); all attacker requests: "
+        f"[bold]{(share or 0):.1%}[/]; benign requests refused: "
         f"[bold]{(benign or 0):.2%}[/]; accounts unseen at detection time stopped: "
         f"{result['fresh_accounts_stopped']}/{result['fresh_attacker_accounts']} "
         f"(within {result['fresh_requests_until_stopped_max'] or 0} requests at most)",

@@ -49,6 +49,7 @@ def replay(
         doc = detect_and_write(store, out / "verdicts-day-0", until=cutoff)
         store.run("DELETE FROM exchanges WHERE ts > ?", [cutoff])  # the proxy logs the rest live
     known = {a["account_id"] for a in doc["accounts"]}
+    detected = {a["account_id"] for a in doc["accounts"] if a["verdict"] == "distillation"}
     later = [
         r for r in iter_records(traffic / "exchanges.jsonl") if r["ts"][:19] > cutoff.isoformat()
     ]
@@ -79,7 +80,7 @@ def replay(
         for proc in (proxy, upstream):
             proc.terminate()
             proc.wait(timeout=20)
-    return _tally(sample, outcomes, labels, known, cutoff)
+    return _tally(sample, outcomes, labels, known, detected, cutoff)
 
 
 async def _send(base: str, sample: list[dict[str, Any]], concurrency: int,
@@ -123,7 +124,7 @@ async def _send(base: str, sample: list[dict[str, Any]], concurrency: int,
 
 
 def _tally(sample: list[dict[str, Any]], outcomes: list[str], labels: dict[str, Any],
-           known: set[str], cutoff: datetime) -> dict[str, Any]:  # fmt: skip
+           known: set[str], detected: set[str], cutoff: datetime) -> dict[str, Any]:  # fmt: skip
     truth = labels["accounts"]
     by_group: dict[str, Counter[str]] = defaultdict(Counter)
     first_stop: dict[str, int | None] = {}
@@ -133,12 +134,17 @@ def _tally(sample: list[dict[str, Any]], outcomes: list[str], labels: dict[str, 
         label = truth[account]
         group = "attacker" if label["label"] == "campaign" else "benign"
         by_group[group][outcome] += 1
+        if group == "attacker" and account in detected:
+            # Requests from attacker accounts the day-0 detection had already flagged.
+            by_group["attacker_detected"][outcome] += 1
         if group == "attacker" and account not in known:
             seen[account] += 1
             if outcome != "served" and first_stop.get(account) is None:
                 first_stop[account] = seen[account]
             first_stop.setdefault(account, None)
     attacker, benign = by_group["attacker"], by_group["benign"]
+    after_detection = by_group["attacker_detected"]
+    d_total = sum(after_detection.values())
     a_total, b_total = sum(attacker.values()), sum(benign.values())
     refused_benign = sum(n for k, n in benign.items() if k in ("403", "429"))
     fresh = [n for n in first_stop.values() if n is not None]
@@ -148,6 +154,11 @@ def _tally(sample: list[dict[str, Any]], outcomes: list[str], labels: dict[str, 
         "attacker_requests": a_total,
         "attacker_stopped_or_shaped_share": (a_total - attacker["served"]) / a_total
         if a_total
+        else None,
+        "attacker_requests_after_detection": d_total,
+        "attacker_after_detection_stopped_or_shaped_share": (d_total - after_detection["served"])
+        / d_total
+        if d_total
         else None,
         "benign_requests": b_total,
         "benign_refused_share": refused_benign / b_total if b_total else None,
