@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -141,14 +142,18 @@ def detect(store: Store, until: datetime | None = None) -> dict[str, Any]:
     }
 
 
+_NUMBERS = re.compile(r"\d[\d,.]*%?")
+
+
 def _top_reasons(members: list[str], scores: dict[str, AccountScore]) -> list[str]:
+    """The kinds of evidence most members share (numbers masked so like reasons group)."""
     counts: dict[str, int] = {}
     for member in members:
         for evidence in scores[member].evidence[:3]:
-            key = evidence.reason.split(":")[0] if ":" in evidence.reason else evidence.reason
+            key = _NUMBERS.sub("N", evidence.reason.split(":")[0])
             counts[key] = counts.get(key, 0) + 1
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
-    return [f"{n} members: {reason}" for reason, n in top]
+    return [f"{n} of {len(members)} members: {reason}" for reason, n in top]
 
 
 def store_verdicts(store: Store, doc: dict[str, Any]) -> str:
