@@ -38,6 +38,14 @@ def detect_command(
     until: str | None = typer.Option(
         None, "--until", help="Only consider exchanges at or before this RFC 3339 time (replay)."
     ),
+    incremental: bool = typer.Option(
+        True,
+        "--incremental/--full",
+        help="Incremental (the default): fold only exchanges newer than the store's last detect "
+        "run into its saved per-account state; same answers as --full, which re-reads every "
+        "exchange. Falls back to a full run, and says why, when late records arrived behind "
+        "the last run or --until is earlier than it.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print verdicts.json instead of a table."),
 ) -> None:
     """Score every account, link accounts into clusters and report campaigns with evidence.
@@ -71,7 +79,7 @@ def detect_command(
                     if console.is_terminal
                     else nullcontext()
                 ):
-                    doc = detect_and_write(store, out, cutoff)
+                    doc = detect_and_write(store, out, cutoff, incremental)
         except StoreError as exc:
             raise fail(str(exc)) from None
     if as_json:
@@ -86,6 +94,14 @@ def _summary(doc: dict, out: Path) -> None:
         v: sum(a["verdict"] == v for a in accounts)
         for v in ("distillation", "suspicious", "benign")
     }
+    run = doc["detector"]
+    why = run.get("rebuilt_because")
+    how = (
+        f"incremental: {run['folded']:,} new exchanges folded into the saved state"
+        if run["mode"] == "incremental"
+        else "full run" + (f" ({why})" if why else "")
+    )
+    console.print(Text(how, style="dim"))
     console.print(
         f"{doc['exchanges']:,} exchanges, {len(accounts):,} accounts: "
         f"[bold red]{verdicts['distillation']:,} distillation[/], "

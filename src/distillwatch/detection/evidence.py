@@ -1,11 +1,13 @@
 """Cross-account evidence: what an account shares with others, and how rare that is.
 
 Each signal here is a column of the temp table ``evid`` (one row per account), computed in SQL
-from ``ex``, ``acct`` and ``tmpl``. Sharing only counts when it is specific: a template, a
+from the folded state (``content``, ``dw_near``), ``acct`` and ``tmpl``. Sharing only counts when it is specific: a template, a
 payment instrument or a prompt used by a handful to a few thousand accounts, not by everyone.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from distillwatch.store import Store
 
@@ -25,19 +27,31 @@ def build_evidence(store: Store) -> None:
             SELECT side, gram, count(DISTINCT account_id) AS accounts
             FROM tmpl GROUP BY side, gram
         ), shared_tmpl AS (
-            SELECT t.account_id, least(1.0, sum(t.share)) AS share,
+            SELECT t.account_id, least(1.0, sum(t.uses) / any_value(t.n)) AS share,
                    count(*) AS templates, max(r.accounts) AS reach
             FROM tmpl t JOIN tmpl_reach r USING (side, gram)
             WHERE r.accounts >= 3 AND r.accounts <= {common}
             GROUP BY t.account_id
         ), content_reach AS (
-            SELECT content_hash, count(DISTINCT account_id) AS accounts
-            FROM ex GROUP BY content_hash
+            SELECT h, count(*) AS accounts FROM content GROUP BY h
         ), dup AS (
-            SELECT e.account_id,
-                   avg((c.accounts >= 3 AND c.accounts <= {common})::INTEGER) AS share
-            FROM ex e JOIN content_reach c USING (content_hash)
-            GROUP BY e.account_id
+            SELECT c.account_id,
+                   sum(c.uses) FILTER (WHERE r.accounts >= 3 AND r.accounts <= {common})
+                       / sum(c.uses) AS share
+            FROM content c JOIN content_reach r USING (h)
+            GROUP BY c.account_id
+        ), near_keys AS (
+            SELECT account_id, sig, sum(uses) AS uses FROM dw_near GROUP BY ALL
+        ), near_reach AS (
+            SELECT sig, count(*) AS accounts FROM near_keys GROUP BY sig
+        ), near AS (
+            -- Share of an account's MinHash band signatures that collide with prompts of 3+
+            -- other accounts: paraphrases and mutations of a shared seed list.
+            SELECT k.account_id,
+                   sum(k.uses) FILTER (WHERE r.accounts >= 3 AND r.accounts <= {common})
+                       / sum(k.uses) AS share
+            FROM near_keys k JOIN near_reach r USING (sig)
+            GROUP BY k.account_id
         ), pay AS (
             -- Several unrelated public-webmail accounts paying with one instrument. Colleagues
             -- on a company card share their company's own mail domain instead.
@@ -63,6 +77,7 @@ def build_evidence(store: Store) -> None:
                coalesce(s.templates, 0) AS shared_templates,
                coalesce(s.reach, 0) AS template_reach,
                coalesce(d.share, 0) AS duplicate_share,
+               coalesce(nd.share, 0) AS near_duplicate_share,
                CASE WHEN a.public_email THEN coalesce(p.accounts, 1) - 1 ELSE 0 END
                    AS payment_shared_with,
                coalesce(b.created_near, 0) AS created_near,
@@ -76,14 +91,15 @@ def build_evidence(store: Store) -> None:
         FROM acct a
         LEFT JOIN shared_tmpl s USING (account_id)
         LEFT JOIN dup d USING (account_id)
+        LEFT JOIN near nd USING (account_id)
         LEFT JOIN pay p ON a.payment_fingerprint = p.payment_fingerprint
         LEFT JOIN bursts b USING (account_id)
         """
     )
 
 
-def artefact_edges(store: Store) -> list[tuple[str, str, float]]:
-    """(account, artefact, weight) rows: the bipartite account-artefact graph.
+def artefact_edges(store: Store) -> dict[str, np.ndarray]:
+    """Columns ``account_id``, ``artefact``, ``weight``: the bipartite account-artefact graph.
 
     Weights favour specific artefacts: a payment instrument shared by webmail accounts and a
     repeated wrapper weigh most; an IP prefix weighs little and less the more accounts sit
@@ -91,7 +107,7 @@ def artefact_edges(store: Store) -> list[tuple[str, str, float]]:
     """
     total = store.run("SELECT count(*) FROM acct")[0][0] or 1
     common = max(50, int(total * COMMON_SHARE))
-    rows = store.run(
+    return store.con.execute(
         f"""
         WITH pay AS (
             SELECT account_id, 'pay:' || payment_fingerprint AS artefact, 3.0 AS weight
@@ -104,17 +120,21 @@ def artefact_edges(store: Store) -> list[tuple[str, str, float]]:
             SELECT account_id, 'burst:' || strftime(time_bucket(INTERVAL 1 HOUR, created_at),
                                                     '%Y%m%d%H') AS artefact, 1.0 AS weight
             FROM acct WHERE created_at IS NOT NULL
-        ), content AS (
-            SELECT account_id, 'txt:' || content_hash AS artefact,
-                   least(0.5 * count(*), 2.0) AS weight
-            FROM ex GROUP BY account_id, content_hash
-        ), prefix AS (
-            SELECT account_id, 'net:' || ip_prefix AS artefact,
-                   least(0.1 * count(*), 1.0) AS weight
-            FROM ex WHERE ip_prefix IS NOT NULL GROUP BY account_id, ip_prefix
+        ), txt AS (
+            SELECT account_id, 'txt:' || h AS artefact, least(0.5 * uses, 2.0) AS weight
+            FROM content
+        ), near AS (
+            SELECT account_id, 'near:' || sig AS artefact, least(0.25 * sum(uses), 1.0) AS weight
+            FROM dw_near GROUP BY account_id, sig
+        ), infra AS (
+            -- Network prefixes and TLS client fingerprints: weak alone, and weaker the more
+            -- accounts share them (a corporate NAT, a popular browser build).
+            SELECT account_id, kind || ':' || value AS artefact,
+                   least(0.1 * uses, 1.0) AS weight
+            FROM kv WHERE kind IN ('net', 'tls')
         ), all_edges AS (
             SELECT * FROM pay UNION ALL SELECT * FROM tpl UNION ALL SELECT * FROM burst
-            UNION ALL SELECT * FROM content UNION ALL SELECT * FROM prefix
+            UNION ALL SELECT * FROM txt UNION ALL SELECT * FROM near UNION ALL SELECT * FROM infra
         ), reach AS (
             SELECT artefact, count(DISTINCT account_id) AS accounts FROM all_edges GROUP BY artefact
         )
@@ -127,6 +147,6 @@ def artefact_edges(store: Store) -> list[tuple[str, str, float]]:
         QUALIFY row_number() OVER (PARTITION BY e.account_id, split_part(e.artefact, ':', 1)
                                    ORDER BY e.weight / ln(1 + r.accounts) DESC, e.artefact)
                 <= {MAX_EDGES_PER_KIND}
+        ORDER BY e.account_id, e.artefact
         """
-    )
-    return [(a, b, float(w)) for a, b, w in rows]
+    ).fetchnumpy()

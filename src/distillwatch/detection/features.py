@@ -53,8 +53,30 @@ def _sql_list(values: tuple[str, ...]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
-def build_exchange_features(store: Store, until: datetime | None) -> None:
-    """Temp table ``ex``: one row per exchange with normalised text features."""
+#: MinHash over word 3-shingles of the prompt skeleton, banded for locality-sensitive hashing:
+#: two prompts share a band signature with probability J^ROWS per band (J = their Jaccard
+#: similarity), so paraphrased or lightly mutated prompts collide where exact hashes do not.
+MINHASH_BANDS = 4
+MINHASH_ROWS = 2
+MINHASH_MIN_WORDS = 6
+MINHASH_MAX_WORDS = 200
+
+
+def _minhash_bands_sql() -> str:
+    bands = []
+    for band in range(MINHASH_BANDS):
+        mins = ", ".join(
+            f"list_min(list_transform(shingles, lambda s: hash(s, {band * MINHASH_ROWS + row})))"
+            for row in range(MINHASH_ROWS)
+        )
+        bands.append(f"hash({band}, {mins})")
+    return f"CASE WHEN len(shingles) > 0 THEN [{', '.join(bands)}] END"
+
+
+def build_exchange_features(
+    store: Store, until: datetime | None, after: datetime | None = None
+) -> None:
+    """Temp table ``ex``: one row per exchange in ``(after, until]`` with text features."""
     tags = ", ".join(
         f"CASE WHEN regexp_matches(norm, '{pattern.replace(chr(39), chr(39) * 2)}') "
         f"THEN '{name}' END"
@@ -71,7 +93,7 @@ def build_exchange_features(store: Store, until: datetime | None) -> None:
                    trim(lower(regexp_replace(left(prompt, {MAX_PROMPT_CHARS}), '\\s+', ' ', 'g')))
                        AS norm
             FROM exchanges
-            WHERE ? IS NULL OR ts <= ?
+            WHERE (?::TIMESTAMP IS NULL OR ts <= ?) AND (?::TIMESTAMP IS NULL OR ts > ?)
         ), skel AS (
             SELECT *,
                    string_split(
@@ -81,10 +103,19 @@ def build_exchange_features(store: Store, until: datetime | None) -> None:
                            '[0-9]+([.,][0-9]+)*', '0', 'g'),
                        ' ') AS words
             FROM base
+        ), shingled AS (
+            SELECT *,
+                   CASE WHEN len(words) >= {MINHASH_MIN_WORDS}
+                        THEN list_transform(
+                            range(1, least(len(words), {MINHASH_MAX_WORDS}) - 1),
+                            lambda i: hash(words[i], words[i + 1], words[i + 2]))
+                        ELSE [] END AS shingles
+            FROM skel
         )
-        SELECT id, account_id, ts, model, n_messages, conversation_id, ip, user_agent,
-               tls_fingerprint, completion_tokens,
-               hash(system_prompt) AS system_hash,
+        SELECT id, account_id, ts, model,
+               (n_messages > 1 OR conversation_id IS NOT NULL) AS multi_turn,
+               ip, user_agent, tls_fingerprint, completion_tokens,
+               CASE WHEN system_prompt IS NOT NULL THEN hash(system_prompt) END AS system_hash,
                CASE WHEN ip LIKE '%:%'
                     THEN array_to_string(string_split(ip, ':')[1:3], ':') || '::/48'
                     ELSE array_to_string(string_split(ip, '.')[1:3], '.') || '.0/24' END
@@ -94,80 +125,107 @@ def build_exchange_features(store: Store, until: datetime | None) -> None:
                     THEN array_to_string(words[1:{TEMPLATE_WORDS}], ' ') END AS prefix_gram,
                CASE WHEN len(words) >= {TEMPLATE_WORDS * 2}
                     THEN array_to_string(words[-{TEMPLATE_WORDS}:], ' ') END AS suffix_gram,
+               {_minhash_bands_sql()} AS near,
                regexp_matches(norm, '{COT_PATTERN.replace(chr(39), chr(39) * 2)}') AS cot,
                list_filter([{tags}], lambda t: t IS NOT NULL) AS tags
-        FROM skel
+        FROM shingled
         """,
-        [until, until],
+        [until, until, after, after],
     )
 
 
 def build_account_features(store: Store) -> None:
-    """Temp table ``acct``: one row per account with behaviour, content and signup features."""
+    """Temp table ``acct``: one row per account, from the folded state (see ``state.py``).
+
+    Every feature here is a function of mergeable per-account aggregates, so an incremental
+    run that folds in only new exchanges gives exactly the numbers a full run gives.
+    """
+    store.run("DROP TABLE IF EXISTS kv")
+    store.run(
+        "CREATE TEMP TABLE kv AS SELECT account_id, kind, value, sum(uses) AS uses "
+        "FROM dw_kv GROUP BY ALL"
+    )
+    store.run("DROP TABLE IF EXISTS content")
+    store.run(
+        "CREATE TEMP TABLE content AS SELECT account_id, h, sum(uses) AS uses "
+        "FROM dw_content GROUP BY ALL"
+    )
     store.run("DROP TABLE IF EXISTS acct")
     store.run(
         f"""
         CREATE TEMP TABLE acct AS
-        WITH gaps AS (
-            SELECT account_id,
-                   epoch(ts) - epoch(lag(ts) OVER (PARTITION BY account_id ORDER BY ts)) AS gap
-            FROM ex
-        ), gap_stats AS (
-            SELECT account_id,
-                   CASE WHEN count(gap) >= 5 AND avg(gap) > 0 THEN stddev_pop(gap) / avg(gap) END
-                       AS gap_cv
-            FROM gaps GROUP BY account_id
-        ), tag_counts AS (
-            SELECT account_id, tag, count(*) AS c
-            FROM (SELECT account_id, unnest(tags) AS tag FROM ex) GROUP BY account_id, tag
-        ), coverage AS (
-            SELECT t.account_id,
-                   count(*) FILTER (WHERE t.c >= greatest(2, 0.05 * b.n)) AS capabilities
-            FROM tag_counts t JOIN (SELECT account_id, count(*) AS n FROM ex GROUP BY account_id) b
-                 USING (account_id)
-            GROUP BY t.account_id
-        ), launch AS (
-            SELECT model, min(ts) AS first_seen FROM ex GROUP BY model
+        WITH hours AS (
+            SELECT account_id, hour, sum(uses) AS uses FROM dw_hours GROUP BY ALL
+        ), hour_of_day AS (
+            SELECT account_id, hour(hour) AS h, sum(uses) AS c FROM hours GROUP BY ALL
+        ), rhythm AS (
+            SELECT account_id, -sum(c / total * log2(c / total)) AS hour_entropy
+            FROM (SELECT *, sum(c) OVER (PARTITION BY account_id) AS total FROM hour_of_day)
+            GROUP BY account_id
+        ), days AS (
+            SELECT account_id, count(DISTINCT date_trunc('day', hour)) AS active_days
+            FROM hours GROUP BY account_id
+        ), distinct_content AS (
+            SELECT account_id, count(*) AS distinct_prompts FROM content GROUP BY account_id
         ), span AS (
-            SELECT min(ts) AS t0, max(ts) AS t1 FROM ex
+            SELECT min(first_ts) AS t0, max(last_ts) AS t1 FROM dw_acct
         ), new_models AS (
             -- A model first seen well after the log starts was launched during it.
-            SELECT l.model, l.first_seen FROM launch l, span s
-            WHERE l.first_seen > s.t0 + (s.t1 - s.t0) * 0.1
+            SELECT m.model, m.first_seen FROM dw_models m, span s
+            WHERE m.first_seen > s.t0 + (s.t1 - s.t0) * 0.1
+        ), launch AS (
+            SELECT date_trunc('hour', min(first_seen)) AS at FROM new_models
+        ), after_launch AS (
+            SELECT h.account_id, sum(h.uses) AS after_launch_requests
+            FROM hours h, launch l WHERE h.hour >= l.at GROUP BY h.account_id
+        ), kinds AS (
+            SELECT account_id,
+                   count(*) FILTER (WHERE kind = 'ip') AS ips,
+                   count(*) FILTER (WHERE kind = 'net') AS prefixes,
+                   count(*) FILTER (WHERE kind = 'ua') AS user_agents,
+                   count(*) FILTER (WHERE kind = 'tls') AS tls_fingerprints,
+                   count(*) FILTER (WHERE kind = 'model') AS models,
+                   coalesce(sum(uses) FILTER (
+                       WHERE kind = 'model' AND value IN (SELECT model FROM new_models)), 0)
+                       AS new_model_requests
+            FROM kv GROUP BY account_id
+        ), coverage AS (
+            SELECT k.account_id,
+                   count(*) FILTER (WHERE k.uses >= greatest(2, 0.05 * a.n)) AS capabilities
+            FROM kv k JOIN dw_acct a USING (account_id)
+            WHERE k.kind = 'tag'
+            GROUP BY k.account_id
         )
-        SELECT e.account_id,
-               count(*) AS n,
-               min(e.ts) AS first_ts, max(e.ts) AS last_ts,
-               count(DISTINCT date_trunc('day', e.ts)) AS active_days,
-               entropy(hour(e.ts)) AS hour_entropy,
-               count(DISTINCT e.content_hash) / count(*) AS distinct_ratio,
-               avg(e.cot::INTEGER) AS cot_rate,
-               avg((e.n_messages > 1 OR e.conversation_id IS NOT NULL)::INTEGER) AS multi_turn,
-               avg(e.completion_tokens) AS mean_output,
-               count(DISTINCT e.ip) AS ips,
-               count(DISTINCT e.ip_prefix) AS prefixes,
-               count(DISTINCT e.user_agent) AS user_agents,
-               count(DISTINCT e.tls_fingerprint) AS tls_fingerprints,
-               count(DISTINCT e.model) AS models,
-               count(*) FILTER (WHERE nm.model IS NOT NULL) AS new_model_requests,
-               count(*) FILTER (WHERE e.ts >= (SELECT min(first_seen) FROM new_models))
-                   AS after_launch_requests,
-               any_value(g.gap_cv) AS gap_cv,
-               coalesce(any_value(c.capabilities), 0) AS capabilities,
-               any_value(a.created_at) AS created_at,
-               any_value(a.email_domain) AS email_domain,
-               any_value(a.payment_fingerprint) AS payment_fingerprint,
-               any_value(a.signup_ip) AS signup_ip,
-               coalesce(any_value(a.email_domain) IN ({_sql_list(DISPOSABLE_DOMAINS)}), false)
+        SELECT a.account_id, a.n, a.first_ts, a.last_ts,
+               coalesce(d.active_days, 0) AS active_days,
+               r.hour_entropy,
+               dc.distinct_prompts / a.n AS distinct_ratio,
+               a.cot / a.n AS cot_rate,
+               a.multi_turn / a.n AS multi_turn,
+               a.output_sum / a.n AS mean_output,
+               coalesce(k.ips, 0) AS ips, coalesce(k.prefixes, 0) AS prefixes,
+               coalesce(k.user_agents, 0) AS user_agents,
+               coalesce(k.tls_fingerprints, 0) AS tls_fingerprints,
+               coalesce(k.models, 0) AS models,
+               coalesce(k.new_model_requests, 0) AS new_model_requests,
+               coalesce(al.after_launch_requests, 0) AS after_launch_requests,
+               CASE WHEN a.gap_n >= 5 AND a.gap_sum > 0
+                    THEN sqrt(greatest(0, (a.gap_n * a.gap_sq - a.gap_sum * a.gap_sum)::DOUBLE))
+                         / a.gap_sum::DOUBLE END AS gap_cv,
+               coalesce(c.capabilities, 0) AS capabilities,
+               acc.created_at, acc.email_domain, acc.payment_fingerprint, acc.signup_ip,
+               coalesce(acc.email_domain IN ({_sql_list(DISPOSABLE_DOMAINS)}), false)
                    AS disposable_email,
-               coalesce(any_value(a.email_domain) IN ({_sql_list(WEBMAIL_DOMAINS + DISPOSABLE_DOMAINS)}), false)
+               coalesce(acc.email_domain IN ({_sql_list(WEBMAIL_DOMAINS + DISPOSABLE_DOMAINS)}), false)
                    AS public_email
-        FROM ex e
-        LEFT JOIN new_models nm ON e.model = nm.model
-        LEFT JOIN gap_stats g ON e.account_id = g.account_id
-        LEFT JOIN coverage c ON e.account_id = c.account_id
-        LEFT JOIN accounts a ON e.account_id = a.account_id
-        GROUP BY e.account_id
+        FROM dw_acct a
+        LEFT JOIN rhythm r USING (account_id)
+        LEFT JOIN days d USING (account_id)
+        LEFT JOIN distinct_content dc USING (account_id)
+        LEFT JOIN kinds k USING (account_id)
+        LEFT JOIN after_launch al USING (account_id)
+        LEFT JOIN coverage c USING (account_id)
+        LEFT JOIN accounts acc USING (account_id)
         """
     )
 
@@ -183,15 +241,9 @@ def build_templates(store: Store, min_share: float = 0.1, min_count: int = 3) ->
     store.run(
         f"""
         CREATE TEMP TABLE tmpl AS
-        WITH grams AS (
-            SELECT account_id, 'prefix' AS side, prefix_gram AS gram FROM ex
-            WHERE prefix_gram IS NOT NULL
-            UNION ALL
-            SELECT account_id, 'suffix', suffix_gram FROM ex WHERE suffix_gram IS NOT NULL
-        ), totals AS (SELECT account_id, count(*) AS n FROM ex GROUP BY account_id)
-        SELECT g.account_id, g.side, g.gram, count(*) AS uses, count(*) / any_value(t.n) AS share
-        FROM grams g JOIN totals t USING (account_id)
-        GROUP BY g.account_id, g.side, g.gram
-        HAVING count(*) >= {min_count} AND count(*) / any_value(t.n) >= {min_share}
+        SELECT k.account_id, CASE k.kind WHEN 'pre' THEN 'prefix' ELSE 'suffix' END AS side,
+               k.value AS gram, k.uses, a.n, k.uses / a.n AS share
+        FROM kv k JOIN dw_acct a USING (account_id)
+        WHERE k.kind IN ('pre', 'suf') AND k.uses >= {min_count} AND k.uses / a.n >= {min_share}
         """
     )

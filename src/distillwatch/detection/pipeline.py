@@ -14,11 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from distillwatch.detection.evidence import artefact_edges, build_evidence
-from distillwatch.detection.features import (
-    build_account_features,
-    build_exchange_features,
-    build_templates,
-)
+from distillwatch.detection.features import build_account_features, build_templates
 from distillwatch.detection.graph import communities
 from distillwatch.detection.scoring import (
     MAX_CLUSTER_UPLIFT,
@@ -28,6 +24,7 @@ from distillwatch.detection.scoring import (
     score_clusters,
     sigmoid,
 )
+from distillwatch.detection.state import update
 from distillwatch.store import Store
 
 DISTILLATION_THRESHOLD = 0.8
@@ -51,13 +48,18 @@ def _rows(store: Store, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def detect(store: Store, until: datetime | None = None) -> dict[str, Any]:
-    """Run detection over the store (exchanges with ``ts <= until`` when given)."""
+def detect(store: Store, until: datetime | None = None, incremental: bool = True) -> dict[str, Any]:
+    """Run detection over the store (exchanges with ``ts <= until`` when given).
+
+    Incremental by default: only exchanges newer than the previous run's watermark are read
+    and folded into the stored per-account state (see :mod:`.state`); the answer is the same
+    as a full run's. ``incremental=False`` rebuilds the state from every stored exchange.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    build_exchange_features(store, until)
+    fold = update(store, until, incremental)
     timings["exchange_features"] = time.perf_counter() - started
-    exchanges = store.run("SELECT count(*) FROM ex")[0][0]
+    exchanges = fold.total
     build_account_features(store)
     build_templates(store)
     build_evidence(store)
@@ -137,6 +139,9 @@ def detect(store: Store, until: datetime | None = None) -> dict[str, Any]:
                 "suspicious": SUSPICIOUS_THRESHOLD,
             },
             "until": _iso(until),
+            "mode": fold.mode,
+            "folded": fold.folded,
+            "rebuilt_because": fold.why or None,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         },
     }
@@ -193,11 +198,13 @@ def store_verdicts(store: Store, doc: dict[str, Any]) -> str:
     return run_id
 
 
-def detect_and_write(store: Store, out: Path, until: datetime | None = None) -> dict[str, Any]:
+def detect_and_write(
+    store: Store, out: Path, until: datetime | None = None, incremental: bool = True
+) -> dict[str, Any]:
     """Detect, write ``verdicts.json`` and ``report.html`` into ``out``, record in the store."""
     from distillwatch.detection.report import write_report
 
-    doc = detect(store, until)
+    doc = detect(store, until, incremental)
     out.mkdir(parents=True, exist_ok=True)
     (out / "verdicts.json").write_text(json.dumps(doc, indent=1))
     store_verdicts(store, doc)

@@ -68,11 +68,21 @@ class EvidenceScorer:
                     f"{r['shared_template_share']:.0%} of prompts use {r['shared_templates']} wrapper template(s) also repeated by up to {r['template_reach']} other accounts",
                 )
             )
-        if r["duplicate_share"] >= 0.1:
+        dup, near = r["duplicate_share"], r["near_duplicate_share"]
+        if dup >= 0.1 and dup >= 0.75 * near:
             ev.append(
                 Evidence(
-                    2.0 * r["duplicate_share"],
-                    f"{r['duplicate_share']:.0%} of prompts are verbatim duplicates of prompts sent by 3+ other accounts",
+                    2.0 * dup,
+                    f"{dup:.0%} of prompts are verbatim duplicates of prompts sent by 3+ other accounts",
+                )
+            )
+        elif near >= 0.15:
+            # Paraphrased or mutated copies of a shared seed list: a harvest that rewrites its
+            # prompts to dodge exact matching still leaves them close in MinHash space.
+            ev.append(
+                Evidence(
+                    1.5 * near,
+                    f"{near:.0%} of prompt MinHash signatures collide with near-duplicate prompts of 3+ other accounts (paraphrased copies)",
                 )
             )
         if r["payment_shared_with"] >= 2:

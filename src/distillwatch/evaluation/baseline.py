@@ -16,7 +16,10 @@ DISTILLATION_PERCENTILE = 0.99
 SUSPICIOUS_PERCENTILE = 0.95
 
 
-def detect_baseline(store: Store, until: datetime | None = None) -> dict[str, Any]:
+def detect_baseline(
+    store: Store, until: datetime | None = None, incremental: bool = False
+) -> dict[str, Any]:
+    """``incremental`` is accepted for the harness's sake; a percentile needs the whole log."""
     rows = store.run(
         """SELECT account_id, n, percent_rank() OVER (ORDER BY n) AS pct
            FROM (SELECT account_id, count(*) AS n FROM exchanges

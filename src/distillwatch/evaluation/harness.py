@@ -17,7 +17,7 @@ from distillwatch.ingest import ingest_paths
 from distillwatch.store import Store
 from distillwatch.traffic import simulate
 
-DETECTORS: dict[str, Callable[[Store, datetime | None], dict[str, Any]]] = {
+DETECTORS: dict[str, Callable[[Store, datetime | None, bool], dict[str, Any]]] = {
     "distillwatch": detect,
     "baseline": detect_baseline,
 }
@@ -75,11 +75,12 @@ def run_seed(
         for name in detectors:
             run = DETECTORS[name]
             t0 = time.perf_counter()
-            doc = run(store, None)
+            doc = run(store, None, False)
             seconds = time.perf_counter() - t0
             metrics = account_metrics(doc, labels)
             metrics["detect_seconds"] = seconds
-            snapshots = [(c.strftime("%Y-%m-%dT%H:%M:%S"), run(store, c)) for c in cutoffs]
+            # Replay windows in time order: each run folds only the window's new exchanges.
+            snapshots = [(c.strftime("%Y-%m-%dT%H:%M:%S"), run(store, c, True)) for c in cutoffs]
             caught = first_caught(snapshots, labels, first_ts)
             timing = {}
             for campaign, when in caught.items():
