@@ -322,3 +322,34 @@ def test_minhash_bands_catch_paraphrases_but_not_different_prompts(tmp_path):
     assert all(exact[f"para{a}"] == 0 for a in range(4))
     assert all(share[f"para{a}"] > 0 for a in range(4))
     assert share["other"] == 0
+
+
+def _row(i: int, **overrides) -> dict:
+    import random
+
+    rng = random.Random(i)
+    row = {
+        "account_id": f"a{i}", "n": rng.randint(20, 200), "hour_entropy": rng.uniform(2.0, 3.5),
+        "distinct_ratio": rng.uniform(0.8, 1.0), "cot_rate": rng.uniform(0, 0.05),
+        "multi_turn": rng.uniform(0.2, 0.6), "mean_output": rng.uniform(200, 500),
+        "prefixes": 2, "user_agents": 1, "capabilities": rng.randint(1, 3),
+        "gap_cv": rng.uniform(1.5, 4.0), "shared_template_share": 0.0, "duplicate_share": 0.0,
+        "near_duplicate_share": 0.0, "active_days": rng.randint(3, 7),
+    }  # fmt: skip
+    return row | overrides
+
+
+def test_anomaly_model_ranks_the_strange_account_first_and_says_why():
+    from distillwatch.detection.anomaly import AnomalyModel
+
+    rows = [_row(i) for i in range(300)]
+    odd = _row(999, n=150, prefixes=140, user_agents=90, hour_entropy=4.55, multi_turn=0.0)
+    few = _row(998, n=4)
+    model = AnomalyModel().fit([*rows, odd, few])
+    ranks = model.score_samples([*rows, odd, few])
+    assert ranks[-1] is None  # too few requests to judge
+    assert ranks[-2] >= 0.99 and sorted(ranks[:-1])[-1] == ranks[-2]
+    assert sum(r >= 0.99 for r in ranks[:-2]) <= 4
+    why = " ".join(model.explain(odd))
+    assert "network prefixes per request high" in why or "user agents per request high" in why
+    assert AnomalyModel().fit(rows[:10]).score_samples(rows[:3]) == [None] * 3

@@ -33,3 +33,13 @@ def test_demo_proxy_stops_attackers_not_customers(tmp_path, cli, shared_data):
     assert tally["attacker_after_detection_stopped_or_shaped_share"] >= 0.99
     assert tally["benign_refused_share"] <= 0.01
     assert (tmp_path / "enforce" / "verdicts-day-0" / "verdicts.json").exists()
+    # Scheduled re-detection during the replay, hot-reloaded by the proxy.
+    assert tally["redetect_runs"] >= 4
+    live = json.loads((tmp_path / "enforce" / "verdicts-live.json").read_text())
+    assert live["detector"]["mode"] == "incremental"
+    assert (
+        live["exchanges"]
+        > json.loads((tmp_path / "enforce" / "verdicts-day-0" / "verdicts.json").read_text())[
+            "exchanges"
+        ]
+    )

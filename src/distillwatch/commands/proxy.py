@@ -163,10 +163,18 @@ def demo_proxy_command(
     requests: int = typer.Option(
         4000, "--requests", min=100, help="How many later requests to replay through the proxy."
     ),
+    redetect_hours: float = typer.Option(
+        6.0,
+        "--redetect-hours",
+        min=0.0,
+        help="Re-run detection (incrementally) every this many simulated hours during the "
+        "replay and hot-reload its verdicts into the proxy; 0 keeps the day-0 verdicts.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the tally as JSON."),
 ) -> None:
     """Live enforcement demo: detect on the first days of simulated traffic, start the real proxy
-    with those verdicts, replay the rest through it, and show what attackers and customers got."""
+    with those verdicts, replay the rest through it while detection re-runs on a schedule, and
+    show what attackers and customers got."""
     from rich.live import Live
     from rich.table import Table
 
@@ -185,11 +193,16 @@ def demo_proxy_command(
         return t
 
     if as_json or not console.is_terminal:
-        result = replay(traffic, out, detect_days, requests)
+        result = replay(traffic, out, detect_days, requests, redetect_hours=redetect_hours)
     else:
         with Live(table({}), console=console, transient=True) as live:
             result = replay(
-                traffic, out, detect_days, requests, on_progress=lambda c: live.update(table(c))
+                traffic,
+                out,
+                detect_days,
+                requests,
+                on_progress=lambda c: live.update(table(c)),
+                redetect_hours=redetect_hours,
             )
     if as_json:
         console.print_json(json.dumps(result))
@@ -212,6 +225,8 @@ def demo_proxy_command(
     benign = result["benign_refused_share"]
     after = result["attacker_after_detection_stopped_or_shaped_share"]
     console.print(
+        f"detection re-ran {result['redetect_runs']} times (every {redetect_hours:g} simulated "
+        f"hours, median {result['redetect_seconds_median'] or 0:.1f} s each)\n"
         f"requests from attacker accounts already flagged: [bold]{(after or 0):.1%}[/] stopped or "
         f"shaped ({result['attacker_requests_after_detection']:,} requests); all attacker requests: "
         f"[bold]{(share or 0):.1%}[/]; benign requests refused: "

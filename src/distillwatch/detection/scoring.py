@@ -14,9 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from distillwatch.detection.anomaly import AnomalyModel
+
 PRIOR_LOG_ODDS = -5.0  # distillation accounts are rare among API customers
 MAX_CLUSTER_UPLIFT = 3.0
 MIN_REQUESTS_FOR_RHYTHM = 48
+#: An account more unusual than this share of the population gets anomaly evidence.
+ANOMALY_RANK = 0.995
 
 
 def sigmoid(x: float) -> float:
@@ -46,13 +50,23 @@ class EvidenceScorer:
     def fit(self, rows: list[dict[str, Any]]) -> EvidenceScorer:
         outputs = [r["mean_output"] for r in rows if r["mean_output"] and r["n"] >= 5]
         self.median_output_ = float(np.median(outputs)) if outputs else 0.0
+        self.anomaly_ = AnomalyModel().fit(rows)
         return self
 
     def score_samples(self, rows: list[dict[str, Any]]) -> list[AccountScore]:
-        return [self._score(row) for row in rows]
+        ranks = self.anomaly_.score_samples(rows)
+        return [self._score(row, rank) for row, rank in zip(rows, ranks, strict=True)]
 
-    def _score(self, r: dict[str, Any]) -> AccountScore:
+    def _score(self, r: dict[str, Any], anomaly_rank: float | None = None) -> AccountScore:
         ev: list[Evidence] = []
+        if anomaly_rank is not None and anomaly_rank >= ANOMALY_RANK:
+            ev.append(
+                Evidence(
+                    0.8,
+                    f"behaviour more unusual than {anomaly_rank:.1%} of accounts (isolation forest): "
+                    + "; ".join(self.anomaly_.explain(r)),
+                )
+            )
         n = r["n"]
         if r["cot_rate"] >= 0.2 and n >= 3:
             ev.append(
