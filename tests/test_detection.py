@@ -353,3 +353,44 @@ def test_anomaly_model_ranks_the_strange_account_first_and_says_why():
     why = " ".join(model.explain(odd))
     assert "network prefixes per request high" in why or "user agents per request high" in why
     assert AnomalyModel().fit(rows[:10]).score_samples(rows[:3]) == [None] * 3
+
+
+def _member(**overrides) -> dict:
+    base = {"payment_shared_with": 0, "created_burst": False, "shared_template_share": 0.0,
+            "duplicate_share": 0.0, "near_duplicate_share": 0.0}  # fmt: skip
+    return base | overrides
+
+
+def test_cluster_coordination_needs_an_account_farm_signal():
+    from distillwatch.detection.scoring import _coordination
+
+    saas = {f"s{i}": _member(shared_template_share=1.0, duplicate_share=0.9) for i in range(6)}
+    bonus, words = _coordination(list(saas), saas)
+    assert bonus == 0.0 and words == []  # one product used by several customers
+    farm = {f"f{i}": _member(payment_shared_with=5, created_burst=i % 3 != 0, near_duplicate_share=0.4) for i in range(9)}  # fmt: skip
+    bonus, words = _coordination(list(farm), farm)
+    assert bonus == 2.0
+    assert any("9 of 9 pay with instruments shared" in w for w in words)
+    assert any("6 of 9 were created in sign-up bursts" in w for w in words)
+    assert _coordination(list(farm)[:4], farm) == (0.0, [])  # too small to call a group
+
+
+def test_signup_evidence_counts_registered_accounts_that_have_not_sent_anything(tmp_path):
+    """A farm's cards and sign-up hour are shared before most of its accounts are active."""
+    accounts = [
+        {"account_id": f"farm{i}", "created_at": (T0 - timedelta(hours=2) + timedelta(minutes=i)).isoformat() + "Z",
+         "email_domain": "gmail.com", "payment_fingerprint": "pm_farm"}
+        for i in range(8)
+    ]  # fmt: skip
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, [rec(0, "farm0", "hello there, how are you today my friend", 1)], accounts)
+        update(store)
+        build_account_features(store)
+        build_templates(store)
+        from distillwatch.detection.evidence import build_evidence
+
+        build_evidence(store, T0 + timedelta(hours=2))
+        row = store.run("SELECT payment_shared_with, created_near FROM evid")[0]
+        assert row == (7, 7)
+        build_evidence(store, T0 - timedelta(hours=1, minutes=56, seconds=30))  # 4 registered then
+        assert store.run("SELECT payment_shared_with, created_near FROM evid")[0] == (3, 3)

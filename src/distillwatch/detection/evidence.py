@@ -7,8 +7,11 @@ payment instrument or a prompt used by a handful to a few thousand accounts, not
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import numpy as np
 
+from distillwatch.detection.features import DISPOSABLE_DOMAINS, WEBMAIL_DOMAINS, _sql_list
 from distillwatch.store import Store
 
 #: An artefact shared by more than this share of all accounts is too common to mean anything.
@@ -16,7 +19,10 @@ COMMON_SHARE = 0.2
 MAX_EDGES_PER_KIND = 12
 
 
-def build_evidence(store: Store) -> None:
+def build_evidence(store: Store, until: datetime | None = None) -> None:
+    """Temp table ``evid``. Sign-up evidence (shared payment, creation bursts) looks at every
+    account registered by ``until``, active or not: a farm's accounts share cards and sign-up
+    hours before most of them have sent a single request."""
     total = store.run("SELECT count(*) FROM acct")[0][0] or 1
     common = max(50, int(total * COMMON_SHARE))
     store.run("DROP TABLE IF EXISTS evid")
@@ -52,11 +58,17 @@ def build_evidence(store: Store) -> None:
                        / sum(k.uses) AS share
             FROM near_keys k JOIN near_reach r USING (sig)
             GROUP BY k.account_id
+        ), registered AS (
+            SELECT account_id, created_at, payment_fingerprint,
+                   coalesce(email_domain IN ({_sql_list(WEBMAIL_DOMAINS + DISPOSABLE_DOMAINS)}), false)
+                       AS public_email
+            FROM accounts
+            WHERE ?::TIMESTAMP IS NULL OR created_at IS NULL OR created_at <= ?
         ), pay AS (
             -- Several unrelated public-webmail accounts paying with one instrument. Colleagues
             -- on a company card share their company's own mail domain instead.
             SELECT payment_fingerprint, count(*) AS accounts
-            FROM acct WHERE payment_fingerprint IS NOT NULL AND public_email
+            FROM registered WHERE payment_fingerprint IS NOT NULL AND public_email
             GROUP BY payment_fingerprint
         ), bursts AS (
             -- Sign-ups within the hour around this one, against the local sign-up rate over the
@@ -67,7 +79,7 @@ def build_evidence(store: Store) -> None:
                                   AND INTERVAL 30 MINUTES FOLLOWING) - 1 AS created_near,
                    count(*) OVER (ORDER BY created_at RANGE BETWEEN INTERVAL 12 HOURS PRECEDING
                                   AND INTERVAL 12 HOURS FOLLOWING) / 24.0 AS hourly_background
-            FROM acct WHERE created_at IS NOT NULL
+            FROM registered WHERE created_at IS NOT NULL
         ), launch AS (
             SELECT sum(new_model_requests) / nullif(sum(after_launch_requests), 0) AS share
             FROM acct
@@ -94,7 +106,8 @@ def build_evidence(store: Store) -> None:
         LEFT JOIN near nd USING (account_id)
         LEFT JOIN pay p ON a.payment_fingerprint = p.payment_fingerprint
         LEFT JOIN bursts b USING (account_id)
-        """
+        """,
+        [until, until],
     )
 
 

@@ -62,7 +62,7 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     exchanges = fold.total
     build_account_features(store)
     build_templates(store)
-    build_evidence(store)
+    build_evidence(store, until)
     timings["account_features"] = time.perf_counter() - started - sum(timings.values())
     rows = _rows(store, "SELECT * FROM acct JOIN evid USING (account_id) ORDER BY account_id")
     by_id = {r["account_id"]: r for r in rows}

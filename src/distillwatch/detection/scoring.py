@@ -17,7 +17,7 @@ import numpy as np
 from distillwatch.detection.anomaly import AnomalyModel
 
 PRIOR_LOG_ODDS = -5.0  # distillation accounts are rare among API customers
-MAX_CLUSTER_UPLIFT = 3.0
+MAX_CLUSTER_UPLIFT = 4.0
 MIN_REQUESTS_FOR_RHYTHM = 48
 #: An account more unusual than this share of the population gets anomaly evidence.
 ANOMALY_RANK = 0.995
@@ -221,5 +221,49 @@ def score_clusters(
         if burst >= 3:
             evidence.append(f"{burst} accounts were created in bursts minutes apart")
         evidence.append(f"traffic came from {prefixes:,} network prefixes (summed over accounts)")
+        bonus, coordinated = _coordination(members, rows)
+        if bonus:
+            log_odds += bonus
+            evidence.append(
+                f"coordination across the cluster: {'; '.join(coordinated)} (+{bonus:.1f} log-odds)"
+            )
         result[cluster] = ClusterScore(cluster, members, log_odds, evidence)
     return result
+
+
+#: (test on a member row, log-odds when most members pass it, words for the reason)
+#: The first two are account-farm signals (how the accounts were made and paid for); the others
+#: are shared content, which one SaaS product used by several customers also shows.
+COORDINATION = [
+    (lambda r: r["payment_shared_with"] >= 2, 1.0, "pay with instruments shared across webmail accounts"),
+    (lambda r: r["created_burst"], 1.0, "were created in sign-up bursts"),
+    (lambda r: r["shared_template_share"] >= 0.1, 0.75, "reuse shared wrapper templates"),
+    (lambda r: r["duplicate_share"] >= 0.1 or r["near_duplicate_share"] >= 0.15, 0.75,
+     "send copies or near-copies of each other's prompts"),
+]  # fmt: skip
+MAX_COORDINATION_BONUS = 2.0
+FARM_SIGNALS = 2
+MIN_COORDINATED_CLUSTER = 5
+
+
+def _coordination(members: list[str], rows: dict[str, dict[str, Any]]) -> tuple[float, list[str]]:
+    """Log-odds for coordination only a group shows: most of its accounts doing the same thing.
+
+    Each member already carries its own share of such evidence; what the cluster adds is that
+    the same behaviour recurs across most members, which accounts run by different people
+    rarely show. Needs 5+ members, and is capped, so the cluster's median member still decides
+    most of the score (a company's onboarding burst alone cannot make its staff a campaign).
+    """
+    if len(members) < MIN_COORDINATED_CLUSTER:
+        return 0.0, []
+    bonus, words, farm = 0.0, [], False
+    for number, (test, points, reason) in enumerate(COORDINATION):
+        count = sum(bool(test(rows[m])) for m in members)
+        if count >= 0.5 * len(members):
+            bonus += points
+            words.append(f"{count} of {len(members)} {reason}")
+            farm = farm or number < FARM_SIGNALS
+    if not farm:
+        # Shared content without a sign of an account farm is a shared product, not a hydra.
+        return 0.0, []
+    return min(bonus, MAX_COORDINATION_BONUS), words
