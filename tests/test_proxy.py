@@ -324,3 +324,24 @@ def test_redis_down_fails_open_or_closed(proxy, tmp_path):
     base2, _ = proxy("--redis", dead, "--policy", str(closed))
     refused = chat(base2, "good")
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "fail_closed"
+
+
+def test_upstream_down_or_slow_gives_openai_errors_and_degraded_health(proxy):
+    dead = free_port()  # nothing listens here
+    base, _ = proxy("--upstream", f"http://127.0.0.1:{dead}")
+    r = chat(base, "good")
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_unavailable"
+    health = httpx.get(f"{base}/healthz", timeout=5).json()
+    assert health["status"] == "degraded" and health["upstream"]["last_error"]
+
+    port = free_port()
+    slow = start(["mock-upstream", "--listen", f"127.0.0.1:{port}", "--delay-ms", "3000"],
+                 f"http://127.0.0.1:{port}/v1/models")  # fmt: skip
+    try:
+        base, _ = proxy("--upstream", f"http://127.0.0.1:{port}", "--upstream-timeout", "0.5")
+        started = time.monotonic()
+        r = chat(base, "good")
+        assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+        assert time.monotonic() - started < 2.5
+    finally:
+        stop(slow)

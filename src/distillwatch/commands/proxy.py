@@ -82,6 +82,12 @@ def proxy_command(
     body_timeout: float = typer.Option(
         15.0, "--body-timeout", min=0.1, help="Seconds a client gets to send its body (else 408)."
     ),
+    upstream_timeout: float = typer.Option(
+        120.0,
+        "--upstream-timeout",
+        min=0.1,
+        help="Seconds the upstream gets to answer a request in full (else 504).",
+    ),
 ) -> None:
     """Serve /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models in front of
     UPSTREAM, allowing, throttling, challenging, shaping or blocking per the policy; plus
@@ -122,6 +128,7 @@ def proxy_command(
         shadow=shadow, keys=key_map, payments=payments, trusted_proxies=networks,
         tls_header=tls_header, replay_time_header=replay_time_header, admin_token=admin_token,
         max_body_bytes=max_body_bytes, body_timeout_s=body_timeout,
+        upstream_timeout_s=upstream_timeout,
     )  # fmt: skip
     proxy = Proxy(config)
     console.print(f"distillwatch proxy on http://{host}:{port} -> {upstream}"

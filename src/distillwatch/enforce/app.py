@@ -1,4 +1,4 @@
-"""The OpenAI-compatible enforcing reverse proxy (Starlette + httpx, served by uvicorn).
+"""The OpenAI-compatible enforcing reverse proxy (Starlette + aiohttp's client, served by uvicorn).
 
 Per request: authenticate (bearer key -> account), read a bounded body, gather facts (batch
 verdict, standing decision, chain-of-thought elicitation, links from a new account to a flagged
@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -134,7 +134,8 @@ class Proxy:
         self.state = self.enforcer.state
         self.verdicts = self.enforcer.verdicts
         self.recent = self.enforcer.recent
-        self.client: httpx.AsyncClient | None = None
+        self.client: aiohttp.ClientSession | None = None
+        self.upstream_base = config.upstream.rstrip("/")
         self.upstream_error: str | None = None
         routes = [
             Route("/v1/chat/completions", self.enforced, methods=["POST"]),
@@ -152,16 +153,19 @@ class Proxy:
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette):  # type: ignore[no-untyped-def]
-        self.client = httpx.AsyncClient(
-            base_url=self.config.upstream.rstrip("/"),
-            timeout=httpx.Timeout(self.config.upstream_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        # aiohttp's client, not httpx: its C HTTP parser and lighter request path take about
+        # 0.4 ms off every proxied request on this hardware (benchmarks/proxy_overhead.py).
+        self.client = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s, connect=5.0),
+            connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=30),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
         )
         self.enforcer.start()
         try:
             yield
         finally:
-            await self.client.aclose()
+            await self.client.close()
             await self.enforcer.close()
 
     # -- identity and input ---------------------------------------------------------------------
@@ -298,16 +302,15 @@ class Proxy:
         started = time.perf_counter()
         stream = bool(body.get("stream")) and route != "/v1/embeddings"
         try:
-            upstream_request = self.client.build_request(
-                "POST", route, content=orjson.dumps(body), headers=headers
+            upstream = await self.client.post(
+                self.upstream_base + route, data=orjson.dumps(body), headers=headers
             )
-            upstream = await self.client.send(upstream_request, stream=stream)
-        except httpx.TimeoutException:
+        except TimeoutError:
             self.upstream_error = "timeout"
             return self._count(
                 route, openai_error(504, "Upstream timed out.", "server_error", "upstream_timeout")
             )
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             self.upstream_error = type(exc).__name__
             return self._count(
                 route,
@@ -317,10 +320,21 @@ class Proxy:
         if stream:
             return self._count(route, StreamingResponse(
                 self._relay(upstream, body, account, key_hash, ip, tls, when, route, decision, started),
-                status_code=upstream.status_code,
+                status_code=upstream.status,
                 media_type=upstream.headers.get("content-type", "text/event-stream"),
             ))  # fmt: skip
-        content = upstream.content
+        try:
+            content = await upstream.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self.upstream_error = type(exc).__name__
+            return self._count(
+                route,
+                openai_error(
+                    502, "Upstream failed mid-response.", "server_error", "upstream_unavailable"
+                ),
+            )
+        finally:
+            upstream.release()
         self.metrics.upstream_latency.observe(time.perf_counter() - started)
         payload: dict[str, Any] | None = None
         if upstream.headers.get("content-type", "").startswith("application/json"):
@@ -336,17 +350,17 @@ class Proxy:
             content = orjson.dumps(payload)
         usage = (payload or {}).get("usage") or {}
         await self._after(account, key_hash, ip, tls, when, route, body, _response_text(payload),
-                          upstream.status_code, usage, started, decision)  # fmt: skip
-        return self._count(route, Response(content, status_code=upstream.status_code,
+                          upstream.status, usage, started, decision)  # fmt: skip
+        return self._count(route, Response(content, status_code=upstream.status,
                                            media_type=upstream.headers.get("content-type")))  # fmt: skip
 
-    async def _relay(self, upstream: httpx.Response, body: dict[str, Any], account: str, key_hash: str,
+    async def _relay(self, upstream: aiohttp.ClientResponse, body: dict[str, Any], account: str, key_hash: str,
                      ip: str | None, tls: str | None, when: datetime, route: str, decision: Decision, started: float):  # type: ignore[no-untyped-def]  # fmt: skip
         text: list[str] = []
         usage: dict[str, Any] = {}
         buffer = b""
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.content.iter_any():
                 yield chunk
                 buffer += chunk
                 while b"\n" in buffer:
@@ -361,11 +375,14 @@ class Proxy:
                             if isinstance(piece, str) and sum(map(len, text)) < MAX_LOGGED_TEXT:
                                 text.append(piece)
                         usage = event.get("usage") or usage
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Headers are already sent: end the stream; the client sees it cut short.
+            self.upstream_error = type(exc).__name__
         finally:
-            await upstream.aclose()
+            upstream.release()
             self.metrics.upstream_latency.observe(time.perf_counter() - started)
             await self._after(account, key_hash, ip, tls, when, route, body, "".join(text),
-                              upstream.status_code, usage, started, decision)  # fmt: skip
+                              upstream.status, usage, started, decision)  # fmt: skip
 
     async def _after(self, account: str, key_hash: str, ip: str | None, tls: str | None, when: datetime,
                      route: str, body: dict[str, Any], response_text: str | None, status: int,
@@ -418,15 +435,17 @@ class Proxy:
             return self._count("/v1/models", identity)
         assert self.client is not None
         try:
-            upstream = await self.client.get(
-                "/v1/models", headers={"authorization": request.headers["authorization"]}
-            )
-        except httpx.HTTPError:
+            async with self.client.get(
+                self.upstream_base + "/v1/models",
+                headers={"authorization": request.headers["authorization"]},
+            ) as upstream:
+                content = await upstream.read()
+        except (TimeoutError, aiohttp.ClientError):
             return self._count(
                 "/v1/models",
                 openai_error(502, "Upstream unavailable.", "server_error", "upstream_unavailable"),
             )
-        return self._count("/v1/models", Response(upstream.content, upstream.status_code,
+        return self._count("/v1/models", Response(content, upstream.status,
                                                   media_type=upstream.headers.get("content-type")))  # fmt: skip
 
     async def healthz(self, request: Request) -> Response:
