@@ -394,3 +394,29 @@ def test_signup_evidence_counts_registered_accounts_that_have_not_sent_anything(
         assert row == (7, 7)
         build_evidence(store, T0 - timedelta(hours=1, minutes=56, seconds=30))  # 4 registered then
         assert store.run("SELECT payment_shared_with, created_near FROM evid")[0] == (3, 3)
+
+
+def test_fraudar_peeling_finds_the_planted_block_despite_camouflage():
+    import numpy as np
+
+    from distillwatch.detection.dense import camouflage_weights, densest_block
+
+    rng = np.random.default_rng(3)
+    edges = set()
+    # 200 ordinary accounts, each touching 3 of 400 artefacts; artefacts 0-9 are "popular".
+    for a in range(200):
+        for art in rng.choice(400, 3, replace=False):
+            edges.add((a, int(art)))
+        edges.add((a, int(rng.integers(0, 10))))
+    # A hydra: accounts 200-229 all share artefacts 400-414, and camouflage on popular ones.
+    for a in range(200, 230):
+        edges |= {(a, art) for art in range(400, 415)}
+        edges |= {(a, int(art)) for art in rng.choice(10, 4, replace=False)}
+    acc, art = (np.array(x) for x in zip(*sorted(edges), strict=True))
+    block = densest_block(acc, art, camouflage_weights(art))
+    assert set(range(200, 230)) <= set(block.accounts)
+    assert len(block.accounts) <= 35 and block.artefacts <= 25
+    # Without the hydra, no block is nearly as dense.
+    ordinary = acc < 200
+    calm = densest_block(acc[ordinary], art[ordinary], camouflage_weights(art[ordinary]))
+    assert block.density > 3 * calm.density

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from distillwatch.detection.dense import cluster_density
 from distillwatch.detection.evidence import artefact_edges, build_evidence
 from distillwatch.detection.features import build_account_features, build_templates
 from distillwatch.detection.graph import communities
@@ -69,11 +70,20 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     scorer = EvidenceScorer().fit(rows)
     scores = {s.account_id: s for s in scorer.score_samples(rows)}
 
-    membership = communities(artefact_edges(store))
+    edges = artefact_edges(store)
+    membership = communities(edges)
     clusters: dict[int, list[str]] = {}
     for account, cluster in membership.items():
         clusters.setdefault(cluster, []).append(account)
     cluster_scores = score_clusters(clusters, scores, by_id)
+    for cluster, block in cluster_density(edges, membership).items():
+        if cluster in cluster_scores and block.accounts:
+            cluster_scores[cluster].evidence.append(
+                f"densest block (Fraudar, camouflage-weighted): {len(block.accounts)} of "
+                f"{len(clusters[cluster])} accounts share {block.artefacts} artefacts, "
+                f"density {block.density:.2f}"
+            )
+            cluster_scores[cluster].density = block.density
     timings["scoring_and_graph"] = time.perf_counter() - started - sum(timings.values())
 
     final: dict[str, float] = {}
@@ -108,6 +118,7 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
                 "exchanges": int(sum(by_id[m]["n"] for m in members)),
                 "first_seen": _iso(first),
                 "last_seen": _iso(last),
+                "density": round(cluster.density, 3),
                 "evidence": cluster.evidence + _top_reasons(members, scores),
             }
         )

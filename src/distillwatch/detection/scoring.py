@@ -191,6 +191,7 @@ class ClusterScore:
     members: list[str]
     log_odds: float
     evidence: list[str]
+    density: float = 0.0  # of the cluster's densest block (``dense.py``)
 
 
 def score_clusters(
