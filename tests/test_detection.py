@@ -357,7 +357,7 @@ def test_anomaly_model_ranks_the_strange_account_first_and_says_why():
 
 def _member(**overrides) -> dict:
     base = {"payment_shared_with": 0, "created_burst": False, "shared_template_share": 0.0,
-            "duplicate_share": 0.0, "near_duplicate_share": 0.0}  # fmt: skip
+            "duplicate_share": 0.0, "near_duplicate_share": 0.0, "lockstep_with": 0}  # fmt: skip
     return base | overrides
 
 
@@ -420,3 +420,29 @@ def test_fraudar_peeling_finds_the_planted_block_despite_camouflage():
     ordinary = acc < 200
     calm = densest_block(acc[ordinary], art[ordinary], camouflage_weights(art[ordinary]))
     assert block.density > 3 * calm.density
+
+
+def test_lockstep_accounts_share_slot_signatures_and_people_do_not(tmp_path):
+    import random
+
+    rng = random.Random(5)
+    job_slots = sorted(rng.sample(range(7 * 144), 40))  # one scheduler's 40 busy 10-min windows
+    records = []
+    for a in range(8):
+        for i, slot in enumerate(job_slots):
+            minutes = slot * 10 + rng.uniform(0, 9.9)
+            records.append(rec(i, f"bot{a}", f"task {a}-{i}: summarise this text", minutes / 60))
+    for p in range(40):  # people: similar volume, their own times
+        for i, slot in enumerate(sorted(rng.sample(range(7 * 144), 40))):
+            records.append(rec(i, f"person{p}", f"question {p}-{i}", (slot * 10 + 3) / 60))
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, records)
+        update(store)
+        build_account_features(store)
+        build_templates(store)
+        from distillwatch.detection.evidence import build_evidence
+
+        build_evidence(store)
+        partners = dict(store.run("SELECT account_id, lockstep_with FROM evid"))
+    assert all(partners[f"bot{a}"] >= 2 for a in range(8))
+    assert sum(partners[f"person{p}"] > 0 for p in range(40)) <= 1

@@ -25,6 +25,7 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
     hours before most of them have sent a single request."""
     total = store.run("SELECT count(*) FROM acct")[0][0] or 1
     common = max(50, int(total * COMMON_SHARE))
+    build_lockstep(store, common)
     store.run("DROP TABLE IF EXISTS evid")
     store.run(
         f"""
@@ -93,6 +94,7 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
                CASE WHEN a.public_email THEN coalesce(p.accounts, 1) - 1 ELSE 0 END
                    AS payment_shared_with,
                coalesce(b.created_near, 0) AS created_near,
+               coalesce(ls.partners, 0) AS lockstep_with,
                coalesce(b.created_near >= 4 AND b.created_near >= 4 * b.hourly_background, false)
                    AS created_burst,
                CASE WHEN a.after_launch_requests >= 5
@@ -106,8 +108,50 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
         LEFT JOIN near nd USING (account_id)
         LEFT JOIN pay p ON a.payment_fingerprint = p.payment_fingerprint
         LEFT JOIN bursts b USING (account_id)
+        LEFT JOIN (SELECT account_id, max(reach) - 1 AS partners FROM sync GROUP BY account_id) ls
+            USING (account_id)
         """,
         [until, until],
+    )
+
+
+#: Lockstep: MinHash over each account's set of active 10-minute slots, LSH-banded so accounts
+#: whose slot sets overlap with Jaccard J collide in some band with probability 1 - (1 - J^4)^8
+#: (0.89 at J = 0.7, 0.40 at J = 0.5, about 1e-6 at J = 0.02 between two unrelated people).
+LOCKSTEP_BANDS = 8
+LOCKSTEP_ROWS = 4
+LOCKSTEP_MIN_SLOTS = 12
+
+
+def build_lockstep(store: Store, common: int) -> None:
+    """Temp table ``sync`` (account_id, sig, reach): lockstep band signatures shared by 3+ and at
+    most ``common`` accounts (CopyCatch/SynchroTrap-style co-activity, one pass, no pair join).
+
+    One operator driving many accounts from one scheduler makes them active in the same
+    windows; people, even colleagues on one shift, rarely share most of their 10-minute slots.
+    """
+    mins = ", ".join(f"min(hash(slot, {i})) AS m{i}" for i in range(LOCKSTEP_BANDS * LOCKSTEP_ROWS))
+    bands = " UNION ALL ".join(
+        f"SELECT account_id, hash({b}, "
+        + ", ".join(f"m{b * LOCKSTEP_ROWS + r}" for r in range(LOCKSTEP_ROWS))
+        + ") AS sig FROM sketches"
+        for b in range(LOCKSTEP_BANDS)
+    )
+    store.run("DROP TABLE IF EXISTS sync")
+    store.run(
+        f"""
+        CREATE TEMP TABLE sync AS
+        WITH sketches AS (
+            SELECT account_id, {mins}
+            FROM (SELECT DISTINCT account_id, slot FROM dw_slots)
+            GROUP BY account_id HAVING count(*) >= {LOCKSTEP_MIN_SLOTS}
+        ), sigs AS ({bands}), reach AS (
+            SELECT sig, count(DISTINCT account_id) AS reach FROM sigs GROUP BY sig
+        )
+        SELECT DISTINCT s.account_id, s.sig, r.reach
+        FROM sigs s JOIN reach r USING (sig)
+        WHERE r.reach >= 3 AND r.reach <= {common}
+        """
     )
 
 
@@ -148,6 +192,7 @@ def artefact_edges(store: Store) -> dict[str, np.ndarray]:
         ), all_edges AS (
             SELECT * FROM pay UNION ALL SELECT * FROM tpl UNION ALL SELECT * FROM burst
             UNION ALL SELECT * FROM txt UNION ALL SELECT * FROM near UNION ALL SELECT * FROM infra
+            UNION ALL SELECT account_id, 'sync:' || sig, 1.0 FROM sync
         ), reach AS (
             SELECT artefact, count(DISTINCT account_id) AS accounts FROM all_edges GROUP BY artefact
         )

@@ -241,6 +241,7 @@ COORDINATION = [
     (lambda r: r["shared_template_share"] >= 0.1, 0.75, "reuse shared wrapper templates"),
     (lambda r: r["duplicate_share"] >= 0.1 or r["near_duplicate_share"] >= 0.15, 0.75,
      "send copies or near-copies of each other's prompts"),
+    (lambda r: r["lockstep_with"] >= 2, 0.75, "are active in lockstep (same 10-minute windows)"),
 ]  # fmt: skip
 MAX_COORDINATION_BONUS = 2.0
 FARM_SIGNALS = 2

@@ -11,6 +11,7 @@ same numbers a full run gives:
   models, capability tags, wrapper grams and system prompts;
 - ``dw_content`` / ``dw_near``: (account, prompt hash or MinHash band signature, uses);
 - ``dw_hours``: (account, hour, uses): rhythm, active days, traffic after a model launch;
+- ``dw_slots``: (account, 10-minute slot, uses): lockstep co-activity between accounts;
 - ``dw_models``: when each model was first seen.
 
 The kv/content/near/hours tables are append-only: readers sum ``uses`` per key, so folding is an
@@ -27,8 +28,11 @@ from datetime import datetime
 from distillwatch.detection.features import build_exchange_features
 from distillwatch.store import Store
 
-STATE_VERSION = "1"
-_TABLES = ("dw_state", "dw_acct", "dw_kv", "dw_content", "dw_near", "dw_hours", "dw_models")
+STATE_VERSION = "2"
+SLOT_MINUTES = 10
+_TABLES = (
+    "dw_state", "dw_acct", "dw_kv", "dw_content", "dw_near", "dw_hours", "dw_slots", "dw_models",
+)  # fmt: skip
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dw_state (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -39,6 +43,7 @@ CREATE TABLE IF NOT EXISTS dw_kv (account_id VARCHAR, kind VARCHAR, value VARCHA
 CREATE TABLE IF NOT EXISTS dw_content (account_id VARCHAR, h UBIGINT, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_near (account_id VARCHAR, sig UBIGINT, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_hours (account_id VARCHAR, hour TIMESTAMP, uses BIGINT);
+CREATE TABLE IF NOT EXISTS dw_slots (account_id VARCHAR, slot TIMESTAMP, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_models (model VARCHAR, first_seen TIMESTAMP);
 """
 
@@ -202,6 +207,10 @@ def fold(store: Store) -> int:
     store.run(
         "INSERT INTO dw_hours "
         "SELECT account_id, date_trunc('hour', ts), count(*) FROM ex GROUP BY ALL"
+    )
+    store.run(
+        f"INSERT INTO dw_slots SELECT account_id, time_bucket(INTERVAL {SLOT_MINUTES} MINUTES, ts), "
+        "count(*) FROM ex GROUP BY ALL"
     )
     store.run(
         """CREATE OR REPLACE TABLE dw_models AS
