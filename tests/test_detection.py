@@ -446,3 +446,29 @@ def test_lockstep_accounts_share_slot_signatures_and_people_do_not(tmp_path):
         partners = dict(store.run("SELECT account_id, lockstep_with FROM evid"))
     assert all(partners[f"bot{a}"] >= 2 for a in range(8))
     assert sum(partners[f"person{p}"] > 0 for p in range(40)) <= 1
+
+
+def test_a_classroom_is_not_a_campaign(tmp_path):
+    """40 students who signed up in one lesson and ask the same homework "step by step": a
+    sign-up burst, a shared wrapper, duplicates and CoT, but a dozen distinct prompts in all.
+    Suspicious at most; a hydra harvesting diverse prompts with the same signals is flagged."""
+    import random
+
+    rng = random.Random(1)
+    homework = [f"Homework {k}: a train leaves at {k} pm going {40 + k} mph; when does it meet the second train? Explain step by step." for k in range(12)]  # fmt: skip
+    records, accounts = [], []
+    for s in range(40):
+        account = f"student{s:02d}"
+        created = T0 - timedelta(hours=20) + timedelta(minutes=rng.uniform(0, 50))
+        accounts.append({"account_id": account, "created_at": created.isoformat() + "Z", "email_domain": "gmail.com"})  # fmt: skip
+        for i, question in enumerate(rng.sample(homework, 8)):
+            hours = 24 * rng.randint(0, 4) + rng.choice([16, 18, 20, 22]) + rng.random()
+            records.append(rec(i, account, question, hours, ip=f"10.{s}.0.1"))
+    h_records, h_accounts = hydra(12, 20)
+    p_records, p_accounts = people(40, per_account=10)
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, records + h_records + p_records, accounts + h_accounts + p_accounts)
+        doc = detect(store)
+    verdicts = {a["account_id"]: a["verdict"] for a in doc["accounts"]}
+    assert all(verdicts[a["account_id"]] != "distillation" for a in accounts)
+    assert all(verdicts[a["account_id"]] == "distillation" for a in h_accounts)

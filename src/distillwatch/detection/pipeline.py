@@ -75,7 +75,7 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     clusters: dict[int, list[str]] = {}
     for account, cluster in membership.items():
         clusters.setdefault(cluster, []).append(account)
-    cluster_scores = score_clusters(clusters, scores, by_id)
+    cluster_scores = score_clusters(clusters, scores, by_id, _yields(store, membership))
     for cluster, block in cluster_density(edges, membership).items():
         if cluster in cluster_scores and block.accounts:
             cluster_scores[cluster].evidence.append(
@@ -156,6 +156,24 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         },
     }
+
+
+def _yields(store: Store, membership: dict[str, int]) -> dict[int, int]:
+    """Distinct prompts each cluster obtained answers to (from the folded prompt hashes)."""
+    if not membership:
+        return {}
+    table = pa.table(
+        {"account_id": list(membership), "cluster": pa.array(list(membership.values()), pa.int64())}
+    )
+    store.con.register("_membership", table)
+    try:
+        rows = store.run(
+            "SELECT m.cluster, count(DISTINCT c.h) FROM content c "
+            "JOIN _membership m USING (account_id) GROUP BY m.cluster"
+        )
+    finally:
+        store.con.unregister("_membership")
+    return {int(c): int(n) for c, n in rows}
 
 
 _NUMBERS = re.compile(r"\d[\d,.]*%?")

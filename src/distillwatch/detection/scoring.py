@@ -19,6 +19,11 @@ from distillwatch.detection.anomaly import AnomalyModel
 PRIOR_LOG_ODDS = -5.0  # distillation accounts are rare among API customers
 MAX_CLUSTER_UPLIFT = 4.0
 MIN_REQUESTS_FOR_RHYTHM = 48
+FULL_CONTENT_EVIDENCE = 20
+#: A cluster must have obtained answers to at least this many distinct prompts to be a campaign:
+#: distillation needs data, and a group that asks the same dozen questions is a class, a team or
+#: a product, whatever its members' prompts look like.
+MIN_CAMPAIGN_YIELD = 100
 #: An account more unusual than this share of the population gets anomaly evidence.
 ANOMALY_RANK = 0.995
 
@@ -35,6 +40,7 @@ def logit(p: float) -> float:
 class Evidence:
     points: float
     reason: str
+    content: bool = False  # about what the prompts say (pooled across a cluster's members)
 
 
 @dataclass
@@ -68,26 +74,34 @@ class EvidenceScorer:
                 )
             )
         n = r["n"]
+        # What an account's prompts look like is only as telling as the number of prompts seen:
+        # eight homework questions with "explain step by step" are not a harvest. Content
+        # evidence reaches full weight at FULL_CONTENT_EVIDENCE requests; a hydra of small
+        # accounts is still caught, through its cluster (see ``score_clusters``).
+        confidence = min(1.0, n / FULL_CONTENT_EVIDENCE)
         if r["cot_rate"] >= 0.2 and n >= 3:
             ev.append(
                 Evidence(
-                    3.0 * r["cot_rate"],
+                    3.0 * r["cot_rate"] * confidence,
                     f"{r['cot_rate']:.0%} of {n} prompts ask for step-by-step reasoning (chain-of-thought elicitation)",
+                    content=True,
                 )
             )
         if r["shared_template_share"] >= 0.1:
             ev.append(
                 Evidence(
-                    3.0 * r["shared_template_share"],
+                    3.0 * r["shared_template_share"] * confidence,
                     f"{r['shared_template_share']:.0%} of prompts use {r['shared_templates']} wrapper template(s) also repeated by up to {r['template_reach']} other accounts",
+                    content=True,
                 )
             )
         dup, near = r["duplicate_share"], r["near_duplicate_share"]
         if dup >= 0.1 and dup >= 0.75 * near:
             ev.append(
                 Evidence(
-                    2.0 * dup,
+                    2.0 * dup * confidence,
                     f"{dup:.0%} of prompts are verbatim duplicates of prompts sent by 3+ other accounts",
+                    content=True,
                 )
             )
         elif near >= 0.15:
@@ -95,8 +109,9 @@ class EvidenceScorer:
             # prompts to dodge exact matching still leaves them close in MinHash space.
             ev.append(
                 Evidence(
-                    1.5 * near,
+                    1.5 * near * confidence,
                     f"{near:.0%} of prompt MinHash signatures collide with near-duplicate prompts of 3+ other accounts (paraphrased copies)",
+                    content=True,
                 )
             )
         if r["payment_shared_with"] >= 2:
@@ -198,21 +213,35 @@ def score_clusters(
     clusters: dict[int, list[str]],
     scores: dict[str, AccountScore],
     rows: dict[str, dict[str, Any]],
+    yields: dict[int, int] | None = None,
 ) -> dict[int, ClusterScore]:
-    """Cluster log-odds: the median member's, plus coordination seen only at cluster level."""
+    """Cluster log-odds: the median member's, plus coordination seen only at cluster level.
+
+    Clusters whose members together asked fewer than ``MIN_CAMPAIGN_YIELD`` distinct prompts
+    are left out (no uplift, no campaign): whatever they are, they are not harvesting."""
     result = {}
     for cluster, members in clusters.items():
         if len(members) < 3:
             continue
+        if yields is not None and yields.get(cluster, 0) < MIN_CAMPAIGN_YIELD:
+            continue
         own = np.array([scores[m].log_odds for m in members])
-        log_odds = float(np.median(own))
+        # The same members with their own (few-prompt, discounted) content evidence replaced by
+        # the content evidence of all their prompts pooled.
+        behaviour = [
+            scores[m].log_odds - sum(e.points for e in scores[m].evidence if e.content)
+            for m in members
+        ]
+        pooled = float(np.median(behaviour)) + _pooled_content(members, rows)
+        log_odds = max(float(np.median(own)), pooled)
         burst = sum(rows[m]["created_burst"] for m in members)
         paid = sum(rows[m]["payment_shared_with"] >= 2 for m in members)
         templated = sum(rows[m]["shared_template_share"] >= 0.1 for m in members)
         cot = float(np.mean([rows[m]["cot_rate"] for m in members]))
         prefixes = sum(rows[m]["prefixes"] for m in members)
         volume = sum(rows[m]["n"] for m in members)
-        evidence = [f"{len(members)} linked accounts sent {volume:,} requests"]
+        distinct = f" ({yields[cluster]:,} distinct prompts)" if yields else ""
+        evidence = [f"{len(members)} linked accounts sent {volume:,} requests{distinct}"]
         if templated >= len(members) / 3:
             evidence.append(f"{templated} accounts reuse the same prompt wrapper templates")
         if cot >= 0.2:
@@ -269,3 +298,22 @@ def _coordination(members: list[str], rows: dict[str, dict[str, Any]]) -> tuple[
         # Shared content without a sign of an account farm is a shared product, not a hydra.
         return 0.0, []
     return min(bonus, MAX_COORDINATION_BONUS), words
+
+
+def _pooled_content(members: list[str], rows: dict[str, dict[str, Any]]) -> float:
+    """Content evidence (log-odds points) of the members' prompts pooled, request-weighted.
+
+    Each member of a hydra of small accounts has too few prompts for its own content evidence
+    to count much (``FULL_CONTENT_EVIDENCE``); together they have plenty."""
+    volume = sum(rows[m]["n"] for m in members)
+    if not volume:
+        return 0.0
+
+    def share(key: str) -> float:
+        return sum(rows[m][key] * rows[m]["n"] for m in members) / volume
+
+    cot, template = share("cot_rate"), share("shared_template_share")
+    dup, near = share("duplicate_share"), share("near_duplicate_share")
+    points = (3.0 * cot if cot >= 0.2 else 0.0) + (3.0 * template if template >= 0.1 else 0.0)
+    points += max(2.0 * dup if dup >= 0.1 else 0.0, 1.5 * near if near >= 0.15 else 0.0)
+    return points * min(1.0, volume / FULL_CONTENT_EVIDENCE)
