@@ -89,7 +89,7 @@ def cluster_density(
     if len(accounts) == 0:
         return {}
     names, account_index = np.unique(accounts, return_inverse=True)
-    _, artefact_index = np.unique(np.asarray(edges["artefact"], dtype=object), return_inverse=True)
+    _, artefact_index = np.unique(np.asarray(edges["artefact"]), return_inverse=True)
     weight = camouflage_weights(artefact_index)
     community = np.array([membership.get(str(n), -1) for n in names])[account_index]
     sizes: dict[int, int] = {}
@@ -109,8 +109,3 @@ def cluster_density(
         block.accounts = [int(local_accounts[i]) for i in block.accounts]
         result[c] = block
     return result
-
-
-def block_names(block: DenseBlock, edges: dict[str, np.ndarray]) -> list[str]:
-    names = np.unique(np.asarray(edges["account_id"], dtype=object))
-    return [str(names[i]) for i in block.accounts]

@@ -156,53 +156,59 @@ def build_lockstep(store: Store, common: int) -> None:
 
 
 def artefact_edges(store: Store) -> dict[str, np.ndarray]:
-    """Columns ``account_id``, ``artefact``, ``weight``: the bipartite account-artefact graph.
+    """Columns ``account_id``, ``artefact`` (a 64-bit hash of kind and value) and ``weight``:
+    the bipartite account-artefact graph.
 
     Weights favour specific artefacts: a payment instrument shared by webmail accounts and a
     repeated wrapper weigh most; an IP prefix weighs little and less the more accounts sit
     behind it, so a corporate NAT or a mobile carrier does not glue strangers together.
+    Prompt hashes and MinHash bands are filtered to the shared ones before anything else: on
+    the disclosure preset almost all of its 20M+ (account, prompt) pairs are unique, and carrying
+    them through the reach count and ranking is what ran out of memory.
     """
     total = store.run("SELECT count(*) FROM acct")[0][0] or 1
     common = max(50, int(total * COMMON_SHARE))
     return store.con.execute(
         f"""
         WITH pay AS (
-            SELECT account_id, 'pay:' || payment_fingerprint AS artefact, 3.0 AS weight
+            SELECT account_id, 'pay' AS kind, hash('pay', payment_fingerprint) AS artefact,
+                   3.0 AS weight
             FROM acct WHERE payment_fingerprint IS NOT NULL AND public_email
         ), tpl AS (
-            SELECT account_id, 'tpl:' || side || ':' || gram AS artefact,
-                   1.0 + 2.0 * least(share * 2, 1.0) AS weight
+            SELECT account_id, 'tpl', hash('tpl', side, gram), 1.0 + 2.0 * least(share * 2, 1.0)
             FROM tmpl
         ), burst AS (
-            SELECT account_id, 'burst:' || strftime(time_bucket(INTERVAL 1 HOUR, created_at),
-                                                    '%Y%m%d%H') AS artefact, 1.0 AS weight
+            SELECT account_id, 'burst', hash('burst', time_bucket(INTERVAL 1 HOUR, created_at)),
+                   1.0
             FROM acct WHERE created_at IS NOT NULL
         ), txt AS (
-            SELECT account_id, 'txt:' || h AS artefact, least(0.5 * uses, 2.0) AS weight
+            SELECT account_id, 'txt', hash('txt', h), least(0.5 * uses, 2.0)
             FROM content
+            WHERE h IN (SELECT h FROM content GROUP BY h HAVING count(*) BETWEEN 2 AND {common})
         ), near AS (
-            SELECT account_id, 'near:' || sig AS artefact, least(0.25 * sum(uses), 1.0) AS weight
-            FROM dw_near GROUP BY account_id, sig
+            SELECT account_id, 'near', hash('near', sig), least(0.25 * sum(uses), 1.0)
+            FROM dw_near
+            WHERE sig IN (SELECT sig FROM dw_near GROUP BY sig
+                          HAVING count(DISTINCT account_id) BETWEEN 2 AND {common})
+            GROUP BY account_id, sig
         ), infra AS (
             -- Network prefixes and TLS client fingerprints: weak alone, and weaker the more
             -- accounts share them (a corporate NAT, a popular browser build).
-            SELECT account_id, kind || ':' || value AS artefact,
-                   least(0.1 * uses, 1.0) AS weight
+            SELECT account_id, kind, hash(kind, value), least(0.1 * uses, 1.0)
             FROM kv WHERE kind IN ('net', 'tls')
         ), all_edges AS (
             SELECT * FROM pay UNION ALL SELECT * FROM tpl UNION ALL SELECT * FROM burst
             UNION ALL SELECT * FROM txt UNION ALL SELECT * FROM near UNION ALL SELECT * FROM infra
-            UNION ALL SELECT account_id, 'sync:' || sig, 1.0 FROM sync
+            UNION ALL SELECT account_id, 'sync', hash('sync', sig), 1.0 FROM sync
         ), reach AS (
             SELECT artefact, count(DISTINCT account_id) AS accounts FROM all_edges GROUP BY artefact
         )
-        SELECT e.account_id, e.artefact,
-               e.weight / ln(1 + r.accounts) AS weight
+        SELECT e.account_id, e.artefact, e.weight / ln(1 + r.accounts) AS weight
         FROM all_edges e JOIN reach r USING (artefact)
         WHERE r.accounts >= 2 AND r.accounts <= {common}
         -- An account's strongest few links of each kind place it as well as all of them do,
         -- and keep the graph (and Leiden's time) linear in accounts, not in requests.
-        QUALIFY row_number() OVER (PARTITION BY e.account_id, split_part(e.artefact, ':', 1)
+        QUALIFY row_number() OVER (PARTITION BY e.account_id, e.kind
                                    ORDER BY e.weight / ln(1 + r.accounts) DESC, e.artefact)
                 <= {MAX_EDGES_PER_KIND}
         ORDER BY e.account_id, e.artefact

@@ -21,7 +21,7 @@ def communities(edges: dict[str, np.ndarray], seed: int = 0) -> dict[str, int]:
     if len(accounts) == 0:
         return {}
     names, account_index = np.unique(accounts, return_inverse=True)
-    _, artefact_index = np.unique(np.asarray(edges["artefact"], dtype=object), return_inverse=True)
+    _, artefact_index = np.unique(np.asarray(edges["artefact"]), return_inverse=True)
     pairs = np.column_stack([account_index, artefact_index + len(names)])
     graph = ig.Graph(n=len(names) + int(artefact_index.max()) + 1, edges=pairs.tolist())
     graph.es["weight"] = np.asarray(edges["weight"], dtype=float).tolist()
