@@ -472,3 +472,30 @@ def test_a_classroom_is_not_a_campaign(tmp_path):
     verdicts = {a["account_id"]: a["verdict"] for a in doc["accounts"]}
     assert all(verdicts[a["account_id"]] != "distillation" for a in accounts)
     assert all(verdicts[a["account_id"]] == "distillation" for a in h_accounts)
+
+
+def test_a_small_signup_burst_counts_even_beside_a_big_one(tmp_path):
+    """The sign-up background is a median over the surrounding day, so one campaign's burst of
+    120 accounts does not hide another's burst of 20 five hours later."""
+    accounts = [{"account_id": f"regular{h}", "created_at": (T0 - timedelta(hours=72 - h, minutes=17)).isoformat() + "Z"}
+                for h in range(72)]  # fmt: skip
+    accounts += [{"account_id": f"big{i}", "created_at": (T0 - timedelta(hours=30, seconds=10 * i)).isoformat() + "Z"}
+                 for i in range(120)]  # fmt: skip
+    accounts += [{"account_id": f"small{i}", "created_at": (T0 - timedelta(hours=25, seconds=60 * i)).isoformat() + "Z"}
+                 for i in range(20)]  # fmt: skip
+    records = [
+        rec(0, a["account_id"], "hello, could you help me with something today", 1)
+        for a in accounts
+    ]
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, records, accounts)
+        update(store)
+        build_account_features(store)
+        build_templates(store)
+        from distillwatch.detection.evidence import build_evidence
+
+        build_evidence(store)
+        burst = dict(store.run("SELECT account_id, created_burst FROM evid"))
+    assert all(burst[f"small{i}"] for i in range(20))
+    assert all(burst[f"big{i}"] for i in range(120))
+    assert sum(burst[f"regular{h}"] for h in range(72)) <= 3

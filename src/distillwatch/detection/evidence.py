@@ -71,16 +71,31 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
             SELECT payment_fingerprint, count(*) AS accounts
             FROM registered WHERE payment_fingerprint IS NOT NULL AND public_email
             GROUP BY payment_fingerprint
+        ), signup_hours AS (
+            SELECT time_bucket(INTERVAL 1 HOUR, created_at) AS hour, count(*) AS signups
+            FROM registered WHERE created_at IS NOT NULL GROUP BY 1
+        ), hour_series AS (
+            SELECT unnest(generate_series(min(hour), max(hour), INTERVAL 1 HOUR)) AS hour
+            FROM signup_hours
+        ), background AS (
+            -- The typical hourly sign-up count over the surrounding day: a median, so that other
+            -- bursts that day (another campaign's, a marketing spike) do not raise the bar.
+            SELECT s.hour,
+                   median(coalesce(h.signups, 0)) OVER (
+                       ORDER BY s.hour ROWS BETWEEN 12 PRECEDING AND 12 FOLLOWING)
+                       AS hourly_background
+            FROM hour_series s LEFT JOIN signup_hours h USING (hour)
         ), bursts AS (
-            -- Sign-ups within the hour around this one, against the local sign-up rate over the
-            -- surrounding day: at a large provider dozens of accounts open every hour, so only a
-            -- crowd well above that background is a burst.
-            SELECT account_id,
-                   count(*) OVER (ORDER BY created_at RANGE BETWEEN INTERVAL 30 MINUTES PRECEDING
+            -- Sign-ups within the hour around this one, against that background: at a large
+            -- provider dozens of accounts open every hour, so only a crowd well above it is a
+            -- burst.
+            SELECT r.account_id,
+                   count(*) OVER (ORDER BY r.created_at RANGE BETWEEN INTERVAL 30 MINUTES PRECEDING
                                   AND INTERVAL 30 MINUTES FOLLOWING) - 1 AS created_near,
-                   count(*) OVER (ORDER BY created_at RANGE BETWEEN INTERVAL 12 HOURS PRECEDING
-                                  AND INTERVAL 12 HOURS FOLLOWING) / 24.0 AS hourly_background
-            FROM registered WHERE created_at IS NOT NULL
+                   b.hourly_background
+            FROM registered r
+            JOIN background b ON b.hour = time_bucket(INTERVAL 1 HOUR, r.created_at)
+            WHERE r.created_at IS NOT NULL
         ), launch AS (
             SELECT sum(new_model_requests) / nullif(sum(after_launch_requests), 0) AS share
             FROM acct
