@@ -89,6 +89,16 @@ def people(n: int = 30, per_account: int = 8, nat: bool = False) -> tuple[list[d
     return records, accounts
 
 
+def evidence_for(store: Store, until: datetime | None = None) -> None:
+    """Fold the store and build the per-account evidence table ``evid``."""
+    from distillwatch.detection.evidence import build_evidence
+
+    update(store)
+    build_account_features(store)
+    build_templates(store)
+    build_evidence(store, until)
+
+
 def test_cot_marker_and_capability_tags(tmp_path):
     with Store(tmp_path / "s.duckdb") as store:
         fill(store, [
@@ -311,12 +321,7 @@ def test_minhash_bands_catch_paraphrases_but_not_different_prompts(tmp_path):
     )
     with Store(tmp_path / "s.duckdb") as store:
         fill(store, records)
-        update(store)
-        build_account_features(store)
-        build_templates(store)
-        from distillwatch.detection.evidence import build_evidence
-
-        build_evidence(store)
+        evidence_for(store)
         share = dict(store.run("SELECT account_id, near_duplicate_share FROM evid"))
         exact = dict(store.run("SELECT account_id, duplicate_share FROM evid"))
     assert all(exact[f"para{a}"] == 0 for a in range(4))
@@ -384,14 +389,11 @@ def test_signup_evidence_counts_registered_accounts_that_have_not_sent_anything(
     ]  # fmt: skip
     with Store(tmp_path / "s.duckdb") as store:
         fill(store, [rec(0, "farm0", "hello there, how are you today my friend", 1)], accounts)
-        update(store)
-        build_account_features(store)
-        build_templates(store)
-        from distillwatch.detection.evidence import build_evidence
-
-        build_evidence(store, T0 + timedelta(hours=2))
+        evidence_for(store, T0 + timedelta(hours=2))
         row = store.run("SELECT payment_shared_with, created_near FROM evid")[0]
         assert row == (7, 7)
+        from distillwatch.detection.evidence import build_evidence
+
         build_evidence(store, T0 - timedelta(hours=1, minutes=56, seconds=30))  # 4 registered then
         assert store.run("SELECT payment_shared_with, created_near FROM evid")[0] == (3, 3)
 
@@ -437,12 +439,7 @@ def test_lockstep_accounts_share_slot_signatures_and_people_do_not(tmp_path):
             records.append(rec(i, f"person{p}", f"question {p}-{i}", (slot * 10 + 3) / 60))
     with Store(tmp_path / "s.duckdb") as store:
         fill(store, records)
-        update(store)
-        build_account_features(store)
-        build_templates(store)
-        from distillwatch.detection.evidence import build_evidence
-
-        build_evidence(store)
+        evidence_for(store)
         partners = dict(store.run("SELECT account_id, lockstep_with FROM evid"))
     assert all(partners[f"bot{a}"] >= 2 for a in range(8))
     assert sum(partners[f"person{p}"] > 0 for p in range(40)) <= 1
@@ -489,12 +486,7 @@ def test_a_small_signup_burst_counts_even_beside_a_big_one(tmp_path):
     ]
     with Store(tmp_path / "s.duckdb") as store:
         fill(store, records, accounts)
-        update(store)
-        build_account_features(store)
-        build_templates(store)
-        from distillwatch.detection.evidence import build_evidence
-
-        build_evidence(store)
+        evidence_for(store)
         burst = dict(store.run("SELECT account_id, created_burst FROM evid"))
     assert all(burst[f"small{i}"] for i in range(20))
     assert all(burst[f"big{i}"] for i in range(120))

@@ -19,6 +19,18 @@ COMMON_SHARE = 0.2
 MAX_EDGES_PER_KIND = 12
 
 
+def _shared_share(keys: str, key: str, common: int) -> str:
+    """SQL: per account, the share of its uses of ``key`` (rows of ``keys``: account_id, key,
+    uses, one per account and key) that 3 to ``common`` accounts have in common."""
+    return f"""
+            SELECT k.account_id,
+                   sum(k.uses) FILTER (WHERE r.accounts >= 3 AND r.accounts <= {common})
+                       / sum(k.uses) AS share
+            FROM {keys} k
+            JOIN (SELECT {key}, count(*) AS accounts FROM {keys} GROUP BY {key}) r USING ({key})
+            GROUP BY k.account_id"""
+
+
 def build_evidence(store: Store, until: datetime | None = None) -> None:
     """Temp table ``evid``. Sign-up evidence (shared payment, creation bursts) looks at every
     account registered by ``until``, active or not: a farm's accounts share cards and sign-up
@@ -39,26 +51,11 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
             FROM tmpl t JOIN tmpl_reach r USING (side, gram)
             WHERE r.accounts >= 3 AND r.accounts <= {common}
             GROUP BY t.account_id
-        ), content_reach AS (
-            SELECT h, count(*) AS accounts FROM content GROUP BY h
-        ), dup AS (
-            SELECT c.account_id,
-                   sum(c.uses) FILTER (WHERE r.accounts >= 3 AND r.accounts <= {common})
-                       / sum(c.uses) AS share
-            FROM content c JOIN content_reach r USING (h)
-            GROUP BY c.account_id
-        ), near_keys AS (
-            SELECT account_id, sig, sum(uses) AS uses FROM dw_near GROUP BY ALL
-        ), near_reach AS (
-            SELECT sig, count(*) AS accounts FROM near_keys GROUP BY sig
+        ), dup AS ({_shared_share("content", "h", common)}
         ), near AS (
             -- Share of an account's MinHash band signatures that collide with prompts of 3+
             -- other accounts: paraphrases and mutations of a shared seed list.
-            SELECT k.account_id,
-                   sum(k.uses) FILTER (WHERE r.accounts >= 3 AND r.accounts <= {common})
-                       / sum(k.uses) AS share
-            FROM near_keys k JOIN near_reach r USING (sig)
-            GROUP BY k.account_id
+            {_shared_share("(SELECT account_id, sig, sum(uses) AS uses FROM dw_near GROUP BY ALL)", "sig", common)}
         ), registered AS (
             SELECT account_id, created_at, payment_fingerprint,
                    coalesce(email_domain IN ({_sql_list(WEBMAIL_DOMAINS + DISPOSABLE_DOMAINS)}), false)
