@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from distillwatch.detection.graph import EdgeIndex
+
 
 @dataclass
 class DenseBlock:
-    accounts: list[int]  # indices into the caller's account list
+    accounts: list[int]  # indices into the graph's account names (``EdgeIndex.names``)
     artefacts: int
     density: float
 
@@ -80,32 +82,27 @@ def densest_block(
 
 
 def cluster_density(
-    edges: dict[str, np.ndarray], membership: dict[str, int], min_accounts: int = 3
+    index: EdgeIndex, membership: dict[str, int], min_accounts: int = 3
 ) -> dict[int, DenseBlock]:
     """The densest block inside each community of ``min_accounts`` or more, with Fraudar's
     column weights computed over the whole graph (so camouflage on popular artefacts is cheap
     everywhere, not only inside the community)."""
-    accounts = np.asarray(edges["account_id"], dtype=object)
-    if len(accounts) == 0:
+    if not len(index):
         return {}
-    names, account_index = np.unique(accounts, return_inverse=True)
-    _, artefact_index = np.unique(np.asarray(edges["artefact"]), return_inverse=True)
-    weight = camouflage_weights(artefact_index)
-    community = np.array([membership.get(str(n), -1) for n in names])[account_index]
-    sizes: dict[int, int] = {}
-    for name in names:
-        c = membership.get(str(name), -1)
-        sizes[c] = sizes.get(c, 0) + 1
-    result: dict[int, DenseBlock] = {}
+    weight = camouflage_weights(index.artefact_index)
+    of_account = np.array([membership[str(name)] for name in index.names])
+    ids, sizes = np.unique(of_account, return_counts=True)
+    community = of_account[index.account_index]
     order = np.argsort(community, kind="stable")
-    bounds = np.searchsorted(community[order], [*sorted(sizes), max(sizes) + 1])
-    for c, lo, hi in zip(sorted(sizes), bounds[:-1], bounds[1:], strict=True):
-        if c < 0 or sizes[c] < min_accounts:
+    bounds = np.searchsorted(community[order], [*ids, ids[-1] + 1])
+    result: dict[int, DenseBlock] = {}
+    for c, size, lo, hi in zip(ids, sizes, bounds[:-1], bounds[1:], strict=True):
+        if size < min_accounts:
             continue
         rows = order[lo:hi]
-        local_accounts, acc = np.unique(account_index[rows], return_inverse=True)
-        _, art = np.unique(artefact_index[rows], return_inverse=True)
+        local_accounts, acc = np.unique(index.account_index[rows], return_inverse=True)
+        _, art = np.unique(index.artefact_index[rows], return_inverse=True)
         block = densest_block(acc, art, weight[rows])
         block.accounts = [int(local_accounts[i]) for i in block.accounts]
-        result[c] = block
+        result[int(c)] = block
     return result

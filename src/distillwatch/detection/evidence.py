@@ -1,8 +1,8 @@
 """Cross-account evidence: what an account shares with others, and how rare that is.
 
 Each signal here is a column of the temp table ``evid`` (one row per account), computed in SQL
-from the folded state (``content``, ``dw_near``), ``acct`` and ``tmpl``. Sharing only counts when it is specific: a template, a
-payment instrument or a prompt used by a handful to a few thousand accounts, not by everyone.
+from the per-key sums of the folded state (``content``, ``near``, ``kv``), ``acct`` and
+``tmpl``. Sharing only counts when it is specific: a template, a payment instrument or a prompt used by a handful to a few thousand accounts, not by everyone.
 """
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ from distillwatch.store import Store
 #: An artefact shared by more than this share of all accounts is too common to mean anything.
 COMMON_SHARE = 0.2
 MAX_EDGES_PER_KIND = 12
+
+
+def _common(store: Store) -> int:
+    """The most accounts an artefact may be shared by and still mean something."""
+    total = store.run("SELECT count(*) FROM acct")[0][0] or 1
+    return max(50, int(total * COMMON_SHARE))
 
 
 def _shared_share(keys: str, key: str, common: int) -> str:
@@ -35,8 +41,7 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
     """Temp table ``evid``. Sign-up evidence (shared payment, creation bursts) looks at every
     account registered by ``until``, active or not: a farm's accounts share cards and sign-up
     hours before most of them have sent a single request."""
-    total = store.run("SELECT count(*) FROM acct")[0][0] or 1
-    common = max(50, int(total * COMMON_SHARE))
+    common = _common(store)
     build_lockstep(store, common)
     store.run("DROP TABLE IF EXISTS evid")
     store.run(
@@ -52,10 +57,10 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
             WHERE r.accounts >= 3 AND r.accounts <= {common}
             GROUP BY t.account_id
         ), dup AS ({_shared_share("content", "h", common)}
-        ), near AS (
+        ), near_dup AS (
             -- Share of an account's MinHash band signatures that collide with prompts of 3+
             -- other accounts: paraphrases and mutations of a shared seed list.
-            {_shared_share("(SELECT account_id, sig, sum(uses) AS uses FROM dw_near GROUP BY ALL)", "sig", common)}
+            {_shared_share("near", "sig", common)}
         ), registered AS (
             SELECT account_id, created_at, payment_fingerprint,
                    coalesce(email_domain IN ({_sql_list(WEBMAIL_DOMAINS + DISPOSABLE_DOMAINS)}), false)
@@ -117,7 +122,7 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
         FROM acct a
         LEFT JOIN shared_tmpl s USING (account_id)
         LEFT JOIN dup d USING (account_id)
-        LEFT JOIN near nd USING (account_id)
+        LEFT JOIN near_dup nd USING (account_id)
         LEFT JOIN pay p ON a.payment_fingerprint = p.payment_fingerprint
         LEFT JOIN bursts b USING (account_id)
         LEFT JOIN (SELECT account_id, max(reach) - 1 AS partners FROM sync GROUP BY account_id) ls
@@ -178,8 +183,7 @@ def artefact_edges(store: Store) -> dict[str, np.ndarray]:
     the disclosure preset almost all of its 20M+ (account, prompt) pairs are unique, and carrying
     them through the reach count and ranking is what ran out of memory.
     """
-    total = store.run("SELECT count(*) FROM acct")[0][0] or 1
-    common = max(50, int(total * COMMON_SHARE))
+    common = _common(store)
     return store.con.execute(
         f"""
         WITH pay AS (
@@ -197,12 +201,10 @@ def artefact_edges(store: Store) -> dict[str, np.ndarray]:
             SELECT account_id, 'txt', hash('txt', h), least(0.5 * uses, 2.0)
             FROM content
             WHERE h IN (SELECT h FROM content GROUP BY h HAVING count(*) BETWEEN 2 AND {common})
-        ), near AS (
-            SELECT account_id, 'near', hash('near', sig), least(0.25 * sum(uses), 1.0)
-            FROM dw_near
-            WHERE sig IN (SELECT sig FROM dw_near GROUP BY sig
-                          HAVING count(DISTINCT account_id) BETWEEN 2 AND {common})
-            GROUP BY account_id, sig
+        ), near_edges AS (
+            SELECT account_id, 'near', hash('near', sig), least(0.25 * uses, 1.0)
+            FROM near
+            WHERE sig IN (SELECT sig FROM near GROUP BY sig HAVING count(*) BETWEEN 2 AND {common})
         ), infra AS (
             -- Network prefixes and TLS client fingerprints: weak alone, and weaker the more
             -- accounts share them (a corporate NAT, a popular browser build).
@@ -210,7 +212,7 @@ def artefact_edges(store: Store) -> dict[str, np.ndarray]:
             FROM kv WHERE kind IN ('net', 'tls')
         ), all_edges AS (
             SELECT * FROM pay UNION ALL SELECT * FROM tpl UNION ALL SELECT * FROM burst
-            UNION ALL SELECT * FROM txt UNION ALL SELECT * FROM near UNION ALL SELECT * FROM infra
+            UNION ALL SELECT * FROM txt UNION ALL SELECT * FROM near_edges UNION ALL SELECT * FROM infra
             UNION ALL SELECT account_id, 'sync', hash('sync', sig), 1.0 FROM sync
         ), reach AS (
             SELECT artefact, count(DISTINCT account_id) AS accounts FROM all_edges GROUP BY artefact

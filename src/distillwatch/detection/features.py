@@ -140,16 +140,17 @@ def build_account_features(store: Store) -> None:
     Every feature here is a function of mergeable per-account aggregates, so an incremental
     run that folds in only new exchanges gives exactly the numbers a full run gives.
     """
-    store.run("DROP TABLE IF EXISTS kv")
-    store.run(
-        "CREATE TEMP TABLE kv AS SELECT account_id, kind, value, sum(uses) AS uses "
-        "FROM dw_kv GROUP BY ALL"
-    )
-    store.run("DROP TABLE IF EXISTS content")
-    store.run(
-        "CREATE TEMP TABLE content AS SELECT account_id, h, sum(uses) AS uses "
-        "FROM dw_content GROUP BY ALL"
-    )
+    # The append-only state tables, summed per key once for everything downstream.
+    for table, source, keys in (
+        ("kv", "dw_kv", "kind, value"),
+        ("content", "dw_content", "h"),
+        ("near", "dw_near", "sig"),
+    ):
+        store.run(f"DROP TABLE IF EXISTS {table}")
+        store.run(
+            f"CREATE TEMP TABLE {table} AS SELECT account_id, {keys}, sum(uses) AS uses "
+            f"FROM {source} GROUP BY ALL"
+        )
     store.run("DROP TABLE IF EXISTS acct")
     store.run(
         f"""

@@ -16,7 +16,7 @@ import pyarrow as pa
 from distillwatch.detection.dense import cluster_density
 from distillwatch.detection.evidence import artefact_edges, build_evidence
 from distillwatch.detection.features import build_account_features, build_templates
-from distillwatch.detection.graph import communities
+from distillwatch.detection.graph import EdgeIndex, communities
 from distillwatch.detection.scoring import (
     MAX_CLUSTER_UPLIFT,
     AccountScore,
@@ -70,7 +70,7 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     scorer = EvidenceScorer().fit(rows)
     scores = {s.account_id: s for s in scorer.score_samples(rows)}
 
-    edges = artefact_edges(store)
+    edges = EdgeIndex.of(artefact_edges(store))
     membership = communities(edges)
     clusters: dict[int, list[str]] = {}
     for account, cluster in membership.items():

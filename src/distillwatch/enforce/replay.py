@@ -4,9 +4,9 @@ Detection runs on the first days of a simulation; the proxy is started with thos
 the rest of the log is sent through it over loopback, in time order. Every ``redetect_hours`` of
 simulated time detection runs again, incrementally, on the provider's full log up to that
 moment (as a scheduled job would) and atomically replaces the verdicts file the proxy
-hot-reloads, so campaigns that start or change after day 0 are caught too. Requests are sent with each request's original time
-(``--replay-time-header``), client IP (``X-Forwarded-For`` from a trusted hop) and TLS
-fingerprint. Responses are tallied against the simulator's ground truth: how much of the
+hot-reloads, so campaigns that start or change after day 0 are caught too. Each request keeps
+its original time (``--replay-time-header``), client IP (``X-Forwarded-For`` from a trusted
+hop) and TLS fingerprint. Responses are tallied against the simulator's ground truth: how much of the
 attackers' traffic after detection was refused or shaped, how much benign traffic was refused,
 and how quickly accounts the verdicts had never seen were stopped.
 """
