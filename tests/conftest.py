@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from distillwatch.enforce.processes import free_port
 from distillwatch.paths import shared_data_dir
+from tests.gateway import ACCOUNTS, ADMIN, keys_file, start, stop, verdicts_file
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +42,68 @@ def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None, timeout: flo
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# -- the gateway: a mock upstream, Redis and proxies as real processes -------------------
+@pytest.fixture(scope="module")
+def upstream():
+    port = free_port()
+    proc = start(
+        ["mock-upstream", "--listen", f"127.0.0.1:{port}"], f"http://127.0.0.1:{port}/v1/models"
+    )
+    yield f"http://127.0.0.1:{port}"
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is required in CI (.ci/run installs it)")
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0", proc
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def proxy(tmp_path, upstream):
+    started = []
+
+    def launch(
+        *extra: str,
+        verdicts: dict | None = None,
+        store: Path | None = None,
+        accounts: list[str] | None = None,
+    ) -> tuple[str, Path]:
+        port = free_port()
+        vfile = verdicts_file(tmp_path / f"v{port}.json", verdicts or {
+            "flagged": ("distillation", 0.99, "c-1"), "suspect": ("suspicious", 0.6, "c-9"),
+            "shady": ("suspicious", 0.5, "c-9"), "lifted": ("distillation", 0.97, "c-1"),
+            "good": ("benign", 0.01, None),
+        })  # fmt: skip
+        store = store or tmp_path / f"proxy{port}.duckdb"
+        args = ["proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", "--store", str(store),
+                "--verdicts", str(vfile), "--keys", str(keys_file(tmp_path / f"keys{port}.jsonl", ACCOUNTS + [f"new{i}" for i in range(5)] + (accounts or []))),
+                "--admin-token", ADMIN, "--max-body-bytes", "65536", "--body-timeout", "1", *extra]  # fmt: skip
+        proc = start(args, f"http://127.0.0.1:{port}/healthz")
+        started.append(proc)
+        return f"http://127.0.0.1:{port}", vfile
+
+    launch.processes = started  # type: ignore[attr-defined]
+    yield launch
+    for proc in started:
+        stop(proc)

@@ -88,20 +88,22 @@ def test_mixed_good_and_bad_records_quarantined_with_reasons(tmp_path, cli):
     quarantine = tmp_path / "bad.jsonl"
     result, report = ingest_json(cli, log, "--store", store, "--quarantine", quarantine)
     assert result.returncode == 3
-    assert report["loaded"] == 2 and report["quarantined"] == 5
+    # A bad optional field (the IP) costs the field, not the record: loaded, flagged.
+    assert report["loaded"] == 3 and report["quarantined"] == 4 and report["flagged"] == 1
     entries = [json.loads(line) for line in quarantine.read_text().splitlines()]
     assert [(e["record"], e["field"]) for e in entries] == [
         (2, "<json>"),
         (3, "ts"),
         (5, "account_id"),
-        (6, "ip"),
         (7, "<record>"),
     ]
+    assert stored(store, "SELECT ip, flags FROM exchanges WHERE id = 'ex-4'")[0] == (
+        None, ["ip: not an IPv4/IPv6 address: '999.1.1.1'; dropped"])  # fmt: skip
     assert all(e["file"] == str(log) and e["reason"] for e in entries)
     assert "last tuesday" in entries[1]["raw"]
     human = cli("ingest", log, "--store", tmp_path / "t.duckdb", "--no-progress")
     assert human.returncode == 3
-    assert "quarantined" in human.stdout and "5" in human.stdout
+    assert "quarantined" in human.stdout and "4" in human.stdout and "flagged" in human.stdout
 
 
 def test_gzip_parquet_and_folder(tmp_path, cli):

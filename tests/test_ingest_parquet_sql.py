@@ -14,7 +14,7 @@ from distillwatch.store import Store
 
 COLUMNS = (
     "id, ts, account_id, model, messages, prompt, system_prompt, n_messages, response, ip, "
-    "user_agent, completion_tokens, truncated, extra"
+    "user_agent, completion_tokens, truncated, flags, extra"
 )
 
 
@@ -49,13 +49,18 @@ def records():
         {**good, "id": "bad-ts", "ts": "tomorrow"},
         {
             **good,
-            "id": "bad-role",
+            "id": "flag-role",
             "messages": [{"role": "user", "content": "a"}, {"role": "x", "content": "b"}],
         },
-        {**good, "id": "bad-content", "messages": [{"role": "user", "content": None}]},
+        {**good, "id": "flag-content", "messages": [{"role": "user", "content": None}]},
         {**good, "id": "bad-empty", "messages": []},
-        {**good, "id": "bad-ip", "ip": "300.1.1.1"},
-        {**good, "id": "bad-int", "completion_tokens": -5},
+        {**good, "id": "bad-no-role", "messages": [{"role": None, "content": "b"}]},
+        {**good, "id": "flag-ip", "ip": "300.1.1.1"},
+        {**good, "id": "flag-int", "completion_tokens": -5},
+        {**good, "id": "chain", "ip": "198.51.100.23, 10.0.0.5"},
+        {**good, "id": "chain-junk-first", "ip": "unknown, 198.51.100.9"},
+        {**good, "id": "lower-tz", "ts": "2026-03-01t10:00:00.5z"},
+        {**good, "id": "leap", "ts": "2016-12-31T23:59:60Z"},
         {**good, "id": "  "},
     ]
     return rows
@@ -83,7 +88,18 @@ def test_parquet_sql_path_matches_python_path(tmp_path):
     sql_report, sql_rows, sql_bad, sql_ok = load(tmp_path, "sql", parquet)
 
     assert sql_ok is True  # this file really took the SQL path
-    assert [r[0] for r in sql_rows] == ["ok-1", "ok-2", "ok-3", "ok-4"]
+    loaded = ["chain", "chain-junk-first", "flag-content", "flag-int", "flag-ip", "flag-role",
+              "leap", "lower-tz", "ok-1", "ok-2", "ok-3", "ok-4"]  # fmt: skip
+    assert [r[0] for r in sql_rows] == loaded
+    flags = {r[0]: r[-2] for r in sql_rows}
+    assert flags["flag-ip"] == ["ip: not an IPv4/IPv6 address: '300.1.1.1'; dropped"]
+    assert flags["flag-role"] == ["messages[1].role: unknown role 'x'"]
+    assert flags["chain"] is None and flags["ok-1"] is None
+    by_id = {r[0]: r for r in sql_rows}
+    assert by_id["chain"][9] == "198.51.100.23" and by_id["chain-junk-first"][9] == "198.51.100.9"
+    assert json.loads(by_id["chain"][-1])["ip_chain"] == ["198.51.100.23", "10.0.0.5"]
+    assert str(by_id["leap"][1]) == "2017-01-01 00:00:00"
+    assert str(by_id["lower-tz"][1]) == "2026-03-01 10:00:00.500000"
     for py_row, sql_row in zip(py_rows, sql_rows, strict=True):
         # extra: JSON text may differ in spacing; compare parsed.
         assert py_row[:-1] == sql_row[:-1]

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from distillwatch.enforce.processes import free_port, wait_http
-from tests.test_proxy import start, stop, verdicts_file
+from tests.gateway import start, stop, verdicts_file
 
 pytest.importorskip(
     "litellm", reason="the litellm extra is not installed (pip install -e '.[litellm]')"
@@ -66,6 +66,7 @@ def test_guard_in_real_litellm_proxy(tmp_path):
         refused = ask("harvester")
         assert refused.status_code == 403 and "verification_required" in refused.text
         shaped = ask("edgy", "Think step by step: is 91 prime?", max_tokens=3000)
+        assert shaped.status_code == 200, shaped.text
         content = shaped.json()["choices"][0]["message"]["content"]
         assert (
             shaped.status_code == 200 and "<think>" not in content and content.count("word") <= 512

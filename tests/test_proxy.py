@@ -3,138 +3,19 @@ real DuckDB. Each proxy is the installed CLI (`distillwatch proxy`) in its own p
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from distillwatch.enforce.processes import free_port, wait_http
+from distillwatch.enforce.processes import free_port
 from distillwatch.ingest.batch import exchanges_to_table
 from distillwatch.schema import parse_account, validate_exchange
 from distillwatch.store import Store
+from tests.gateway import ADMIN, PINNED, chat, start, stop, verdicts_file
 
 pytestmark = pytest.mark.e2e
-ADMIN = "admin-secret-token"
-
-
-def start(args: list[str], health: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "distillwatch.cli", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    wait_http(health, proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)  # uvicorn shuts down cleanly, the sink drains
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    port = free_port()
-    proc = start(
-        ["mock-upstream", "--listen", f"127.0.0.1:{port}"], f"http://127.0.0.1:{port}/v1/models"
-    )
-    yield f"http://127.0.0.1:{port}"
-    stop(proc)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is required in CI (.ci/run installs it)")
-        pytest.skip("redis-server not installed (apt-get install redis-server)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0", proc
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def verdicts_file(path: Path, accounts: dict[str, tuple[str, float, str | None]]) -> Path:
-    doc = {
-        "generated_at": "2026-03-08T00:00:00Z",
-        "exchanges": 1,
-        "accounts": [
-            {"account_id": a, "verdict": v, "score": s, "cluster_id": c, "reasons": []}
-            for a, (v, s, c) in accounts.items()
-        ],
-        "campaigns": [],
-    }
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def keys_file(path: Path, accounts: list[str]) -> Path:
-    path.write_text(
-        "".join(json.dumps({"api_key": f"sk-{a}", "account_id": a}) + "\n" for a in accounts)
-    )
-    return path
-
-
-PINNED = {"X-Replay-Time": "2026-03-02T10:00:30Z"}  # one rate window, whatever the wall clock
-
-
-def chat(
-    base: str, account: str, content: str = "hello", headers: dict | None = None, **extra
-) -> httpx.Response:
-    body = {"model": "atlas-2", "messages": [{"role": "user", "content": content}], **extra}
-    return httpx.post(f"{base}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer sk-{account}", **(headers or {})}, timeout=10)  # fmt: skip
-
-
-ACCOUNTS = ["good", "flagged", "suspect", "shady", "lifted"]
-
-
-@pytest.fixture
-def proxy(tmp_path, upstream):
-    started = []
-
-    def launch(
-        *extra: str, verdicts: dict | None = None, store: Path | None = None
-    ) -> tuple[str, Path]:
-        port = free_port()
-        vfile = verdicts_file(tmp_path / f"v{port}.json", verdicts or {
-            "flagged": ("distillation", 0.99, "c-1"), "suspect": ("suspicious", 0.6, "c-9"),
-            "shady": ("suspicious", 0.5, "c-9"), "lifted": ("distillation", 0.97, "c-1"),
-            "good": ("benign", 0.01, None),
-        })  # fmt: skip
-        store = store or tmp_path / f"proxy{port}.duckdb"
-        args = ["proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", "--store", str(store),
-                "--verdicts", str(vfile), "--keys", str(keys_file(tmp_path / "keys.jsonl", ACCOUNTS + [f"new{i}" for i in range(5)])),
-                "--admin-token", ADMIN, "--max-body-bytes", "65536", "--body-timeout", "1", *extra]  # fmt: skip
-        proc = start(args, f"http://127.0.0.1:{port}/healthz")
-        started.append(proc)
-        return f"http://127.0.0.1:{port}", vfile
-
-    launch.processes = started  # type: ignore[attr-defined]
-    yield launch
-    for proc in started:
-        stop(proc)
 
 
 def test_passthrough_and_openai_errors(proxy):
@@ -303,7 +184,8 @@ def test_two_replicas_share_one_limit_through_redis(proxy, redis_url):
     b, _ = proxy("--redis", url, "--replay-time-header", "X-Replay-Time")
     codes = [chat(a if i % 2 else b, "shady", headers=PINNED).status_code for i in range(16)]
     assert codes.count(200) == 10 and codes.count(429) == 6  # one global limit of 10/min
-    assert httpx.get(f"{a}/healthz").json()["state"] == {"backend": "redis", "ok": True}
+    state = httpx.get(f"{a}/healthz").json()["state"]
+    assert (state["backend"], state["ok"], state["error"]) == ("redis", True, None)
     metrics = httpx.get(f"{a}/metrics").text
     assert (
         "distillwatch_decisions_total" in metrics

@@ -85,15 +85,86 @@ def test_messages_must_be_a_non_empty_list_of_objects():
     assert error_of(record(messages=["hi"])).field == "messages[0]"
 
 
-def test_message_role_and_content_checked():
-    err = error_of(record(messages=[{"role": "wizard", "content": "x"}]))
+def test_malformed_message_structure_is_refused():
+    err = error_of(record(messages=[{"content": "x"}]))
     assert err.field == "messages[0].role"
-    err = error_of(record(messages=[{"role": "user"}]))
-    assert err.field == "messages[0].content"
     err = error_of(record(messages=[{"role": "user", "content": 5}]))
     assert err.field == "messages[0].content"
-    err = error_of(record(messages=[{"role": "user", "content": [{"type": "hologram"}]}]))
-    assert err.field == "messages[0].content"
+    err = error_of(record(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}]))
+    assert err.field == "messages[0].content[0].text" and "got integer" in err.reason
+    err = error_of(record(messages=[{"role": "user", "content": [7]}]))
+    assert err.field == "messages[0].content[0]"
+
+
+def test_unusual_messages_are_kept_and_flagged():
+    # What a client can send and an upstream may serve must never make an exchange invisible.
+    row = validate_exchange(
+        record(
+            messages=[
+                {"role": "wizard", "content": "x"},
+                {"role": "system", "content": None},
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+                {"role": "user", "content": [{"type": "text", "text": "q"}, {"type": "hologram"}]},
+            ]
+        )
+    )
+    assert row.prompt == "q\n[hologram]"
+    assert row.flags == [
+        "messages[0].role: unknown role 'wizard'",
+        "messages[1].content: null",
+        "messages[3].content[1].type: unsupported content part type 'hologram'",
+    ]
+    assert [m["content"] for m in orjson.loads(row.messages)] == ["x", "", "no", "q\n[hologram]"]
+
+
+def test_tool_calls_are_kept():
+    row = validate_exchange(
+        record(
+            messages=[
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "57F"},
+            ],
+            response_tool_calls=[{"id": "c2", "type": "function",
+                                  "function": {"name": "book", "arguments": {"a": 1}}}],
+        )
+    )  # fmt: skip
+    stored = orjson.loads(row.messages)
+    assert stored[1]["tool_calls"] == [{"name": "get_weather", "arguments": "{}", "id": "c1"}]
+    assert stored[2]["tool_call_id"] == "c1" and row.flags is None
+    assert orjson.loads(row.response_tool_calls) == [
+        {"name": "book", "arguments": '{"a":1}', "id": "c2"}
+    ]
+
+
+def test_malformed_optional_fields_cost_the_field_not_the_record():
+    row = validate_exchange(
+        record(ip="999.1.1.1", status="500", user_agent=["x"], latency_ms=-3, response={"a": 1})
+    )
+    assert (row.ip, row.status, row.user_agent, row.latency_ms, row.response) == (None,) * 5
+    assert [f.split(":")[0] for f in row.flags] == [
+        "response", "user_agent", "status", "latency_ms", "ip",
+    ]  # fmt: skip
+
+
+def test_forwarded_for_chain_gives_the_client_and_keeps_the_chain():
+    row = validate_exchange(record(ip="198.51.100.23, 10.0.0.5"))
+    assert row.ip == "198.51.100.23" and row.flags is None
+    assert orjson.loads(row.extra)["ip_chain"] == ["198.51.100.23", "10.0.0.5"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-03-01t10:00:00z", datetime(2026, 3, 1, 10, 0, 0)),
+        ("2016-12-31T23:59:60Z", datetime(2017, 1, 1, 0, 0, 0)),
+        ("2016-12-31T23:59:60.5Z", datetime(2017, 1, 1, 0, 0, 0)),
+        ("2017-01-01T05:29:60+05:30", datetime(2017, 1, 1, 0, 0, 0)),
+    ],
+)
+def test_rfc3339_lowercase_and_leap_second(text, expected):
+    assert validate_exchange(record(ts=text)).ts == expected
 
 
 def test_content_parts_and_multi_turn():
@@ -140,20 +211,23 @@ def test_optional_strings_and_ints():
     assert row.response == "4"
     assert row.completion_tokens == 2 and isinstance(row.completion_tokens, int)
     assert row.status == 200
+
+    def dropped(name, value):
+        row = validate_exchange(record(**{name: value}))
+        return getattr(row, name) is None and row.flags[0].startswith(f"{name}: ")
+
     for name in ("org_id", "user_agent", "endpoint", "response"):
-        assert error_of(record(**{name: 7})).field == name
+        assert dropped(name, 7)
     for name in ("prompt_tokens", "completion_tokens", "status", "latency_ms"):
-        assert error_of(record(**{name: "7"})).field == name
-        assert error_of(record(**{name: -1})).field == name
-        assert error_of(record(**{name: True})).field == name
-        assert error_of(record(**{name: 1.5})).field == name
+        assert all(dropped(name, value) for value in ("7", -1, True, 1.5))
 
 
 def test_ip_is_validated_and_canonicalised():
     assert validate_exchange(record(ip="2001:DB8::0:1")).ip == "2001:db8::1"
     assert validate_exchange(record(ip=" 10.0.0.1 ")).ip == "10.0.0.1"
-    assert error_of(record(ip="10.0.0.300")).field == "ip"
-    assert error_of(record(ip=17)).field == "ip"
+    for bad in ("10.0.0.300", 17):
+        row = validate_exchange(record(ip=bad))
+        assert row.ip is None and row.flags[0].startswith("ip: ")
 
 
 def test_unknown_fields_are_kept():

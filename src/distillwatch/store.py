@@ -20,15 +20,12 @@ import orjson
 import pyarrow as pa
 
 from distillwatch import __version__
+from distillwatch.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_STORE = "distillwatch.duckdb"
 #: DuckDB's buffer-pool cap. Override with DISTILLWATCH_MEMORY_LIMIT (e.g. "8GB") for big jobs.
 DEFAULT_MEMORY_LIMIT = os.environ.get("DISTILLWATCH_MEMORY_LIMIT", "1GB")
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or used (wrong version, not a DuckDB file, ...)."""
 
 
 EXCHANGE_SCHEMA = pa.schema(
@@ -57,8 +54,12 @@ EXCHANGE_SCHEMA = pa.schema(
         ("truncated", pa.bool_()),
         ("extra", pa.string()),
         ("source", pa.string()),
+        ("response_tool_calls", pa.string()),
+        ("flags", pa.list_(pa.string())),
     ]
 )
+#: Column names of ``exchanges`` in table order (inserts go BY NAME, so order is for reading).
+EXCHANGE_COLUMN_NAMES = tuple(EXCHANGE_SCHEMA.names)
 
 _TABLES_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -160,8 +161,19 @@ def _migrate_1_to_2(con: duckdb.DuckDBPyConnection) -> None:
     ).fetchall()
 
 
+def _migrate_2_to_3(con: duckdb.DuckDBPyConnection) -> None:
+    # v3 keeps what v2 threw away: the tools a response called, and per-record flags naming
+    # what was unusual or repaired at ingest (an unknown role, an address that was not one).
+    con.execute("ALTER TABLE exchanges ADD COLUMN IF NOT EXISTS response_tool_calls VARCHAR")
+    con.execute("ALTER TABLE exchanges ADD COLUMN IF NOT EXISTS flags VARCHAR[]")
+    con.execute("ALTER TABLE ingest_runs ADD COLUMN IF NOT EXISTS flagged BIGINT")
+
+
 #: ``MIGRATIONS[n]`` upgrades a store from schema ``n`` to ``n + 1``.
-MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
+    1: _migrate_1_to_2,
+    2: _migrate_2_to_3,
+}
 
 
 class Store:
@@ -256,7 +268,7 @@ class Store:
         self.con.register("_incoming", batch)
         try:
             self.run(
-                """INSERT INTO exchanges
+                """INSERT INTO exchanges BY NAME
                    SELECT * FROM _incoming WHERE id NOT IN (SELECT id FROM exchanges)
                    QUALIFY row_number() OVER (PARTITION BY id) = 1"""
             )
@@ -274,7 +286,7 @@ class Store:
         self.con.register("_stream", reader)
         try:
             self.run(
-                """INSERT INTO exchanges
+                """INSERT INTO exchanges BY NAME
                    SELECT * FROM _stream WHERE id NOT IN (SELECT id FROM exchanges)"""
             )
         finally:
@@ -319,7 +331,7 @@ class Store:
     def record_ingest_run(self, **row: Any) -> None:
         columns = [
             "run_id", "source", "format", "started_at", "finished_at", "records", "loaded",
-            "duplicates", "quarantined", "truncated", "error",
+            "duplicates", "quarantined", "truncated", "error", "flagged",
         ]  # fmt: skip
         placeholders = ", ".join("?" * len(columns))
         self.run(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from distillwatch import __version__
+from distillwatch.terminal import SafeConsole
 
 app = typer.Typer(
     name="distillwatch",
@@ -20,9 +20,10 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 
-#: Human output goes to stderr-free stdout; errors go to ``err_console``.
-console = Console()
-err_console = Console(stderr=True)
+#: Human output goes to stdout; errors go to ``err_console``. Both escape control characters in
+#: whatever they render (account ids, prompts and file names are attacker-chosen).
+console = SafeConsole()
+err_console = SafeConsole(stderr=True)
 
 
 def _version(value: bool) -> None:

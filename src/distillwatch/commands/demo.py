@@ -9,12 +9,12 @@ from pathlib import Path
 import typer
 from rich.panel import Panel
 from rich.table import Table
-from rich.text import Text
 
 from distillwatch.commands._app import app, console, fail
 from distillwatch.ingest import ingest_paths
 from distillwatch.paths import shared_data_dir
 from distillwatch.store import Store
+from distillwatch.terminal import safe_text
 
 
 @app.command()
@@ -94,11 +94,11 @@ def _summarise(verdicts: dict, labels_path: Path, out: Path, store_path: Path) -
     table.add_column("evidence (top 3)", overflow="fold")
     for campaign in sorted(verdicts["campaigns"], key=lambda c: -c["score"])[:10]:
         table.add_row(
-            Text(str(campaign["campaign_id"])),
+            safe_text(str(campaign["campaign_id"])),
             f"{campaign['score']:.2f}",
             f"{len(campaign['accounts']):,}",
             f"{campaign['exchanges']:,}",
-            Text("\n".join(f"- {e}" for e in campaign["evidence"][:3])),
+            safe_text("\n".join(f"- {e}" for e in campaign["evidence"][:3])),
         )
     console.print(table)
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import orjson
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from distillwatch.commands._app import app, console, fail
 from distillwatch.detection.pipeline import detect_and_write
 from distillwatch.ingest import ingest_paths
 from distillwatch.schema import RecordError, parse_ts
 from distillwatch.store import Store, StoreError
+from distillwatch.terminal import safe_text
 
 
 @app.command("detect")
@@ -73,7 +73,7 @@ def detect_command(
                     report = ingest_paths(logs, store, accounts=accounts,
                                           progress=console.is_terminal and not as_json)  # fmt: skip
                     for error in report.file_errors:
-                        console.print(Text(f"file error: {error}", style="red"))
+                        console.print(safe_text(f"file error: {error}", style="red"))
                 with (
                     console.status("detecting...", spinner="dots")
                     if console.is_terminal
@@ -101,7 +101,7 @@ def _summary(doc: dict, out: Path) -> None:
         if run["mode"] == "incremental"
         else "full run" + (f" ({why})" if why else "")
     )
-    console.print(Text(how, style="dim"))
+    console.print(safe_text(how, style="dim"))
     console.print(
         f"{doc['exchanges']:,} exchanges, {len(accounts):,} accounts: "
         f"[bold red]{verdicts['distillation']:,} distillation[/], "
@@ -115,8 +115,8 @@ def _summary(doc: dict, out: Path) -> None:
             table.add_column(column, overflow="fold")
         for c in doc["campaigns"][:15]:
             table.add_row(
-                Text(c["campaign_id"]), f"{c['score']:.2f}", f"{len(c['accounts']):,}",
-                f"{c['exchanges']:,}", Text("\n".join(c["evidence"][:4])),
+                safe_text(c["campaign_id"]), f"{c['score']:.2f}", f"{len(c['accounts']):,}",
+                f"{c['exchanges']:,}", safe_text("\n".join(c["evidence"][:4])),
             )  # fmt: skip
         console.print(table)
     console.print(f"verdicts: {out / 'verdicts.json'}\nreport:   {out / 'report.html'}")

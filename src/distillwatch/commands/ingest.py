@@ -13,6 +13,7 @@ from distillwatch.commands._app import app, console, fail
 from distillwatch.ingest import FORMATS, IngestReport, ingest_paths
 from distillwatch.schema import DEFAULT_MAX_TEXT_CHARS
 from distillwatch.store import DEFAULT_STORE, Store, StoreError
+from distillwatch.terminal import safe_text
 
 #: Exit codes, so scripts can tell a clean load from a partial one.
 EXIT_OK, EXIT_QUARANTINED, EXIT_FILE_ERRORS = 0, 3, 4
@@ -101,11 +102,20 @@ def _print_report(report: IngestReport, store: Path) -> None:
     table.add_row("duplicates (already stored)", f"{report.duplicates:,}")
     table.add_row("quarantined", f"[red]{report.quarantined:,}[/]" if report.quarantined else "0")
     table.add_row("truncated fields", f"{report.truncated:,}")
+    table.add_row("flagged (a field dropped or unusual, record kept)", f"{report.flagged:,}")
     if report.accounts or report.accounts_quarantined:
         table.add_row("account records", f"{report.accounts:,}")
         table.add_row("account records quarantined", f"{report.accounts_quarantined:,}")
     table.add_row("time", f"{report.seconds:.1f} s ({rate:,.0f} records/s)")
     console.print(table)
+    if len(report.sources) > 1:
+        per = Table(title="Per file", title_justify="left")
+        for name in ("file", "format", "records", "loaded", "quarantined", "flagged"):
+            per.add_column(name, justify="left" if name in ("file", "format") else "right")
+        for source, row in report.sources.items():
+            per.add_row(safe_text(source), safe_text(str(row["format"])),
+                        *(f"{row[k]:,}" for k in ("records", "loaded", "quarantined", "flagged")))  # fmt: skip
+        console.print(per)
     for error in report.file_errors:
         console.print(f"[red]file error:[/] {escape(error)}", highlight=False)
     if report.quarantine_path:

@@ -88,15 +88,39 @@ def proxy_command(
         min=0.1,
         help="Seconds the upstream gets to answer a request in full (else 504).",
     ),
+    spool_fsync: str = typer.Option(
+        "interval",
+        "--spool-fsync",
+        help="When the exchange journal is synced to disk: interval (every second: a power loss "
+        "loses at most ~1 s of acknowledged exchanges), always (every request waits for the "
+        "disk), never (the kernel decides). kill -9 loses nothing in any mode.",
+    ),
+    max_header_bytes: int = typer.Option(
+        64 * 1024, "--max-header-bytes", min=1024, help="Largest request head accepted (431)."
+    ),
+    header_timeout: float = typer.Option(
+        10.0, "--header-timeout", min=0.1, help="Seconds a client gets to send its headers (408)."
+    ),
+    max_pending: int = typer.Option(
+        512,
+        "--max-pending-connections",
+        min=1,
+        help="Connections allowed to be still sending headers; the oldest is closed beyond this.",
+    ),
+    max_in_flight: int = typer.Option(
+        1024, "--max-in-flight", min=1, help="Requests served at once; beyond this 503."
+    ),
 ) -> None:
-    """Serve /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models in front of
-    UPSTREAM, allowing, throttling, challenging, shaping or blocking per the policy; plus
+    """Serve /v1/chat/completions, /v1/responses, /v1/completions, /v1/embeddings and /v1/models
+    in front of UPSTREAM, allowing, throttling, challenging, shaping or blocking per the policy; plus
     /healthz, /metrics (Prometheus) and a token-protected /admin API."""
-    import uvicorn
-
     from distillwatch.enforce.app import Proxy, ProxyConfig
+    from distillwatch.enforce.server import ServerLimits, serve
+    from distillwatch.enforce.spool import FSYNC_MODES
 
     host, port = _listen(listen)
+    if spool_fsync not in FSYNC_MODES:
+        raise fail(f"--spool-fsync must be one of {', '.join(FSYNC_MODES)}")
     try:
         chosen = load_policy(policy)
     except PolicyError as exc:
@@ -128,13 +152,14 @@ def proxy_command(
         shadow=shadow, keys=key_map, payments=payments, trusted_proxies=networks,
         tls_header=tls_header, replay_time_header=replay_time_header, admin_token=admin_token,
         max_body_bytes=max_body_bytes, body_timeout_s=body_timeout,
-        upstream_timeout_s=upstream_timeout,
+        upstream_timeout_s=upstream_timeout, spool_fsync=spool_fsync,
+        limits=ServerLimits(max_header_bytes=max_header_bytes, header_timeout_s=header_timeout,
+                            max_pending=max_pending, max_in_flight=max_in_flight),
     )  # fmt: skip
     proxy = Proxy(config)
     console.print(f"distillwatch proxy on http://{host}:{port} -> {upstream}"
                   f"{' (shadow mode)' if shadow else ''}", highlight=False)  # fmt: skip
-    uvicorn.run(proxy.app, host=host, port=port, log_level="warning", timeout_keep_alive=5,
-                limit_concurrency=2048, h11_max_incomplete_event_size=64 * 1024)  # fmt: skip
+    serve(proxy.asgi, host, port, proxy.protocol)
 
 
 @app.command("mock-upstream")

@@ -7,11 +7,11 @@ from pathlib import Path
 import orjson
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from distillwatch.commands._app import app, console, fail
 from distillwatch.stats import store_stats
 from distillwatch.store import DEFAULT_STORE, Store, StoreError
+from distillwatch.terminal import safe_text
 
 
 @app.command()
@@ -69,6 +69,8 @@ def _table(title: str, rows: list[dict]) -> Table:
         numeric = isinstance(rows[0][name], int | float)
         table.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
-        # Account ids and file names are untrusted: Text() renders them literally, never as markup.
-        table.add_row(*(Text(f"{v:,}" if isinstance(v, int) else str(v)) for v in row.values()))
+        # Account ids and file names are untrusted: safe_text() renders them literally, never as markup.
+        table.add_row(
+            *(safe_text(f"{v:,}" if isinstance(v, int) else str(v)) for v in row.values())
+        )
     return table

@@ -1,11 +1,18 @@
 """The OpenAI-compatible enforcing reverse proxy (Starlette + aiohttp's client, served by uvicorn).
 
-Per request: authenticate (bearer key -> account), read a bounded body, gather facts (batch
-verdict, standing decision, chain-of-thought elicitation, links from a new account to a flagged
-cluster), decide, then refuse (403/429), shape (cap max_tokens, strip reasoning) or pass the
-request through; log the exchange (Contract 1) and every non-allow decision (audit log).
-Failures of the state backend follow the policy's fail_open choice; upstream failures become
-OpenAI-shaped 502/504 errors; nothing a client sends produces a 500.
+Per request: authenticate (bearer key -> account), read a bounded body, check the request's shape
+(:mod:`distillwatch.openai_api`; malformed messages are refused with 400, unusual ones are served
+and flagged), gather facts (batch verdict, standing decision, chain-of-thought elicitation, links
+from a new account to a flagged cluster), decide, then refuse (403/429), shape (cap the output
+tokens, strip reasoning from JSON and from event streams) or pass the request through; journal
+the exchange (Contract 1) and every non-allow decision before the response completes.
+
+Routes: ``/v1/chat/completions``, ``/v1/responses``, ``/v1/completions``, ``/v1/embeddings`` (all
+enforced), ``/v1/models``, ``/healthz``, ``/metrics`` and the token-protected ``/admin/*``.
+State-backend failures follow the policy's fail_open choice (see :mod:`.enforcer`); upstream
+failures become OpenAI-shaped 502/504 errors; every response a client sees, 404s and the
+server's own 400/408/431/503 included, is in OpenAI's error shape; nothing a client sends
+produces a 500 (a bug would, and is counted in ``/metrics``).
 """
 
 from __future__ import annotations
@@ -14,11 +21,10 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
-import json
-import re
+import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +40,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -42,15 +50,29 @@ from starlette.routing import Route
 from distillwatch.enforce.decide import Decision
 from distillwatch.enforce.enforcer import Enforcer
 from distillwatch.enforce.policy import Policy
-from distillwatch.enforce.signals import (
-    key_account,
+from distillwatch.enforce.server import InFlightLimit, ServerLimits, guarded_protocol
+from distillwatch.enforce.signals import key_account
+from distillwatch.errors import RecordError, StateError
+from distillwatch.openai_api import (
+    EventSplitter,
+    Messages,
+    ResponseSummary,
+    StreamReader,
+    StreamShaper,
+    encode_event,
+    parse_event,
+    request_messages,
+    strip_reasoning,
+    summarise_response,
 )
-from distillwatch.enforce.state import StateError
-from distillwatch.schema import RecordError, parse_ts
+from distillwatch.schema import DEFAULT_MAX_TEXT_CHARS, parse_ts
 
-ENFORCED_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-_THINK = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>\s*", re.DOTALL | re.IGNORECASE)
-MAX_LOGGED_TEXT = 32_768
+ENFORCED_ROUTES = ("/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings")
+MAX_LOGGED_TEXT = DEFAULT_MAX_TEXT_CHARS
+#: Request fields the proxy reads or rewrites: they must have the type the API documents.
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+MAX_ADMIN_TTL_SECONDS = 366 * 86400
+log = logging.getLogger("distillwatch.proxy")
 
 ResponseHook = Callable[[dict[str, Any], Decision, dict[str, Any]], dict[str, Any]]
 
@@ -72,35 +94,31 @@ class ProxyConfig:
     max_body_bytes: int = 2 * 1024 * 1024
     body_timeout_s: float = 15.0
     upstream_timeout_s: float = 120.0
+    #: Seconds an idle pooled upstream connection is reused for; keep it below the upstream's own
+    #: keep-alive timeout (uvicorn, which vLLM and many servers run on, closes after 5 s).
+    upstream_keepalive_s: float = 4.0
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    spool_fsync: str = "interval"
     #: Extension point for provenance: called on every shaped JSON response (canaries, marks).
     response_hooks: list[ResponseHook] = field(default_factory=list)
 
 
 def openai_error(status: int, message: str, kind: str, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+                 headers: dict[str, str] | None = None, param: str | None = None) -> JSONResponse:  # fmt: skip
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": None, "code": code}},
+        {"error": {"message": message, "type": kind, "param": param, "code": code}},
         status_code=status,
         headers=headers,
     )
 
 
-def strip_reasoning(payload: dict[str, Any]) -> dict[str, Any]:
-    """Remove reasoning a harvester wants: <think> sections and reasoning fields."""
-    for choice in payload.get("choices") or []:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict):
-            message.pop("reasoning_content", None)
-            message.pop("reasoning", None)
-            if isinstance(message.get("content"), str):
-                message["content"] = _THINK.sub("", message["content"])
-        if isinstance(choice, dict) and isinstance(choice.get("text"), str):
-            choice["text"] = _THINK.sub("", choice["text"])
-    return payload
+def _bound(text: str) -> str:
+    # One character over the store's cap: validation then cuts it and marks the row truncated.
+    return text[: MAX_LOGGED_TEXT + 1]
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, proxy: Proxy) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "distillwatch_requests",
@@ -114,6 +132,15 @@ class Metrics:
             ["action", "shadow"],
             registry=self.registry,
         )
+        self.internal_errors = Counter(
+            "distillwatch_internal_errors", "Requests that failed inside the proxy (bugs)",
+            ["route"], registry=self.registry,
+        )  # fmt: skip
+        self.upstream_retries = Counter(
+            "distillwatch_upstream_retries",
+            "Requests resent once because a pooled upstream connection was closed under them",
+            registry=self.registry,
+        )
         self.upstream_latency = Histogram(
             "distillwatch_upstream_latency_seconds", "Upstream latency", registry=self.registry
         )
@@ -121,35 +148,114 @@ class Metrics:
             "distillwatch_decision_latency_seconds", "Time to decide", registry=self.registry,
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
         )  # fmt: skip
+        self.registry.register(_LiveCollector(proxy))
+
+
+class _LiveCollector:
+    """Figures read at scrape time: the exchange log's sink and the connection guards."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        sink = self.proxy.enforcer.sink
+        logged = CounterMetricFamily(
+            "distillwatch_log_exchanges", "Exchanges journaled and folded into the store, by outcome",
+            labels=["outcome"],
+        )  # fmt: skip
+        for outcome in ("written", "rejected", "flagged", "recovered"):
+            logged.add_metric([outcome], getattr(sink, outcome) if sink else 0)
+        yield logged
+        backlog = GaugeMetricFamily(
+            "distillwatch_log_backlog_bytes", "Journaled bytes not yet folded into the store"
+        )
+        backlog.add_metric([], sink.backlog_bytes() if sink else 0)
+        yield backlog
+        guards = CounterMetricFamily(
+            "distillwatch_connections_refused", "Connections closed by the gateway's guards",
+            labels=["reason"],
+        )  # fmt: skip
+        counters = dict(self.proxy.protocol.counters)
+        counters["over_capacity"] = self.proxy.asgi.refused
+        for reason in (
+            "header_timeout",
+            "header_too_large",
+            "evicted",
+            "bad_http",
+            "over_capacity",
+        ):
+            guards.add_metric([reason], counters.get(reason, 0))
+        yield guards
+        waiting = GaugeMetricFamily(
+            "distillwatch_connections_waiting_for_headers", "Connections still sending headers"
+        )
+        waiting.add_metric([], len(self.proxy.protocol.waiting))
+        yield waiting
+
+
+@dataclass(slots=True)
+class _Call:
+    """One enforced request on its way through the proxy."""
+
+    route: str
+    account: str
+    key_hash: str
+    body: dict[str, Any]
+    raw: bytes
+    messages: Messages
+    ip: str | None
+    tls: str | None
+    user_agent: str | None
+    when: datetime
+    decision: Decision = field(default_factory=lambda: Decision("allow"))
+    enforce: bool = True  # False in shadow mode: decide and log, change nothing
+    modified: bool = False
+    started: float = 0.0
+
+    @property
+    def shaping(self) -> bool:
+        return self.enforce and self.decision.action == "shape"
 
 
 class Proxy:
-    """Holds the proxy's state; ``app`` is the ASGI application."""
+    """Holds the proxy's state; ``asgi`` is the application to serve (``app`` without the
+    in-flight limit), ``protocol`` the uvicorn protocol class with the connection guards."""
 
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
-        self.metrics = Metrics()
         self.enforcer = Enforcer(config.policy, config.verdicts, config.store, config.redis_url,
-                                 config.shadow, config.payments)  # fmt: skip
+                                 config.shadow, config.payments, config.spool_fsync)  # fmt: skip
         self.state = self.enforcer.state
         self.verdicts = self.enforcer.verdicts
         self.recent = self.enforcer.recent
         self.client: aiohttp.ClientSession | None = None
         self.upstream_base = config.upstream.rstrip("/")
         self.upstream_error: str | None = None
+        self.protocol = guarded_protocol(config.limits)
+        self.metrics = Metrics(self)
         routes = [
-            Route("/v1/chat/completions", self.enforced, methods=["POST"]),
-            Route("/v1/completions", self.enforced, methods=["POST"]),
-            Route("/v1/embeddings", self.enforced, methods=["POST"]),
-            Route("/v1/models", self.models, methods=["GET"]),
+            *(
+                Route(path, self._guard(self.enforced), methods=["POST"])
+                for path in ENFORCED_ROUTES
+            ),
+            Route("/v1/models", self._guard(self.models), methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
-            Route("/admin/decisions", self.admin_decisions, methods=["GET"]),
-            Route("/admin/lift", self.admin_lift, methods=["POST"]),
-            Route("/admin/extend", self.admin_extend, methods=["POST"]),
-            Route("/admin/allowlist", self.admin_allowlist, methods=["GET", "POST", "DELETE"]),
+            Route("/admin/decisions", self._guard(self.admin_decisions), methods=["GET"]),
+            Route("/admin/lift", self._guard(self.admin_lift), methods=["POST"]),
+            Route("/admin/extend", self._guard(self.admin_extend), methods=["POST"]),
+            Route(
+                "/admin/allowlist",
+                self._guard(self.admin_allowlist),
+                methods=["GET", "POST", "DELETE"],
+            ),
         ]
-        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+        self.app = Starlette(
+            routes=routes,
+            lifespan=self._lifespan,
+            exception_handlers={HTTPException: self._http_error, Exception: self._crash},
+        )
+        self.asgi = InFlightLimit(self.app, config.limits.max_in_flight)
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette):  # type: ignore[no-untyped-def]
@@ -157,7 +263,9 @@ class Proxy:
         # 0.4 ms off every proxied request on this hardware (benchmarks/proxy_overhead.py).
         self.client = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s, connect=5.0),
-            connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(
+                limit=512, keepalive_timeout=self.config.upstream_keepalive_s
+            ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent",),
         )
@@ -168,14 +276,40 @@ class Proxy:
             await self.client.close()
             await self.enforcer.close()
 
+    # -- errors -------------------------------------------------------------------------------
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        message = {404: f"Unknown path {request.url.path[:200]!r}.",
+                   405: f"Method {request.method[:10]} not allowed on {request.url.path[:200]!r}."}.get(status, "Request refused.")  # fmt: skip
+        code = {404: "unknown_url", 405: "method_not_allowed"}.get(status)
+        return self._count(request.url.path if status != 404 else "<unknown>",
+                           openai_error(status, message, "invalid_request_error", code))  # fmt: skip
+
+    async def _crash(self, request: Request, exc: Exception) -> Response:
+        self.metrics.internal_errors.labels(request.url.path[:64]).inc()
+        return openai_error(500, "Internal error in the gateway.", "server_error", "internal_error")
+
+    def _guard(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:  # fmt: skip
+        """A handler that answers an OpenAI-shaped 500 (counted) instead of raising."""
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception:
+                log.exception("internal error on %s", request.url.path[:200])
+                self.metrics.internal_errors.labels(request.url.path[:64]).inc()
+                return self._count(request.url.path, openai_error(
+                    500, "Internal error in the gateway.", "server_error", "internal_error"))  # fmt: skip
+
+        return guarded
+
     # -- identity and input ---------------------------------------------------------------------
     def _account(self, request: Request) -> tuple[str, str] | JSONResponse:
-        header = request.headers.get("authorization", "")
-        if not header.lower().startswith("bearer ") or not header[7:].strip():
+        key = _bearer(request.headers.get("authorization", ""))
+        if key is None:
             return openai_error(
                 401, "Missing bearer API key.", "invalid_request_error", "missing_api_key"
             )
-        key = header[7:].strip()
         if len(key) > 512 or not key.isprintable():
             return openai_error(401, "Invalid API key.", "invalid_request_error", "invalid_api_key")
         digest = hashlib.sha256(key.encode()).hexdigest()
@@ -203,7 +337,7 @@ class Proxy:
         hops = [
             h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()
         ]
-        for hop in reversed(hops):
+        for hop in reversed(hops[-32:]):
             try:
                 hop_ip = ipaddress.ip_address(hop)
             except ValueError:
@@ -221,41 +355,44 @@ class Proxy:
                 return openai_error(400, f"{name}: {exc.reason}", "invalid_request_error")
         return datetime.now(UTC).replace(tzinfo=None)
 
-    async def _body(self, request: Request) -> dict[str, Any] | JSONResponse:
+    async def _read(self, request: Request) -> bytes | JSONResponse:
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > self.config.max_body_bytes:
-            return openai_error(
-                413,
-                f"Request body over {self.config.max_body_bytes} bytes.",
-                "invalid_request_error",
-            )
-        chunks, size = [], 0
-
-        async def read() -> None:
-            nonlocal size
-            async for chunk in request.stream():
+        limit = self.config.max_body_bytes
+        too_big = openai_error(413, f"Request body over {limit} bytes.", "invalid_request_error",
+                               "request_too_large")  # fmt: skip
+        if length and length.isdigit() and int(length) > limit:
+            return too_big
+        chunks: list[bytes] = []
+        size = 0
+        deadline = time.monotonic() + self.config.body_timeout_s
+        stream = request.stream().__aiter__()
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                chunk = await asyncio.wait_for(stream.__anext__(), timeout=remaining)
                 size += len(chunk)
-                if size > self.config.max_body_bytes:
-                    raise OverflowError
+                if size > limit:
+                    return too_big
                 chunks.append(chunk)
-
-        try:
-            await asyncio.wait_for(read(), timeout=self.config.body_timeout_s)
-        except OverflowError:
-            return openai_error(
-                413,
-                f"Request body over {self.config.max_body_bytes} bytes.",
-                "invalid_request_error",
-            )
+        except StopAsyncIteration:
+            return b"".join(chunks)
         except TimeoutError:
-            return openai_error(408, "Timed out reading the request body.", "invalid_request_error")
+            return openai_error(408, "Timed out reading the request body.", "invalid_request_error",
+                                "request_timeout")  # fmt: skip
+
+    async def _body(self, request: Request) -> tuple[dict[str, Any], bytes] | JSONResponse:
+        raw = await self._read(request)
+        if isinstance(raw, JSONResponse):
+            return raw
         try:
-            body = orjson.loads(b"".join(chunks) or b"null")
+            body = orjson.loads(raw or b"null")
         except orjson.JSONDecodeError:
             return openai_error(400, "Request body is not valid JSON.", "invalid_request_error")
         if not isinstance(body, dict):
             return openai_error(400, "Request body must be a JSON object.", "invalid_request_error")
-        return body
+        return body, raw
 
     # -- the enforced routes --------------------------------------------------------------------
     async def enforced(self, request: Request) -> Response:
@@ -263,48 +400,66 @@ class Proxy:
         identity = self._account(request)
         if isinstance(identity, JSONResponse):
             return self._count(route, identity)
-        account, key_hash = identity
-        body = await self._body(request)
-        if isinstance(body, JSONResponse):
-            return self._count(route, body)
+        parsed = await self._body(request)
+        if isinstance(parsed, JSONResponse):
+            return self._count(route, parsed)
+        body, raw = parsed
         when = self._now(request)
         if isinstance(when, JSONResponse):
             return self._count(route, when)
-        ip = self._client_ip(request)
-        tls = request.headers.get(self.config.tls_header.lower())
-        prompt = _prompt_text(body)
+        try:
+            messages = _check_request(route, body)
+        except RecordError as exc:
+            return self._count(route, openai_error(
+                400, f"Invalid request: {exc}", "invalid_request_error", "invalid_value", param=exc.field))  # fmt: skip
+        user_agent = request.headers.get("user-agent")
+        call = _Call(route, *identity, body, raw, messages, self._client_ip(request),
+                     request.headers.get(self.config.tls_header.lower()),
+                     user_agent[:512] if user_agent else None, when)  # fmt: skip
 
         started = time.perf_counter()
-        decision, refusal = await self.enforcer.evaluate(account, ip, tls, prompt, when)
+        call.decision, refusal = await self.enforcer.evaluate(
+            call.account, call.ip, call.tls, messages.prompt[:8000], when
+        )
         self.metrics.decision_latency.observe(time.perf_counter() - started)
-        self.metrics.decisions.labels(decision.action, str(self.config.shadow).lower()).inc()
+        self.metrics.decisions.labels(call.decision.action, str(self.config.shadow).lower()).inc()
         if refusal is not None:
-            headers = {"Retry-After": "60"} if refusal.status == 429 else None
+            headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
             return self._count(
                 route,
                 openai_error(refusal.status, refusal.message, refusal.kind, refusal.code, headers),
             )
-        enforce = not self.config.shadow
-        if enforce and decision.action == "shape" and decision.max_tokens:
-            for key in ("max_tokens", "max_completion_tokens"):
-                if key in body or key == "max_tokens":
-                    body[key] = min(int(body.get(key) or decision.max_tokens), decision.max_tokens)
-        return await self._forward(
-            request, route, body, account, key_hash, ip, tls, when, decision, enforce
-        )
+        call.enforce = not self.config.shadow
+        if call.shaping and call.decision.max_tokens:
+            _cap_tokens(route, body, call.decision.max_tokens)
+            call.modified = True
+        return await self._forward(request, call)
 
-    async def _forward(self, request: Request, route: str, body: dict[str, Any], account: str, key_hash: str,
-                       ip: str | None, tls: str | None, when: datetime, decision: Decision, enforce: bool) -> Response:  # fmt: skip
+    async def _post(self, url: str, data: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         assert self.client is not None
+        try:
+            return await self.client.post(url, data=data, headers=headers)
+        except aiohttp.ServerDisconnectedError:
+            # A pooled connection the upstream closed just as we reused it (servers close after
+            # an error response or their keep-alive timeout): it sent no response, so send the
+            # request once more on a new connection.
+            self.metrics.upstream_retries.inc()
+            return await self.client.post(url, data=data, headers=headers)
+
+    async def _forward(self, request: Request, call: _Call) -> Response:
+        route = call.route
         headers = {"content-type": "application/json"}
         if "authorization" in request.headers:
             headers["authorization"] = request.headers["authorization"]
-        started = time.perf_counter()
-        stream = bool(body.get("stream")) and route != "/v1/embeddings"
         try:
-            upstream = await self.client.post(
-                self.upstream_base + route, data=orjson.dumps(body), headers=headers
-            )
+            data = orjson.dumps(call.body) if call.modified else call.raw
+        except orjson.JSONEncodeError:
+            return self._count(route, openai_error(
+                400, "Request body is nested too deeply.", "invalid_request_error", "invalid_value"))  # fmt: skip
+        call.started = time.perf_counter()
+        stream = call.body.get("stream") is True and route != "/v1/embeddings"
+        try:
+            upstream = await self._post(self.upstream_base + route, data, headers)
         except TimeoutError:
             self.upstream_error = "timeout"
             return self._count(
@@ -317,116 +472,117 @@ class Proxy:
                 openai_error(502, "Upstream unavailable.", "server_error", "upstream_unavailable"),
             )
         self.upstream_error = None
-        if stream:
+        content_type = upstream.headers.get("content-type", "")
+        if stream and upstream.status < 400 and content_type.startswith("text/event-stream"):
             return self._count(route, StreamingResponse(
-                self._relay(upstream, body, account, key_hash, ip, tls, when, route, decision, started),
-                status_code=upstream.status,
-                media_type=upstream.headers.get("content-type", "text/event-stream"),
-            ))  # fmt: skip
+                self._relay(upstream, call), status_code=upstream.status, media_type=content_type))  # fmt: skip
         try:
             content = await upstream.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
             self.upstream_error = type(exc).__name__
-            return self._count(
-                route,
-                openai_error(
-                    502, "Upstream failed mid-response.", "server_error", "upstream_unavailable"
-                ),
-            )
+            return self._count(route, openai_error(
+                502, "Upstream failed mid-response.", "server_error", "upstream_unavailable"))  # fmt: skip
         finally:
             upstream.release()
-        self.metrics.upstream_latency.observe(time.perf_counter() - started)
-        payload: dict[str, Any] | None = None
-        if upstream.headers.get("content-type", "").startswith("application/json"):
+        self.metrics.upstream_latency.observe(time.perf_counter() - call.started)
+        payload: Any = None
+        if content_type.startswith("application/json"):
             try:
                 payload = orjson.loads(content)
-            except ValueError:
+            except orjson.JSONDecodeError:
                 payload = None
-        if enforce and decision.action == "shape" and isinstance(payload, dict):
-            if decision.strip_reasoning:
+        if upstream.status >= 400 and not (isinstance(payload, dict) and "error" in payload):
+            # The upstream's own error page (plain text, HTML): the client gets OpenAI's shape.
+            text = content[:300].decode("utf-8", errors="replace").strip()
+            kind = "server_error" if upstream.status >= 500 else "invalid_request_error"
+            payload = {"error": {"message": f"Upstream error {upstream.status}: {text}",
+                                 "type": kind, "param": None, "code": "upstream_error"}}  # fmt: skip
+            content, content_type = orjson.dumps(payload), "application/json"
+        elif call.shaping and isinstance(payload, dict):
+            if call.decision.strip_reasoning:
                 payload = strip_reasoning(payload)
             for hook in self.config.response_hooks:
-                payload = hook(payload, decision, body)
+                payload = hook(payload, call.decision, call.body)
             content = orjson.dumps(payload)
-        usage = (payload or {}).get("usage") or {}
-        await self._after(account, key_hash, ip, tls, when, route, body, _response_text(payload),
-                          upstream.status, usage, started, decision)  # fmt: skip
+        await self._log(call, summarise_response(payload, _bound), upstream.status)
         return self._count(route, Response(content, status_code=upstream.status,
-                                           media_type=upstream.headers.get("content-type")))  # fmt: skip
+                                           media_type=content_type or None))  # fmt: skip
 
-    async def _relay(self, upstream: aiohttp.ClientResponse, body: dict[str, Any], account: str, key_hash: str,
-                     ip: str | None, tls: str | None, when: datetime, route: str, decision: Decision, started: float):  # type: ignore[no-untyped-def]  # fmt: skip
-        text: list[str] = []
-        usage: dict[str, Any] = {}
-        buffer = b""
+    async def _relay(self, upstream: aiohttp.ClientResponse, call: _Call) -> AsyncIterator[bytes]:
+        reader = StreamReader(_bound, MAX_LOGGED_TEXT + 1)
+        shaper = StreamShaper() if call.shaping and call.decision.strip_reasoning else None
+        splitter = EventSplitter()
+
+        def events(blocks: list[bytes]) -> bytes:
+            out: list[bytes] = []
+            for block in blocks:
+                event, data = parse_event(block)
+                if data is None:
+                    out.append(block)
+                    continue
+                for shaped in shaper.shape(data) if shaper else [data]:
+                    reader.observe(shaped)
+                    out.append(
+                        encode_event(event.name if event else None, shaped) if shaper else block
+                    )
+            return b"".join(out)
+
         try:
             async for chunk in upstream.content.iter_any():
-                yield chunk
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.startswith(b"data: ") and line[6:].strip() not in (b"", b"[DONE]"):
-                        try:
-                            event = json.loads(line[6:])
-                        except ValueError:
-                            continue
-                        for choice in event.get("choices") or []:
-                            piece = (choice.get("delta") or {}).get("content") or choice.get("text")
-                            if isinstance(piece, str) and sum(map(len, text)) < MAX_LOGGED_TEXT:
-                                text.append(piece)
-                        usage = event.get("usage") or usage
+                if shaper is None:
+                    yield chunk
+                    events(list(splitter.feed(chunk)))
+                else:
+                    shaped = events(list(splitter.feed(chunk)))
+                    if shaped:
+                        yield shaped
+            rest = splitter.rest()
+            if rest and shaper is not None:
+                yield events([rest])
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are already sent: end the stream; the client sees it cut short.
             self.upstream_error = type(exc).__name__
         finally:
             upstream.release()
-            self.metrics.upstream_latency.observe(time.perf_counter() - started)
-            await self._after(account, key_hash, ip, tls, when, route, body, "".join(text),
-                              upstream.status, usage, started, decision)  # fmt: skip
+            self.metrics.upstream_latency.observe(time.perf_counter() - call.started)
+            await self._log(call, reader.summary(), upstream.status)
 
-    async def _after(self, account: str, key_hash: str, ip: str | None, tls: str | None, when: datetime,
-                     route: str, body: dict[str, Any], response_text: str | None, status: int,
-                     usage: dict[str, Any], started: float, decision: Decision) -> None:  # fmt: skip
-        completion = (
-            usage.get("completion_tokens")
-            if isinstance(usage.get("completion_tokens"), int)
-            else None
-        )
-        await self.enforcer.record_usage(account, decision, when, completion)
-        if self.enforcer.sink is None:
-            return
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            prompt = body.get("prompt") if route == "/v1/completions" else body.get("input")
-            messages = [
-                {
-                    "role": "user",
-                    "content": prompt
-                    if isinstance(prompt, str)
-                    else json.dumps(prompt)[:MAX_LOGGED_TEXT],
-                }
-            ]
-        record = {
+    async def _log(self, call: _Call, response: ResponseSummary, status: int) -> None:
+        """Journal the exchange (before the response completes), then count its output tokens."""
+        if self.enforcer.sink is not None:
+            self.enforcer.log_exchange(self._record(call, response, status))
+        await self.enforcer.record_usage(call.account, call.decision, call.when,
+                                         response.completion_tokens)  # fmt: skip
+
+    def _record(self, call: _Call, response: ResponseSummary, status: int) -> dict[str, Any]:
+        record: dict[str, Any] = {
             "id": "px-" + uuid.uuid4().hex,
-            "ts": when.isoformat() + "Z",
-            "account_id": account,
-            "model": str(body.get("model") or "unknown")[:200],
-            "messages": messages,
-            "response": (response_text or "")[:MAX_LOGGED_TEXT] or None,
-            "api_key_id": key_hash,
-            "ip": ip,
-            "user_agent": None,
-            "tls_fingerprint": tls,
-            "endpoint": route,
-            "prompt_tokens": usage.get("prompt_tokens")
-            if isinstance(usage.get("prompt_tokens"), int)
-            else None,
-            "completion_tokens": completion,
+            "ts": call.when.isoformat() + "Z",
+            "account_id": call.account,
+            "model": _model(call.body),
+            "messages": call.messages.messages,
+            "response": response.text,
+            "response_tool_calls": response.tool_calls or None,
+            "api_key_id": call.key_hash,
+            "ip": call.ip,
+            "user_agent": call.user_agent,
+            "tls_fingerprint": call.tls,
+            "endpoint": call.route,
+            "prompt_tokens": response.prompt_tokens,
+            "completion_tokens": response.completion_tokens,
             "status": status,
-            "latency_ms": int((time.perf_counter() - started) * 1000),
-            "proxy_decision": decision.action,
+            "latency_ms": int((time.perf_counter() - call.started) * 1000),
+            "proxy_decision": call.decision.action,
+            "flags": call.messages.flags or None,
         }
-        self.enforcer.log_exchange(record)
+        tools = call.body.get("tools")
+        if isinstance(tools, list) and tools:
+            record["request_tools"] = _tool_names(tools)
+        if call.body.get("stream") is True:
+            record["stream"] = True
+        if isinstance(call.body.get("previous_response_id"), str):
+            record["previous_response_id"] = call.body["previous_response_id"][:200]
+        return record
 
     # -- pass-through and operations ------------------------------------------------------------
     async def models(self, request: Request) -> Response:
@@ -440,30 +596,43 @@ class Proxy:
                 headers={"authorization": request.headers["authorization"]},
             ) as upstream:
                 content = await upstream.read()
+                status, content_type = upstream.status, upstream.headers.get("content-type", "")
         except (TimeoutError, aiohttp.ClientError):
             return self._count(
                 "/v1/models",
                 openai_error(502, "Upstream unavailable.", "server_error", "upstream_unavailable"),
             )
-        return self._count("/v1/models", Response(content, upstream.status,
-                                                  media_type=upstream.headers.get("content-type")))  # fmt: skip
+        if not content_type.startswith("application/json"):
+            return self._count("/v1/models", openai_error(
+                502, f"Upstream answered {status} without JSON.", "server_error", "upstream_error"))  # fmt: skip
+        return self._count("/v1/models", Response(content, status, media_type=content_type))
 
     async def healthz(self, request: Request) -> Response:
         redis_ok = await self.state.ping()
         index = self.verdicts.index
+        sink = self.enforcer.sink
         degraded = (
             not redis_ok or self.verdicts.error or self.upstream_error or self.enforcer.state_error
-        )
+            or (sink is not None and sink.error)
+        )  # fmt: skip
+        store: dict[str, Any] = {"path": str(self.config.store) if self.config.store else None}
+        if sink is not None:
+            store.update(
+                exchanges_logged=sink.written, rejected=sink.rejected, flagged=sink.flagged,
+                recovered_after_restart=sink.recovered, backlog_bytes=sink.backlog_bytes(),
+                quarantine=str(sink.quarantine.path) if sink.quarantine.count else None,
+                spool=str(sink.spool.directory), fsync=sink.spool.fsync, error=sink.error,
+            )  # fmt: skip
         return JSONResponse({
             "status": "degraded" if degraded else "ok",
-            "state": {"backend": "redis" if self.config.redis_url else "memory", "ok": redis_ok},
+            "state": {"backend": "redis" if self.config.redis_url else "memory", "ok": redis_ok,
+                      "error": self.enforcer.state_error},
             "fail_open": self.config.policy.fail_open,
             "shadow": self.config.shadow,
             "upstream": {"url": self.config.upstream, "last_error": self.upstream_error},
             "verdicts": {"path": index.loaded_from, "accounts": len(index.accounts),
                          "linking_artefacts": len(index.artefacts), "error": self.verdicts.error},
-            "store": {"path": str(self.config.store) if self.config.store else None,
-                      "exchanges_logged": self.enforcer.sink.written if self.enforcer.sink else 0},
+            "store": store,
         })  # fmt: skip
 
     async def metrics_endpoint(self, request: Request) -> Response:
@@ -471,18 +640,21 @@ class Proxy:
 
     def _admin_denied(self, request: Request) -> JSONResponse | None:
         token = self.config.admin_token
-        given = request.headers.get("authorization", "")[7:]
-        if not token or not hmac.compare_digest(given.encode(), token.encode()):
+        given = _bearer(request.headers.get("authorization", ""))
+        if not token or given is None or not hmac.compare_digest(given.encode(), token.encode()):
             return openai_error(401, "Admin token required.", "invalid_request_error", "admin_auth")
         return None
 
     async def _admin_json(self, request: Request) -> dict[str, Any] | JSONResponse:
-        body = await self._body(request)
-        if isinstance(body, JSONResponse):
-            return body
+        parsed = await self._body(request)
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        body = parsed[0]
         account = body.get("account_id")
         if not isinstance(account, str) or not account or len(account) > 256:
             return openai_error(400, "account_id: required string", "invalid_request_error")
+        if "allowlist" in body and not isinstance(body["allowlist"], bool):
+            return openai_error(400, "allowlist: expected true or false", "invalid_request_error")
         return body
 
     async def admin_decisions(self, request: Request) -> Response:
@@ -491,7 +663,7 @@ class Proxy:
         try:
             standing = await self.state.decisions()
         except StateError as exc:
-            return openai_error(503, str(exc), "server_error")
+            return openai_error(503, str(exc), "server_error", "state_unavailable")
         return JSONResponse({"standing": standing, "recent": list(self.recent)[-200:]})
 
     async def admin_lift(self, request: Request) -> Response:
@@ -500,18 +672,19 @@ class Proxy:
         body = await self._admin_json(request)
         if isinstance(body, JSONResponse):
             return body
-        lifted = await self.state.delete_decision(body["account_id"])
-        if body.get("allowlist", True):
-            # A lifted account would be re-flagged by the same stale verdict; keep it allowed
-            # until the allowlist entry is removed.
-            await self.state.allow(body["account_id"], True)
+        allow = body.get("allowlist", True)
+        try:
+            lifted = await self.state.delete_decision(body["account_id"])
+            if allow:
+                # A lifted account would be re-flagged by the same stale verdict; keep it
+                # allowed until the allowlist entry is removed.
+                await self.state.allow(body["account_id"], True)
+        except StateError as exc:
+            return openai_error(503, str(exc), "server_error", "state_unavailable")
+        await self.enforcer.local.delete_decision(body["account_id"])
         self._admin_audit("admin.lift", body)
         return JSONResponse(
-            {
-                "account_id": body["account_id"],
-                "lifted": lifted,
-                "allowlisted": body.get("allowlist", True),
-            }
+            {"account_id": body["account_id"], "lifted": lifted, "allowlisted": allow}
         )
 
     async def admin_extend(self, request: Request) -> Response:
@@ -522,22 +695,28 @@ class Proxy:
             return body
         ttl = body.get("ttl_seconds")
         action = body.get("action", "challenge")
-        if not isinstance(ttl, int) or ttl <= 0 or action not in ("challenge", "block"):
+        valid_ttl = (
+            isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl <= MAX_ADMIN_TTL_SECONDS
+        )
+        if not valid_ttl or action not in ("challenge", "block"):
             return openai_error(
                 400,
-                "ttl_seconds: positive integer; action: challenge or block",
+                f"ttl_seconds: integer from 1 to {MAX_ADMIN_TTL_SECONDS}; action: challenge or block",
                 "invalid_request_error",
             )
-        current = await self.state.get_decision(body["account_id"]) or {
-            "action": action,
-            "rule": "admin",
-        }
-        current["action"] = action
-        current["reasons"] = [
-            *current.get("reasons", []),
-            f"set by admin: {str(body.get('reason', ''))[:200]}",
-        ]
-        await self.state.set_decision(body["account_id"], current, ttl)
+        try:
+            current = await self.state.get_decision(body["account_id"]) or {
+                "action": action,
+                "rule": "admin",
+            }
+            current["action"] = action
+            current["reasons"] = [
+                *current.get("reasons", []),
+                f"set by admin: {str(body.get('reason', ''))[:200]}",
+            ]
+            await self.state.set_decision(body["account_id"], current, ttl)
+        except StateError as exc:
+            return openai_error(503, str(exc), "server_error", "state_unavailable")
         self._admin_audit("admin.extend", body)
         return JSONResponse(
             {"account_id": body["account_id"], "decision": current, "ttl_seconds": ttl}
@@ -546,18 +725,16 @@ class Proxy:
     async def admin_allowlist(self, request: Request) -> Response:
         if denied := self._admin_denied(request):
             return denied
-        if request.method == "GET":
-            return JSONResponse(
-                {
-                    "allowlist": sorted(
-                        await self.state.allowlist() | self.config.policy.allow_accounts
-                    )
-                }
-            )
-        body = await self._admin_json(request)
-        if isinstance(body, JSONResponse):
-            return body
-        await self.state.allow(body["account_id"], request.method == "POST")
+        try:
+            if request.method == "GET":
+                members = await self.state.allowlist() | self.config.policy.allow_accounts
+                return JSONResponse({"allowlist": sorted(members)})
+            body = await self._admin_json(request)
+            if isinstance(body, JSONResponse):
+                return body
+            await self.state.allow(body["account_id"], request.method == "POST")
+        except StateError as exc:
+            return openai_error(503, str(exc), "server_error", "state_unavailable")
         self._admin_audit(
             "admin.allowlist." + ("add" if request.method == "POST" else "remove"), body
         )
@@ -576,30 +753,54 @@ class Proxy:
         return response
 
 
-def _prompt_text(body: dict[str, Any]) -> str:
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                content = message.get("content")
-                if isinstance(content, str):
-                    return content[:8000]
-                if isinstance(content, list):
-                    return " ".join(p.get("text", "") for p in content if isinstance(p, dict))[
-                        :8000
-                    ]
-    prompt = body.get("prompt")
-    return prompt[:8000] if isinstance(prompt, str) else ""
-
-
-def _response_text(payload: dict[str, Any] | None) -> str | None:
-    if not isinstance(payload, dict):
+def _bearer(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (RFC 6750), else None."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
         return None
-    choices = payload.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-        message = choices[0].get("message")
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            return message["content"]
-        if isinstance(choices[0].get("text"), str):
-            return choices[0]["text"]
-    return None
+    return token
+
+
+def _check_request(route: str, body: dict[str, Any]) -> Messages:
+    """The request's messages, or :class:`RecordError` for what the API would refuse."""
+    for name in TOKEN_LIMIT_FIELDS:
+        value = body.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise RecordError(name, "expected a non-negative integer")
+    if body.get("stream") not in (None, True, False):
+        raise RecordError("stream", "expected a boolean")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RecordError("model", "expected a string")
+    return request_messages(route, body, _bound)
+
+
+def _cap_tokens(route: str, body: dict[str, Any], cap: int) -> None:
+    """Cap the request's output tokens at ``cap`` (the field each endpoint reads)."""
+    fields = (
+        ("max_output_tokens",)
+        if route == "/v1/responses"
+        else ("max_tokens", "max_completion_tokens")
+    )
+    present = [name for name in fields if body.get(name) is not None]
+    for name in present or fields[:1]:
+        body[name] = min(body.get(name) or cap, cap)
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    return model.strip()[:200] or "unknown" if isinstance(model, str) else "unknown"
+
+
+def _tool_names(tools: list[Any]) -> list[str]:
+    names = []
+    for tool in tools[:64]:
+        if isinstance(tool, dict):
+            function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+            name = function.get("name") or tool.get("type")
+            if isinstance(name, str):
+                names.append(name[:200])
+    return names

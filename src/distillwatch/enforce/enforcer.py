@@ -3,10 +3,24 @@
 It knows the policy, the (hot-reloaded) verdicts, the shared state and the audit sink; given who
 is asking, from where and what, it returns a :class:`Decision` and, when the decision refuses
 the request, the HTTP status and OpenAI error code to answer with.
+
+What each failure keeps enforcing (``docs/enforcement.md`` has the table):
+
+- **Shared state (Redis) unreachable, ``fail_open: true``**: everything that needs only local
+  knowledge still applies: the verdicts (flagged accounts challenged or blocked, suspicious ones
+  shaped), links from new accounts to flagged clusters, the policy allowlist, the last copy of
+  the admin allowlist this replica read, and standing decisions this replica made. What is lost
+  is what only Redis knows: shared rate counters (throttles let requests through) and standing
+  decisions or allowlist changes made by other replicas during the outage.
+- **Shared state unreachable, ``fail_open: false``**: every request is refused with 503
+  (``fail_closed``) except accounts on the policy or last-known admin allowlist.
+- **Verdicts file unreadable**: the last good verdicts stay in force; ``/healthz`` says why.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +36,11 @@ from distillwatch.enforce.signals import (
     template_signatures,
 )
 from distillwatch.enforce.sink import StoreSink
-from distillwatch.enforce.state import MemoryState, RedisState, State
+from distillwatch.enforce.state import WINDOW_SECONDS, MemoryState, RedisState, State
+from distillwatch.errors import StateError
+
+#: How often the last-known admin allowlist is refreshed from the shared state.
+ALLOWLIST_REFRESH_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,7 @@ class Refusal:
     kind: str
     code: str
     message: str
+    retry_after: int | None = None  # seconds, for 429 and 503
 
 
 class Enforcer:
@@ -42,8 +61,10 @@ class Enforcer:
         redis_url: str | None = None,
         shadow: bool = False,
         payments: dict[str, str] | None = None,
+        spool_fsync: str = "interval",
     ) -> None:
         self.policy = policy
+        self.spool_fsync = spool_fsync
         self.store = store
         self.shadow = shadow
         self.payments = payments or {}
@@ -53,11 +74,15 @@ class Enforcer:
         self.sink: StoreSink | None = None
         self.recent: deque[dict[str, Any]] = deque(maxlen=1000)
         self.state_error: str | None = None
+        # What this replica still knows when the shared state is unreachable.
+        self.local = MemoryState()
+        self._allow_known: set[str] = set()
+        self._allow_read = 0.0
 
     def start(self) -> None:
         """Open the store for logging (call once the event loop runs)."""
         if self.store is not None and self.sink is None:
-            self.sink = StoreSink(self.store)
+            self.sink = StoreSink(self.store, self.spool_fsync)
             self.verdicts.reader = self.sink.call
 
     async def close(self) -> None:
@@ -73,20 +98,41 @@ class Enforcer:
             decision = await self._decide(account, ip, tls, prompt, when)
             refusal = await self._refusal(account, decision, when)
             self.state_error = None
-        except Exception as exc:
-            self.state_error = f"{type(exc).__name__}: {exc}"
-            if not self.policy.fail_open:
-                return Decision("block", reasons=[self.state_error]), Refusal(
-                    503, "server_error", "fail_closed", "Enforcement state unavailable."
-                )
-            decision, refusal = Decision("allow", reasons=[f"fail-open: {self.state_error}"]), None
+        except StateError as exc:
+            self.state_error = str(exc)
+            decision, refusal = await self._decide_locally(account, ip, tls, prompt, when)
         if decision.action != "allow":
             self.record_decision(account, decision, when)
         return decision, (None if self.shadow else refusal)
 
-    async def _decide(
+    async def _decide_locally(
         self, account: str, ip: str | None, tls: str | None, prompt: str, when: datetime
-    ) -> Decision:
+    ) -> tuple[Decision, Refusal | None]:
+        """The decision when the shared state is down: see the module docstring."""
+        allowed = account in self._allow_known or account in self.policy.allow_accounts
+        if not self.policy.fail_open and not allowed:
+            return Decision("block", reasons=[f"fail-closed: {self.state_error}"]), Refusal(
+                503, "server_error", "fail_closed", "Enforcement state unavailable.", 1
+            )
+        decision = await self._decide(account, ip, tls, prompt, when, self.local, allowed)
+        decision.reasons = [*decision.reasons, f"shared state unavailable ({self.state_error})"]
+        if decision.action == "throttle":
+            # Only the shared counters know the fleet-wide rate: fail open on the throttle.
+            return decision, None
+        return decision, await self._refusal(account, decision, when, self.local)
+
+    async def _allowlisted(self, account: str, state: State) -> bool:
+        if (
+            state is not self.local
+            and time.monotonic() - self._allow_read > ALLOWLIST_REFRESH_SECONDS
+        ):
+            self._allow_known = await state.allowlist()
+            self._allow_read = time.monotonic()
+        return await state.is_allowed(account)
+
+    async def _decide(self, account: str, ip: str | None, tls: str | None, prompt: str, when: datetime,
+                      state: State | None = None, allowlisted: bool | None = None) -> Decision:  # fmt: skip
+        state = state or self.state
         index = self.verdicts.reload_if_changed()
         known = index.accounts.get(account)
         facts: dict[str, Any] = {"account_id": account, "cot_elicitation": cot_elicitation(prompt)}
@@ -102,14 +148,17 @@ class Enforcer:
             cluster, matched = index.linked_cluster([a for a in artefacts if a])
             if cluster:
                 facts.update(linked_cluster=cluster, linked_artefacts=matched, cluster_id=cluster)
-        allowlisted = await self.state.is_allowed(account)
-        sticky = None if allowlisted else await self.state.get_decision(account)
+        if allowlisted is None:
+            allowlisted = await self._allowlisted(account, state)
+        sticky = None if allowlisted else await state.get_decision(account)
+        if sticky is None and state is not self.local:
+            sticky = await self.local.get_decision(account)  # made here during an outage
         decision = decide(facts, self.policy, allowlisted, sticky)
         standing = decision.ttl_seconds and decision.action in ("challenge", "block")
         if sticky is None and standing and not self.shadow:
             stored = decision.as_dict()
             stored["decided_at"] = when.isoformat() + "Z"
-            await self.state.set_decision(account, stored, decision.ttl_seconds or 0)
+            await state.set_decision(account, stored, decision.ttl_seconds or 0)
         return decision
 
     def _limit_key(self, account: str, decision: Decision) -> str:
@@ -117,7 +166,9 @@ class Enforcer:
             return f"cluster:{decision.cluster_id}"
         return f"account:{account}"
 
-    async def _refusal(self, account: str, decision: Decision, when: datetime) -> Refusal | None:
+    async def _refusal(self, account: str, decision: Decision, when: datetime,
+                       state: State | None = None) -> Refusal | None:  # fmt: skip
+        state = state or self.state
         if decision.action in ("challenge", "block"):
             message = decision.message or "Access denied."
             if decision.verification_url:
@@ -128,16 +179,18 @@ class Enforcer:
             return None
         key = self._limit_key(account, decision)
         now = when.replace(tzinfo=UTC).timestamp()
+        # Counters are fixed windows: the limit resets at the window's end, not a minute later.
+        retry = max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS))
         if decision.requests_per_minute:
-            used = await self.state.hit(f"req:{key}", 1, now)
+            used = await state.hit(f"req:{key}", 1, now)
             if used > decision.requests_per_minute:
                 return Refusal(429, "rate_limit_error", "rate_limit_exceeded",
-                               f"Rate limit: {decision.requests_per_minute} requests per minute for this {decision.scope}.")  # fmt: skip
+                               f"Rate limit: {decision.requests_per_minute} requests per minute for this {decision.scope}.", retry)  # fmt: skip
         if decision.output_tokens_per_minute:
-            used_tokens = await self.state.count(f"tok:{key}", now)
+            used_tokens = await state.count(f"tok:{key}", now)
             if used_tokens >= decision.output_tokens_per_minute:
                 return Refusal(429, "rate_limit_error", "rate_limit_exceeded",
-                               f"Rate limit: {decision.output_tokens_per_minute} output tokens per minute for this {decision.scope}.")  # fmt: skip
+                               f"Rate limit: {decision.output_tokens_per_minute} output tokens per minute for this {decision.scope}.", retry)  # fmt: skip
         return None
 
     async def record_usage(
@@ -151,8 +204,8 @@ class Enforcer:
             await self.state.hit(
                 f"tok:{key}", completion_tokens, when.replace(tzinfo=UTC).timestamp()
             )
-        except Exception as exc:
-            self.state_error = f"{type(exc).__name__}: {exc}"
+        except StateError as exc:
+            self.state_error = str(exc)
 
     def record_decision(self, account: str, decision: Decision, when: datetime) -> None:
         entry = {

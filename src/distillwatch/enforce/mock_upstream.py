@@ -1,8 +1,11 @@
 """A small OpenAI-compatible upstream for tests, the demo and the overhead benchmark.
 
-It answers chat completions (JSON and SSE streaming), completions, embeddings and the model list,
-with an optional fixed delay; answers echo the prompt's length and include a ``<think>``
-section so response shaping can be seen working. Nothing here pretends to be a real model.
+It answers chat completions and the Responses API (JSON and SSE streaming), completions,
+embeddings and the model list, with an optional fixed delay. Answers carry reasoning the way real
+servers send it, so response shaping can be seen working: a ``<think>`` section in the text
+(split across stream chunks mid-tag), ``reasoning_content`` deltas, and a Responses ``reasoning``
+output item with its summary events. A prompt starting ``CALL_TOOL`` gets a tool call instead of
+text. Nothing here pretends to be a real model.
 """
 
 from __future__ import annotations
@@ -16,42 +19,148 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+#: How the mock streams its reasoning: tags cut mid-word, as a tokenizer would cut them.
+THINK_PIECES = ("<thi", "nk>hidden reas", "oning</th", "ink>")
+TOOL = {"name": "get_weather", "arguments": '{"location": "Paris"}'}
+
+
+def _last_user_text(body: dict) -> str:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return str(message.get("content"))
+    given = body.get("input")
+    if isinstance(given, str):
+        return given
+    if isinstance(given, list) and given and isinstance(given[-1], dict):
+        return str(given[-1].get("content"))
+    return ""
+
+
+def _sse(payload: dict, name: str | None = None) -> str:
+    return (f"event: {name}\n" if name else "") + f"data: {json.dumps(payload)}\n\n"
+
 
 def create_app(delay_s: float = 0.0) -> Starlette:
     async def chat(request: Request):  # type: ignore[no-untyped-def]
         body = await request.json()
         if delay_s:
             await asyncio.sleep(delay_s)
-        last = (body.get("messages") or [{}])[-1].get("content", "")
-        words = max(1, min(int(body.get("max_tokens") or 64), 256))
-        content = f"<think>reasoning about {len(str(last))} characters</think>" + " ".join(
-            ["word"] * words
-        )
+        last = _last_user_text(body)
+        cap = body.get("max_completion_tokens") or body.get("max_tokens") or 64
+        words = max(1, min(int(cap), 256))
         usage = {
-            "prompt_tokens": len(str(last)) // 4 + 1,
+            "prompt_tokens": len(last) // 4 + 1,
             "completion_tokens": words,
             "total_tokens": words,
         }
+        tool = last.startswith("CALL_TOOL")
         if body.get("stream"):
 
             async def events():  # type: ignore[no-untyped-def]
-                for piece in ("<think>hidden</think>", *(["word "] * min(words, 16))):
-                    chunk = {
-                        "id": "mock",
-                        "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": {"content": piece}}],
-                    }
-                    yield f"data: {json.dumps(chunk)}\n\n"
-                yield f"data: {json.dumps({'id': 'mock', 'choices': [], 'usage': usage})}\n\n"
+                def chunk(delta: dict, finish: str | None = None) -> str:
+                    return _sse({"id": "mock", "object": "chat.completion.chunk",
+                                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})  # fmt: skip
+
+                yield chunk({"role": "assistant", "reasoning_content": "private chain of thought"})
+                if tool:
+                    yield chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                 "function": {"name": TOOL["name"], "arguments": ""}}]})  # fmt: skip
+                    yield chunk(
+                        {"tool_calls": [{"index": 0, "function": {"arguments": TOOL["arguments"]}}]}
+                    )
+                    yield chunk({}, "tool_calls")
+                else:
+                    for piece in (*THINK_PIECES, *(["word "] * min(words, 16))):
+                        yield chunk({"content": piece})
+                    yield chunk({}, "stop")
+                yield _sse({"id": "mock", "choices": [], "usage": usage})
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(events(), media_type="text/event-stream")
+        message: dict = {"role": "assistant", "reasoning_content": "private chain of thought"}
+        if tool:
+            message.update(
+                content=None, tool_calls=[{"id": "call_1", "type": "function", "function": TOOL}]
+            )
+        else:
+            message["content"] = (
+                f"<think>reasoning about {len(last)} characters</think>"
+                + " ".join(["word"] * words)
+            )
         return JSONResponse({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", "mock"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool else "stop"}],
             "usage": usage,
         })  # fmt: skip
+
+    async def responses(request: Request):  # type: ignore[no-untyped-def]
+        body = await request.json()
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        last = _last_user_text(body)
+        words = max(1, min(int(body.get("max_output_tokens") or 64), 256))
+        text = "<think>scratchpad</think>" + " ".join(["word"] * min(words, 16))
+        reasoning = {
+            "type": "reasoning",
+            "id": "rs_1",
+            "summary": [{"type": "summary_text", "text": "I considered it."}],
+        }
+        if last.startswith("CALL_TOOL"):
+            answer = {
+                "type": "function_call",
+                "id": "fc_1",
+                "call_id": "call_1",
+                "status": "completed",
+                **TOOL,
+            }
+        else:
+            answer = {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                      "content": [{"type": "output_text", "text": text, "annotations": []}]}  # fmt: skip
+        final = {"id": "resp_mock", "object": "response", "created_at": int(time.time()),
+                 "status": "completed", "model": body.get("model", "mock"), "output": [reasoning, answer],
+                 "usage": {"input_tokens": len(last) // 4 + 1, "output_tokens": words, "total_tokens": words}}  # fmt: skip
+        if not body.get("stream"):
+            return JSONResponse(final)
+
+        async def events():  # type: ignore[no-untyped-def]
+            seq = iter(range(10_000))
+            started = {**final, "status": "in_progress", "output": []}
+            yield _sse(
+                {"type": "response.created", "sequence_number": next(seq), "response": started},
+                "response.created",
+            )
+            yield _sse({"type": "response.output_item.added", "sequence_number": next(seq), "output_index": 0,
+                        "item": {**reasoning, "summary": []}}, "response.output_item.added")  # fmt: skip
+            yield _sse({"type": "response.reasoning_summary_text.delta", "sequence_number": next(seq),
+                        "item_id": "rs_1", "output_index": 0, "summary_index": 0, "delta": "I considered it."},
+                       "response.reasoning_summary_text.delta")  # fmt: skip
+            yield _sse({"type": "response.output_item.done", "sequence_number": next(seq), "output_index": 0,
+                        "item": reasoning}, "response.output_item.done")  # fmt: skip
+            yield _sse({"type": "response.output_item.added", "sequence_number": next(seq), "output_index": 1,
+                        "item": {**answer, "content": []} if answer["type"] == "message" else answer},
+                       "response.output_item.added")  # fmt: skip
+            if answer["type"] == "message":
+                part = {"type": "output_text", "text": "", "annotations": []}
+                yield _sse({"type": "response.content_part.added", "sequence_number": next(seq), "item_id": "msg_1",
+                            "output_index": 1, "content_index": 0, "part": part}, "response.content_part.added")  # fmt: skip
+                for piece in ("<think>scr", "atchpad</thi", "nk>", *(["word "] * min(words, 16))):
+                    yield _sse({"type": "response.output_text.delta", "sequence_number": next(seq),
+                                "item_id": "msg_1", "output_index": 1, "content_index": 0, "delta": piece},
+                               "response.output_text.delta")  # fmt: skip
+                yield _sse({"type": "response.output_text.done", "sequence_number": next(seq), "item_id": "msg_1",
+                            "output_index": 1, "content_index": 0, "text": text}, "response.output_text.done")  # fmt: skip
+                yield _sse({"type": "response.content_part.done", "sequence_number": next(seq), "item_id": "msg_1",
+                            "output_index": 1, "content_index": 0, "part": {**part, "text": text}},
+                           "response.content_part.done")  # fmt: skip
+            yield _sse({"type": "response.output_item.done", "sequence_number": next(seq), "output_index": 1,
+                        "item": answer}, "response.output_item.done")  # fmt: skip
+            yield _sse({"type": "response.completed", "sequence_number": next(seq), "response": final},
+                       "response.completed")  # fmt: skip
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     async def completions(request: Request):  # type: ignore[no-untyped-def]
         body = await request.json()
@@ -69,6 +178,7 @@ def create_app(delay_s: float = 0.0) -> Starlette:
 
     return Starlette(routes=[
         Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),

@@ -12,14 +12,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from distillwatch.errors import PolicyError
 from distillwatch.yamlfile import parse_yaml
 
 ACTIONS = ("allow", "throttle", "challenge", "shape", "block")
 CONDITIONS = ("verdict", "min_score", "linked_to_flagged_cluster", "cot_elicitation", "any")
-
-
-class PolicyError(ValueError):
-    """An invalid policy file; the message names the field."""
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,14 @@
-"""Writes the proxy's exchange log and audit entries to the store, off the request path.
+"""Writes the gateway's exchange log and audit entries to the store, off the request path.
 
-DuckDB connections are synchronous and single-writer, so one background thread owns the store:
-requests enqueue records and return at once; the thread validates them (Contract 1) and inserts
-in batches. ``close()`` drains the queue, so a clean shutdown loses nothing.
+Requests journal what they produce to the :class:`~distillwatch.enforce.spool.Spool` (one
+``write(2)``, before the response completes) and return. One background thread owns the DuckDB
+connection (DuckDB is single-writer) and folds the journal into the store: it validates each
+exchange (Contract 1), inserts the good ones, appends audit entries, and records how far it got
+in the same transaction, so a restart after kill -9 resumes exactly there.
+
+An exchange the store refuses is never silently dropped: it goes to the store's quarantine
+file with the field and the reason, and is counted (``rejected``, shown by ``/healthz`` and
+``/metrics``).
 """
 
 from __future__ import annotations
@@ -14,80 +20,130 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
 
+from distillwatch.enforce.spool import Position, Spool, wait_for
 from distillwatch.ingest.batch import exchanges_to_table
+from distillwatch.quarantine import Quarantine, default_quarantine
 from distillwatch.schema import RecordError, validate_exchange
 from distillwatch.store import Store
 
 T = TypeVar("T")
-BATCH = 500
-FLUSH_SECONDS = 0.5
-_STOP = object()
+#: The longest an acknowledged exchange waits before the fold that stores it starts.
+FLUSH_SECONDS = 0.25
+_META_KEY = "gateway_spool_position"
 
 
 class StoreSink:
-    def __init__(self, path: Path) -> None:
+    """The gateway's store writer. ``close()`` folds everything journaled before returning."""
+
+    def __init__(self, path: Path, fsync: str = "interval", fsync_seconds: float = 1.0) -> None:
         self.path = path
-        self.written = 0
-        self.rejected = 0
+        self.spool = Spool(path.with_name(path.name + ".spool"), fsync, fsync_seconds)
+        self.quarantine = Quarantine(default_quarantine(path))
+        self.written = 0  # exchanges stored by this process
+        self.recovered = 0  # of those, journaled by an earlier process that did not fold them
+        self.rejected = 0  # exchanges the store refused (quarantined)
+        self.flagged = 0  # stored with flags (something unusual, see schema.validate_exchange)
         self.audited = 0
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=100_000)
+        self.error: str | None = None  # the last fold failure, if the store is failing
+        self.position: Position | None = None
+        self._calls: queue.Queue[Any] = queue.Queue()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="distillwatch-sink", daemon=True)
         self._thread.start()
+        self._ready.wait(timeout=60)
 
+    # -- called from request handlers (any thread) -----------------------------------------
     def exchange(self, record: dict[str, Any]) -> None:
-        self._queue.put(("exchange", record))
+        self.spool.append("exchange", record)
 
     def audit(self, actor: str, event: str, payload: dict[str, Any]) -> None:
-        self._queue.put(("audit", actor, event, payload))
+        self.spool.append("audit", {"actor": actor, "event": event, "payload": payload})
 
     def call(self, fn: Callable[[Store], T], timeout: float = 30.0) -> T:
         """Run ``fn(store)`` on the sink's thread (the process's one DuckDB connection)."""
         future: Future[T] = Future()
-        self._queue.put(("call", fn, future))
+        self._calls.put((fn, future))
+        self.spool.appended.set()
         return future.result(timeout=timeout)
 
-    def close(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout=30)
+    def backlog_bytes(self) -> int:
+        return self.spool.backlog_bytes(self.position) if self.position else 0
 
+    def close(self) -> None:
+        self._stop.set()
+        self.spool.appended.set()
+        self._thread.join(timeout=60)
+        self.spool.close()
+        self.quarantine.close()
+
+    # -- the sink thread --------------------------------------------------------------------
     def _run(self) -> None:
         store = Store(self.path)
-        pending: list[Any] = []
         try:
+            rows = store.run("SELECT value FROM meta WHERE key = ?", [_META_KEY])
+            self.position = self.spool.start_position(Position.parse(rows[0][0] if rows else None))
+            first_segment = self.spool.segment
+            self._ready.set()
             while True:
-                try:
-                    item = self._queue.get(timeout=FLUSH_SECONDS)
-                except queue.Empty:
-                    item = None
-                if item is _STOP:
-                    self._flush(store, pending)
+                self._serve_calls(store)
+                entries, end = self.spool.read(self.position)
+                if entries:
+                    recovered = self.position.segment < first_segment
+                    self._fold(store, entries, end, recovered)
+                    continue
+                if self._stop.is_set():
                     return
-                if item is not None:
-                    if item[0] == "call":
-                        self._flush(store, pending)
-                        pending = []
-                        try:
-                            item[2].set_result(item[1](store))
-                        except Exception as exc:  # handed to the caller, not swallowed
-                            item[2].set_exception(exc)
-                        continue
-                    if item[0] == "audit":
-                        store.audit(item[1], item[2], item[3])
-                        self.audited += 1
-                    else:
-                        pending.append(item[1])
-                if len(pending) >= BATCH or (item is None and pending):
-                    self._flush(store, pending)
-                    pending = []
+                wait_for(self.spool.appended, FLUSH_SECONDS)
         finally:
+            self._ready.set()
             store.close()
 
-    def _flush(self, store: Store, records: list[dict[str, Any]]) -> None:
-        rows = []
-        for record in records:
+    def _serve_calls(self, store: Store) -> None:
+        while True:
             try:
-                rows.append(validate_exchange(record))
-            except RecordError:
-                self.rejected += 1
-        if rows:
-            self.written += store.insert_exchanges(exchanges_to_table(rows, "proxy"))
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                future.set_result(fn(store))
+            except Exception as exc:  # handed to the caller, not swallowed
+                future.set_exception(exc)
+
+    def _fold(self, store: Store, entries: list[tuple[str, dict[str, Any]]], end: Position,
+              recovered: bool) -> None:  # fmt: skip
+        assert self.position is not None
+        rows, audits, bad = [], [], []
+        for number, (kind, payload) in enumerate(entries, 1):
+            if kind == "exchange":
+                try:
+                    rows.append(validate_exchange(payload))
+                except RecordError as exc:
+                    bad.append((number, exc.field, exc.reason, payload))
+            elif kind == "audit":
+                audits.append(payload)
+            else:
+                bad.append((number, "<spool>", "unreadable journal line (torn write)", payload))
+        try:
+            store.run("BEGIN TRANSACTION")
+            written = store.insert_exchanges(exchanges_to_table(rows, "proxy")) if rows else 0
+            for entry in audits:
+                store.audit(str(entry.get("actor")), str(entry.get("event")), entry.get("payload"))
+            store.run("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_META_KEY, str(end)])
+            store.run("COMMIT")
+        except Exception as exc:
+            store.run("ROLLBACK")
+            # Keep the position: the same entries are retried on the next wake-up.
+            self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self._stop.wait(1.0)
+            return
+        self.error = None
+        for number, field, reason, payload in bad:
+            self.quarantine.add(f"proxy:{self.spool.directory}", f"{self.position}+{number}", field, reason, payload)  # fmt: skip
+        self.written += written
+        self.recovered += written if recovered else 0
+        self.flagged += sum(1 for row in rows if row.flags)
+        self.rejected += sum(1 for _, field, _, _ in bad if field != "<spool>")
+        self.audited += len(audits)
+        self.position = end
+        self.spool.release(end)

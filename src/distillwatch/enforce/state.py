@@ -13,11 +13,9 @@ import json
 import time
 from typing import Any, Protocol
 
+from distillwatch.errors import StateError
+
 WINDOW_SECONDS = 60
-
-
-class StateError(RuntimeError):
-    """The state backend cannot be reached."""
 
 
 class State(Protocol):

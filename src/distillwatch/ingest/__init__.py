@@ -14,9 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import orjson
 import pyarrow as pa
 from rich.progress import (
     BarColumn,
@@ -41,6 +40,7 @@ from distillwatch.ingest.readers import (
     parquet_columns,
     read_records,
 )
+from distillwatch.quarantine import Quarantine, default_quarantine
 from distillwatch.schema import (
     DEFAULT_MAX_TEXT_CHARS,
     Exchange,
@@ -55,7 +55,6 @@ __all__ = ["FORMATS", "FileFormatError", "IngestReport", "ingest_accounts", "ing
 FORMATS = ("auto", *ADAPTERS)
 BATCH_ROWS = 10_000
 REQUIRED_CONTRACT_COLUMNS = ("id", "ts", "account_id", "model", "messages")
-QUARANTINE_RAW_BYTES = 2048
 
 
 @dataclass
@@ -68,44 +67,21 @@ class IngestReport:
     duplicates: int = 0
     quarantined: int = 0
     truncated: int = 0
+    #: Loaded records with at least one flag (an optional field dropped, an unknown role kept).
+    flagged: int = 0
     accounts: int = 0
     accounts_quarantined: int = 0
     file_errors: list[str] = field(default_factory=list)
     quarantine_path: Path | None = None
     seconds: float = 0.0
     formats: dict[str, str] = field(default_factory=dict)
+    #: Per input file: its format and counts (records, loaded, quarantined, flagged, ...).
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         data = self.__dict__.copy()
         data["quarantine_path"] = str(self.quarantine_path) if self.quarantine_path else None
         return data
-
-
-class _Quarantine:
-    """Appends bad records, with where and why, to a JSONL file opened on first use."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle: IO[bytes] | None = None
-
-    def add(self, source: Path, record_no: int, field_name: str, reason: str, raw: Any) -> None:
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = open(self.path, "ab")  # noqa: SIM115 - closed in close()
-        if not isinstance(raw, bytes):
-            raw = orjson.dumps(raw, default=str)
-        entry = {
-            "file": str(source),
-            "record": record_no,
-            "field": field_name,
-            "reason": reason,
-            "raw": raw[:QUARANTINE_RAW_BYTES].decode("utf-8", errors="replace"),
-        }
-        self._handle.write(orjson.dumps(entry) + b"\n")
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
 
 
 def _resolve_format(path: Path, fmt: str) -> str:
@@ -160,10 +136,8 @@ def ingest_paths(
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     started = time.perf_counter()
     report = IngestReport()
-    report.quarantine_path = quarantine or store.path.with_name(
-        store.path.name + ".quarantine.jsonl"
-    )
-    bad = _Quarantine(report.quarantine_path)
+    report.quarantine_path = quarantine or default_quarantine(store.path)
+    bad = Quarantine(report.quarantine_path)
     run_id = uuid.uuid4().hex[:12]
     files = expand_paths(paths)
     try:
@@ -191,7 +165,7 @@ def ingest_paths(
 def _validated_batches(
     path: Path,
     adapt: Callable[[dict[str, Any]], dict[str, Any]],
-    bad: _Quarantine,
+    bad: Quarantine,
     counts: dict[str, int],
     failure: list[str],
     max_text: int,
@@ -223,6 +197,8 @@ def _validated_batches(
                 continue
             if row.truncated:
                 counts["truncated"] += 1
+            if row.flags:
+                counts["flagged"] += 1
             if row.id in seen:
                 continue  # repeated within the batch; counted as a duplicate by the caller
             seen.add(row.id)
@@ -247,7 +223,7 @@ def _splittable(path: Path) -> bool:
 def _parallel_batches(
     path: Path,
     fmt: str,
-    bad: _Quarantine,
+    bad: Quarantine,
     counts: dict[str, int],
     failure: list[str],
     max_text: int,
@@ -260,6 +236,7 @@ def _parallel_batches(
         counts["records"] += chunk.records
         counts["quarantined"] += len(chunk.bad)
         counts["truncated"] += chunk.truncated
+        counts["flagged"] += chunk.flagged
         for line_no, field_name, reason, raw in chunk.bad:
             bad.add(path, lines_before + line_no, field_name, reason, raw)
         if chunk.error:
@@ -274,7 +251,7 @@ def _ingest_file(
     path: Path,
     store: Store,
     fmt: str,
-    bad: _Quarantine,
+    bad: Quarantine,
     report: IngestReport,
     run_id: str,
     bar: Progress | None,
@@ -283,7 +260,8 @@ def _ingest_file(
     workers: int,
 ) -> None:
     started_at = datetime.now(UTC).replace(tzinfo=None)
-    counts = {"records": 0, "loaded": 0, "duplicates": 0, "quarantined": 0, "truncated": 0}
+    counts = {"records": 0, "loaded": 0, "duplicates": 0, "quarantined": 0, "truncated": 0,
+              "flagged": 0}  # fmt: skip
     failure: list[str] = []
     source = str(path)
     try:
@@ -337,6 +315,7 @@ def _ingest_file(
         report.file_errors.append(error)
     for key, value in counts.items():
         setattr(report, key, getattr(report, key) + value)
+    report.sources[source] = {"format": report.formats.get(source), **counts, "error": error}
     store.record_ingest_run(
         run_id=run_id,
         source=source,
@@ -349,10 +328,10 @@ def _ingest_file(
 
 
 def ingest_accounts(
-    path: Path, store: Store, bad: _Quarantine | None = None, report: IngestReport | None = None
+    path: Path, store: Store, bad: Quarantine | None = None, report: IngestReport | None = None
 ) -> int:
     """Load an account-metadata file (JSONL/JSON/Parquet). Later rows for an account win."""
-    quarantine = bad or _Quarantine(store.path.with_name(store.path.name + ".quarantine.jsonl"))
+    quarantine = bad or Quarantine(default_quarantine(store.path))
     rows: dict[str, dict[str, Any]] = {}
     rejected = 0
     try:

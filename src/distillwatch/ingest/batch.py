@@ -1,4 +1,4 @@
-"""Turn validated exchanges into Arrow batches in the store's column order."""
+"""Turn validated exchanges into Arrow batches with the store's ``exchanges`` columns."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ _as_tuple = attrgetter(*EXCHANGE_COLUMNS)
 
 
 def exchanges_to_table(rows: list[Exchange], source: str) -> pa.Table:
-    """Build one Arrow table (store column order, plus ``source``) from validated rows."""
+    """Build one Arrow table (every store column, ``source`` included) from validated rows."""
     if not rows:
         return EXCHANGE_SCHEMA.empty_table()
-    columns = list(zip(*map(_as_tuple, rows), strict=True))
-    arrays = [
-        pa.array(column, type=EXCHANGE_SCHEMA.field(i).type) for i, column in enumerate(columns)
-    ]
-    arrays.append(pa.array([source] * len(rows), type=pa.string()))
+    columns = dict(zip(EXCHANGE_COLUMNS, zip(*map(_as_tuple, rows), strict=True), strict=True))
+    columns["source"] = [source] * len(rows)
+    arrays = [pa.array(columns[f.name], type=f.type) for f in EXCHANGE_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=EXCHANGE_SCHEMA)

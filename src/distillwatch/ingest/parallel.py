@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -44,7 +46,28 @@ class ChunkResult:
     end: int = 0  # byte offset where the range ends (progress)
     records: int = 0
     truncated: int = 0
+    flagged: int = 0
     error: str | None = None
+
+
+#: How often a worker checks that the ingest process that started it is still alive.
+PARENT_CHECK_SECONDS = 0.2
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: exit as soon as the ingest process that started it is gone.
+
+    A killed parent (kill -9, OOM killer) cannot tell its workers to stop, and a worker busy
+    parsing a 48 MB range would otherwise run on for a minute. The worker is re-parented when
+    its parent dies, so a watchdog thread compares ``getppid()`` with the parent it was given.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="distillwatch-parent-watch", daemon=True).start()
 
 
 def default_workers() -> int:
@@ -71,6 +94,7 @@ def parse_chunk(path: str, start: int, end: int, fmt: str, max_text: int) -> Chu
                 result.bad.append((line_no, exc.field, exc.reason, raw_bytes))
                 continue
             result.truncated += row.truncated
+            result.flagged += bool(row.flags)
             if row.id not in seen:
                 seen.add(row.id)
                 rows.append(row)
@@ -90,7 +114,8 @@ def parallel_chunks(
     # 'spawn': the parent has DuckDB threads running, and forking a threaded process can
     # deadlock the child on a lock some other thread held.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:  # fmt: skip
         pending: list[Future[ChunkResult]] = []
         queue = iter(ranges)
         for start, end in queue:

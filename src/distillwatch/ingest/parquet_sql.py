@@ -18,7 +18,16 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from distillwatch.schema import MAX_ID_CHARS, MAX_INT, MAX_MESSAGES, MESSAGE_ROLES, _canonical_ip
+from distillwatch.errors import SqlPathUnavailable
+from distillwatch.schema import (
+    MAX_FLAGS,
+    MAX_ID_CHARS,
+    MAX_INT,
+    MAX_MESSAGES,
+    MESSAGE_ROLES,
+    _client_ip,
+    _Flags,
+)
 from distillwatch.store import Store
 
 TEXT = "VARCHAR"
@@ -46,10 +55,6 @@ MAX_EXTRA_COLUMNS = 200
 Quarantine = Callable[[Path, int, str, str, Any], None]
 
 
-class SqlPathUnavailable(RuntimeError):
-    """DuckDB could not run the SQL path within its memory limit; use the Python path."""
-
-
 def _quote(name: str) -> str:
     # Column names come from the file, i.e. from whoever wrote it.
     return '"' + name.replace('"', '""') + '"'
@@ -60,11 +65,21 @@ def _literal(text: str) -> str:
 
 
 def _message_type_ok(type_name: str) -> bool:
+    # Exactly {role, content} as text: messages with more (tool calls, names, content parts)
+    # take the Python path, which keeps those fields.
     compact = type_name.replace('"', "").replace(" ", "").upper()
+    return compact in (
+        "STRUCT(ROLEVARCHAR,CONTENTVARCHAR)[]",
+        "STRUCT(CONTENTVARCHAR,ROLEVARCHAR)[]",
+    )
+
+
+def _repr_sql(expr: str) -> str:
+    """SQL giving Python's ``repr()`` of a plain string (no backslashes or control characters):
+    single-quoted, or double-quoted when the text holds a single quote, as repr does."""
     return (
-        compact.startswith("STRUCT(")
-        and compact.endswith(")[]")
-        and ("ROLEVARCHAR" in compact and "CONTENTVARCHAR" in compact)
+        f"CASE WHEN contains({expr}, chr(39)) THEN chr(34) || {expr} || chr(34) "
+        f"ELSE chr(39) || {expr} || chr(39) END"
     )
 
 
@@ -72,6 +87,8 @@ def sql_compatible(store: Store, path: Path) -> bool:
     """True when every contract column present in ``path`` has a type the SQL path handles."""
     types = _column_types(store, path)
     if any(name not in types for name in ("id", "ts", "account_id", "model", "messages")):
+        return False
+    if "response_tool_calls" in types or "flags" in types:
         return False
     if any(types[name] != TEXT for name in REQUIRED_IDS):
         return False
@@ -110,75 +127,67 @@ def ingest_parquet_sql(
     known = {"id", "ts", "messages", "ip", *REQUIRED_IDS, *OPTIONAL_TEXT, *OPTIONAL_INT}
     extras = [name for name in types if name not in known and name != "file_row_number"]
 
+    # Addresses repeat: each distinct value is read once, by the Python path's own rule (a
+    # forwarded-for chain gives its first address; a non-address is dropped with a flag).
     ips = store.run(f"SELECT DISTINCT ip FROM {src} WHERE ip IS NOT NULL") if "ip" in types else []
+    canon, chains, ip_flags = [], [], []
+    for (raw_ip,) in ips:
+        notes = _Flags()
+        address, chain = _client_ip(raw_ip, notes)
+        canon.append(address)
+        chains.append(chain)
+        ip_flags.append(notes[0] if notes else None)
     store.con.register(
         "_ip_map",
         pa.table(
             {
                 "raw": pa.array([row[0] for row in ips], pa.string()),
-                "canon": pa.array([_canonical_ip(row[0].strip()[:64]) for row in ips], pa.string()),
+                "canon": pa.array(canon, pa.string()),
+                "chain": pa.array(chains, pa.list_(pa.string())),
+                "flag": pa.array(ip_flags, pa.string()),
             }
         ),
     )
 
     roles = ", ".join(_literal(role) for role in sorted(MESSAGE_ROLES))
     ts = _quote("ts")
+    # RFC 3339 allows lowercase t/z and a leap second, as schema.parse_ts reads them.
+    leap = rf"regexp_matches({ts}, '[Tt]\d\d:\d\d:60')"
+    ts_text = rf"regexp_replace(upper(trim({ts})), 'T(\d\d):(\d\d):60', 'T\1:\2:59')"
     ts_value = (
-        f"try_cast({ts} AS TIMESTAMPTZ)::TIMESTAMP" if types["ts"] == TEXT
+        f"(try_cast({ts_text} AS TIMESTAMPTZ)::TIMESTAMP + CASE WHEN {leap} THEN INTERVAL 1 SECOND ELSE INTERVAL 0 SECOND END)"
+        if types["ts"] == TEXT
         else f"{ts}::TIMESTAMPTZ::TIMESTAMP" if types["ts"] == "TIMESTAMP WITH TIME ZONE"
         else f"{ts}::TIMESTAMP"
     )  # fmt: skip
+    if types["ts"] == TEXT:
+        ts_value = f"CASE WHEN {leap} THEN date_trunc('second', {ts_value}) ELSE {ts_value} END"
     msgs = f"list_slice(p.messages, -{MAX_MESSAGES}, -1)"
-    bad_role = f"list_position(list_transform({msgs}, lambda m: coalesce(m.role IN ({roles}), false)), false)"
-    no_content = (
-        f"list_position(list_transform({msgs}, lambda m: m.content IS NOT NULL "
-        f"OR m.role = 'assistant'), false)"
-    )
+    offset = f"greatest(len(p.messages) - {MAX_MESSAGES}, 0)"
+    no_role = f"list_position(list_transform({msgs}, lambda m: m.role IS NOT NULL), false)"
     checks: list[tuple[str, str]] = [_id_check("id")]
     checks.append(
         (
-            f"""CASE WHEN {ts} IS NULL THEN 'missing required field'
-                     WHEN {ts_value} IS NULL
-                     THEN 'not an RFC 3339 timestamp: ''' || left({ts}::VARCHAR, 40) || '''' END""",
+            f"CASE WHEN {ts} IS NULL THEN 'missing required field' "
+            f"WHEN {ts_value} IS NULL "
+            f"THEN 'not an RFC 3339 timestamp: ' || {_repr_sql(f'trim({ts}::VARCHAR)')} END",
             _literal("ts"),
         )
     )
     checks += [_id_check("account_id"), _id_check("model")]
     checks.append(
         (
-            """CASE WHEN p.messages IS NULL THEN 'missing required field'
-                    WHEN len(p.messages) = 0 THEN 'must contain at least one message' END""",
+            "CASE WHEN p.messages IS NULL THEN 'missing required field' "
+            "WHEN len(p.messages) = 0 THEN 'must contain at least one message' END",
             _literal("messages"),
         )
     )
     checks.append(
         (
-            f"CASE WHEN {bad_role} > 0 THEN 'unknown role ''' || "
-            f"coalesce(left({msgs}[{bad_role}].role, 40), 'None') || '''' END",
-            f"'messages[' || ({bad_role} - 1) || '].role'",
+            f"CASE WHEN {no_role} > 0 THEN 'expected a string, got null' END",
+            f"'messages[' || ({no_role} - 1 + {offset}) || '].role'",
         )
     )
-    checks.append(
-        (
-            f"CASE WHEN {no_content} > 0 THEN 'missing' END",
-            f"'messages[' || ({no_content} - 1) || '].content'",
-        )
-    )
-    for name in OPTIONAL_INT:
-        if name in types:
-            col = _quote(name)
-            checks.append(
-                (f"CASE WHEN {col} < 0 OR {col} > {MAX_INT} THEN 'out of range: ' || {col} END",
-                 _literal(name))
-            )  # fmt: skip
-    if "ip" in types:
-        checks.append(
-            (
-                "CASE WHEN p.ip IS NOT NULL AND _ip_map.canon IS NULL "
-                "THEN 'not an IPv4/IPv6 address: ''' || left(p.ip, 40) || '''' END",
-                _literal("ip"),
-            )
-        )
     reason = "coalesce(" + ", ".join(expr for expr, _ in checks) + ")"
     field = (
         "CASE "
@@ -186,24 +195,62 @@ def ingest_parquet_sql(
         + " END"
     )
 
+    # What the Python path keeps but flags, in the order it flags them.
+    message_flags = (
+        f"flatten(list_transform({msgs}, lambda m, i: list_filter(["
+        f"CASE WHEN NOT m.role IN ({roles}) THEN 'messages[' || (i - 1 + {offset}) || "
+        f"'].role: unknown role ' || {_repr_sql('left(m.role, 40)')} END, "
+        f"CASE WHEN m.content IS NULL THEN 'messages[' || (i - 1 + {offset}) || '].content: null' END"
+        "], lambda f: f IS NOT NULL)))"
+    )
+    field_flags = [
+        f"CASE WHEN len(p.messages) > {MAX_MESSAGES} THEN 'messages: ' || len(p.messages) || "
+        f"' messages, kept the last {MAX_MESSAGES}' END"
+    ]
+    for name in OPTIONAL_INT:
+        if name in types:
+            col = _quote(name)
+            field_flags.append(
+                f"CASE WHEN {col} < 0 OR {col} > {MAX_INT} "
+                f"THEN '{name}: out of range: ' || {col} || '; dropped' END"
+            )
+    if "ip" in types:
+        field_flags.append("_ip_map.flag")
+    all_flags = (
+        f"list_slice(list_concat({message_flags}, list_filter([{', '.join(field_flags)}], "
+        f"lambda f: f IS NOT NULL)), 1, {MAX_FLAGS})"
+    )
+
     def text(column: str) -> str:
         return f"left({_quote(column)}, {max_text})" if column in types else "NULL::VARCHAR"
 
     def integer(column: str) -> str:
-        return f"{_quote(column)}::BIGINT" if column in types else "NULL::BIGINT"
+        if column not in types:
+            return "NULL::BIGINT"
+        col = _quote(column)
+        return f"CASE WHEN {col} < 0 OR {col} > {MAX_INT} THEN NULL ELSE {col}::BIGINT END"
 
     user_msgs = f"list_filter({msgs}, lambda m: m.role = 'user')"
-    system_msgs = f"list_filter({msgs}, lambda m: m.role IN ('system', 'developer'))"
+    system_msgs = (
+        f"list_filter({msgs}, lambda m: m.role IN ('system', 'developer') "
+        "AND coalesce(m.content, '') <> '')"
+    )
     long_texts = " OR ".join(
         [f"length({_quote(c)}) > {max_text}" for c in OPTIONAL_TEXT if c in types]
         + [f"list_bool_or(list_transform(p.messages, lambda m: length(m.content) > {max_text}))",
            f"len(p.messages) > {MAX_MESSAGES}"]
     )  # fmt: skip
+    members = [f"{_quote(c)} := p.{_quote(c)}" for c in extras]
     extra = (
-        "to_json(struct_pack(" + ", ".join(f"{_quote(c)} := p.{_quote(c)}" for c in extras) + "))"
-        if extras
-        else "NULL::VARCHAR"
+        "to_json(struct_pack(" + ", ".join(members) + "))::VARCHAR" if members else "NULL::VARCHAR"
     )
+    if "ip" in types:
+        # A forwarded-for chain is kept next to the unknown fields, as the Python path does.
+        chain = "json_object('ip_chain', _ip_map.chain)::VARCHAR"
+        extra = (
+            f"CASE WHEN _ip_map.chain IS NULL THEN {extra} "
+            f"ELSE json_merge_patch(coalesce({extra}, '{{}}'), {chain})::VARCHAR END"
+        )
     stored_msgs = (
         f"list_transform({msgs}, lambda m: {{'role': m.role, "
         f"'content': left(coalesce(m.content, ''), {max_text})}})"
@@ -227,7 +274,8 @@ def ingest_parquet_sql(
                {integer("completion_tokens")} AS completion_tokens,
                {integer("status")} AS status, {integer("latency_ms")} AS latency_ms,
                coalesce({long_texts}, false) AS truncated, {extra} AS extra,
-               {_literal(source)} AS source
+               {_literal(source)} AS source, NULL::VARCHAR AS response_tool_calls,
+               CASE WHEN len({all_flags}) > 0 THEN {all_flags} END AS flags
         FROM {src} p {join_ips}
         WHERE {reason} IS NULL
     """
@@ -236,15 +284,18 @@ def ingest_parquet_sql(
         # Load first, then look for bad rows only if some rows did not load: a clean file is
         # read once. If memory runs out, nothing half-done is left for the fallback to repeat:
         # the INSERT is atomic and the quarantine is only written after it.
-        count_new = "SELECT count(*), count(*) FILTER (WHERE truncated) FROM exchanges"
-        before, truncated_before = store.run(count_new)[0]
+        count_new = (
+            "SELECT count(*), count(*) FILTER (WHERE truncated), "
+            "count(*) FILTER (WHERE flags IS NOT NULL) FROM exchanges"
+        )
+        before, truncated_before, flagged_before = store.run(count_new)[0]
         store.run(
-            f"""INSERT INTO exchanges
+            f"""INSERT INTO exchanges BY NAME
                 SELECT * FROM ({select_valid}) t
                 WHERE t.id NOT IN (SELECT id FROM exchanges)
                 QUALIFY row_number() OVER (PARTITION BY t.id) = 1"""
         )
-        after, truncated_after = store.run(count_new)[0]
+        after, truncated_after, flagged_after = store.run(count_new)[0]
         loaded, truncated = after - before, truncated_after - truncated_before
         bad: list[tuple[int, str, str, str]] = []
         if loaded < records:
@@ -266,4 +317,5 @@ def ingest_parquet_sql(
         "duplicates": records - quarantined - loaded,
         "quarantined": quarantined,
         "truncated": truncated,
+        "flagged": flagged_after - flagged_before,
     }

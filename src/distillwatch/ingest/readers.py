@@ -20,6 +20,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from distillwatch.errors import FileFormatError
+
 #: A JSONL line longer than this is skipped and quarantined without being decoded.
 DEFAULT_MAX_LINE_BYTES = 256 * 1024 * 1024
 #: A .json file holding one array is read whole, so it gets a far smaller cap than JSONL.
@@ -29,10 +31,6 @@ PARQUET_BATCH_ROWS = 8_192
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".json.gz", ".jsonl.gzip")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSON_SUFFIXES = (".json",)
-
-
-class FileFormatError(RuntimeError):
-    """The file is not what its name or the chosen format claims."""
 
 
 @dataclass(slots=True)

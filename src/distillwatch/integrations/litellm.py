@@ -19,9 +19,12 @@ Settings come from the environment: ``DISTILLWATCH_VERDICTS`` (Contract-2 file, 
 or key hash, the default; ``user``: the request's ``user`` field, for platforms whose customers
 are end users), ``DISTILLWATCH_TLS_HEADER`` (default ``x-ja4``).
 
-Hooks: ``async_pre_call_hook`` decides and refuses (LiteLLM answers with the status and an
-OpenAI-shaped error) or caps ``max_tokens``; ``async_post_call_success_hook`` strips reasoning
-from shaped responses; ``async_log_success_event`` logs the exchange in Contract-1 form.
+Hooks: ``async_pre_call_hook`` checks the request's shape (400 for malformed messages), decides
+and refuses (LiteLLM answers with the status and an OpenAI-shaped error) or caps ``max_tokens``;
+``async_post_call_success_hook`` strips reasoning from shaped responses and
+``async_post_call_streaming_iterator_hook`` from shaped streams (``<think>`` tags split across
+chunks included, see :class:`~distillwatch.openai_api.ThinkFilter`); ``async_log_success_event``
+journals the exchange in Contract-1 form, tool calls included.
 """
 
 from __future__ import annotations
@@ -38,19 +41,46 @@ from distillwatch.enforce.decide import Decision
 from distillwatch.enforce.enforcer import Enforcer
 from distillwatch.enforce.policy import load_policy
 from distillwatch.enforce.signals import key_account
+from distillwatch.errors import RecordError
+from distillwatch.openai_api import (
+    REASONING_FIELDS,
+    Messages,
+    ThinkFilter,
+    normalise_messages,
+    strip_think,
+    summarise_response,
+)
 
-_THINK_MARK = ("<think>", "<thinking>")
+MAX_LOGGED_TEXT = 32_768
 
 
-def _prompt(data: dict[str, Any]) -> str:
-    for message in reversed(data.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content[:8000]
-            if isinstance(content, list):
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))[:8000]
-    return data.get("prompt", "")[:8000] if isinstance(data.get("prompt"), str) else ""
+def _bound(text: str) -> str:
+    return text[:MAX_LOGGED_TEXT]
+
+
+def _messages(data: dict[str, Any]) -> Messages:
+    if data.get("messages") is None and isinstance(data.get("prompt"), str):
+        return normalise_messages([{"role": "user", "content": data["prompt"]}], _bound)
+    return normalise_messages(data.get("messages"), _bound)
+
+
+def _strip_message(message: Any, field: str = "content") -> None:
+    """Remove reasoning from a LiteLLM message or delta object, in place."""
+    if message is None:
+        return
+    for name in (*REASONING_FIELDS, "thinking_blocks"):
+        if getattr(message, name, None):
+            setattr(message, name, None)
+    content = getattr(message, field, None)
+    if isinstance(content, str) and "<" in content:
+        setattr(message, field, strip_think(content))
+
+
+def _shaping(data: dict[str, Any], shadow: bool) -> bool:
+    decision = ((data.get("metadata") or {}).get("distillwatch") or {}).get("decision") or {}
+    return (
+        not shadow and decision.get("action") == "shape" and bool(decision.get("strip_reasoning"))
+    )
 
 
 class DistillwatchGuard(CustomLogger):
@@ -110,8 +140,14 @@ class DistillwatchGuard(CustomLogger):
         headers = {str(k).lower(): v for k, v in (request.get("headers") or {}).items()}
         ip = metadata.get("requester_ip_address") or None
         when = datetime.now(UTC).replace(tzinfo=None)
+        try:
+            prompt = _messages(data).prompt[:8000]
+        except RecordError as exc:
+            raise HTTPException(status_code=400, detail={"error": {
+                "message": f"Invalid request: {exc}", "type": "invalid_request_error",
+                "param": exc.field, "code": "invalid_value"}}) from None  # fmt: skip
         decision, refusal = await self.enforcer.evaluate(
-            account, ip, headers.get(self.tls_header), _prompt(data), when
+            account, ip, headers.get(self.tls_header), prompt, when
         )
         if refusal is not None:
             raise HTTPException(status_code=refusal.status, detail={"error": {
@@ -130,24 +166,36 @@ class DistillwatchGuard(CustomLogger):
     async def async_post_call_success_hook(
         self, data: dict, user_api_key_dict: Any, response: Any
     ) -> Any:
-        info = (data.get("metadata") or {}).get("distillwatch") or {}
-        decision = info.get("decision") or {}
-        if (
-            self.enforcer.shadow
-            or decision.get("action") != "shape"
-            or not decision.get("strip_reasoning")
-        ):
+        if not _shaping(data, self.enforcer.shadow):
             return response
         for choice in getattr(response, "choices", None) or []:
-            message = getattr(choice, "message", None)
-            content = getattr(message, "content", None)
-            if isinstance(content, str) and any(mark in content for mark in _THINK_MARK):
-                from distillwatch.enforce.app import _THINK
-
-                message.content = _THINK.sub("", content)
-            if message is not None and getattr(message, "reasoning_content", None):
-                message.reasoning_content = None
+            _strip_message(getattr(choice, "message", None))
         return response
+
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict
+    ) -> Any:
+        if not _shaping(request_data, self.enforcer.shadow):
+            async for chunk in response:
+                yield chunk
+            return
+        filters: dict[int, ThinkFilter] = {}
+        async for chunk in response:
+            for choice in getattr(chunk, "choices", None) or []:
+                delta = getattr(choice, "delta", None)
+                if delta is None:
+                    continue
+                for name in (*REASONING_FIELDS, "thinking_blocks"):
+                    if getattr(delta, name, None):
+                        setattr(delta, name, None)
+                thinker = filters.setdefault(getattr(choice, "index", 0) or 0, ThinkFilter())
+                content = getattr(delta, "content", None)
+                shown = thinker.feed(content) if isinstance(content, str) else None
+                if getattr(choice, "finish_reason", None):
+                    shown = (shown or "") + thinker.flush()
+                if shown is not None:
+                    delta.content = shown
+            yield chunk
 
     async def async_log_success_event(
         self, kwargs: dict, response_obj: Any, start_time: Any, end_time: Any
@@ -177,15 +225,19 @@ class DistillwatchGuard(CustomLogger):
         await self.enforcer.record_usage(
             account, decision, when, completion if isinstance(completion, int) else None
         )
-        choices = getattr(response_obj, "choices", None) or []
-        text = getattr(getattr(choices[0], "message", None), "content", None) if choices else None
+        try:
+            payload = response_obj.model_dump() if hasattr(response_obj, "model_dump") else {}
+        except Exception:  # a third-party object we cannot read: log the request, not the answer
+            payload = {}
+        summary = summarise_response(payload, _bound)
         self.enforcer.log_exchange({
             "id": "ll-" + str(kwargs.get("litellm_call_id") or getattr(response_obj, "id", "") or "unknown")[:200],
             "ts": when.isoformat() + "Z",
             "account_id": account,
             "model": str(kwargs.get("model") or "unknown")[:200],
             "messages": kwargs.get("messages") or [{"role": "user", "content": ""}],
-            "response": text[:32_768] if isinstance(text, str) else None,
+            "response": summary.text,
+            "response_tool_calls": summary.tool_calls or None,
             "endpoint": "/v1/chat/completions",
             "completion_tokens": completion if isinstance(completion, int) else None,
             "prompt_tokens": getattr(usage, "prompt_tokens", None),

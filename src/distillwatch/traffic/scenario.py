@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from distillwatch.errors import ScenarioError
 from distillwatch.yamlfile import parse_yaml
 
 PRESETS = ("small", "week", "disclosure")
@@ -29,10 +30,6 @@ TACTICS = (
     "mix_legit",
     "adaptive",
 )
-
-
-class ScenarioError(ValueError):
-    """A scenario file that does not describe a valid simulation; names the field."""
 
 
 @dataclass
