@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/proxy_overhead.py [--rate 200] [--seconds 20] [--repeats 3]
 
 Starts `distillwatch mock-upstream` and `distillwatch proxy` (default policy, in-memory state,
-verdicts with a benign account, no store) as separate processes on loopback, then sends an open-
+verdicts with a benign account; no store, or with --store one, so the exchange journal and log
+are in the measurement) as separate processes on loopback, then sends an open-
 loop stream of chat completions at --rate requests/s, alternating direct and proxied requests so
 both see the same machine load. Reports p50/p99 of each and the added latency, median over
 --repeats runs. Target (issue 5): added p50 <= 1 ms, added p99 <= 5 ms at 200 requests/s.
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--store", action="store_true",
+                        help="give the proxy a store, so every exchange is journaled and logged")  # fmt: skip
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     verdicts = tmp / "verdicts.json"
@@ -72,8 +75,9 @@ def main() -> None:
     up, px = free_port(), free_port()
     cli = list(CLI)
     upstream = subprocess.Popen([*cli, "mock-upstream", "--listen", f"127.0.0.1:{up}"])
+    store = ["--store", str(tmp / "bench.duckdb")] if args.store else []
     proxy = subprocess.Popen([*cli, "proxy", "--upstream", f"http://127.0.0.1:{up}", "--listen",
-                              f"127.0.0.1:{px}", "--verdicts", str(verdicts)], stdout=subprocess.DEVNULL)  # fmt: skip
+                              f"127.0.0.1:{px}", "--verdicts", str(verdicts), *store], stdout=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_http(f"http://127.0.0.1:{up}/v1/models")
         wait_http(f"http://127.0.0.1:{px}/healthz")

@@ -71,7 +71,32 @@ def test_guard_in_real_litellm_proxy(tmp_path):
         assert (
             shaped.status_code == 200 and "<think>" not in content and content.count("word") <= 512
         )
-        time.sleep(2)  # LiteLLM logs success after responding; the sink flushes twice a second
+        assert "private chain of thought" not in shaped.text  # reasoning_content removed too
+
+        def stream(user: str, content: str) -> bytes:
+            body = {"model": "atlas-2", "user": user, "stream": True,
+                    "messages": [{"role": "user", "content": content}]}  # fmt: skip
+            with httpx.stream("POST", base, json=body, headers=headers, timeout=60) as response:
+                assert response.status_code == 200
+                return b"".join(response.iter_raw())
+
+        # The mock streams reasoning_content deltas and a <think> tag split across chunks.
+        assert b"private chain of thought" in stream("alice", "hi")
+        shaped_stream = stream("edgy", "Think step by step: is 91 prime?")
+        assert b"private chain of thought" not in shaped_stream and b"hidden" not in shaped_stream
+        assert b"word" in shaped_stream
+        tools = [
+            {
+                "type": "function",
+                "function": {"name": "get_weather", "parameters": {"type": "object"}},
+            }
+        ]
+        called = ask("alice", "CALL_TOOL weather?", tools=tools)
+        assert (
+            called.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"]
+            == "get_weather"
+        )
+        time.sleep(2)  # LiteLLM logs success after responding; the sink folds its journal then
     finally:
         stop(proc)
         stop(upstream)
@@ -80,6 +105,12 @@ def test_guard_in_real_litellm_proxy(tmp_path):
     with Store(tmp_path / "ll.duckdb", read_only=True) as store:
         events = {row[0] for row in store.run("SELECT event FROM audit_log")}
         logged = {row[0] for row in store.run("SELECT account_id FROM exchanges")}
+        calls = store.run(
+            "SELECT response_tool_calls FROM exchanges WHERE prompt = 'CALL_TOOL weather?'"
+        )
+        streamed = store.run("SELECT response FROM exchanges WHERE account_id = 'edgy'")
+    assert json.loads(calls[0][0])[0]["name"] == "get_weather"
+    assert all("hidden" not in (r or "") for (r,) in streamed)
     assert {"decision.challenge", "decision.shape"} <= events
     assert {"alice", "edgy"} <= logged
     assert json.dumps(sorted(logged))

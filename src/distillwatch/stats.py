@@ -58,6 +58,7 @@ def store_stats(store: Store, top: int = 10) -> dict[str, Any]:
         """SELECT count(*) AS files, coalesce(sum(records), 0) AS records,
                   coalesce(sum(loaded), 0) AS loaded, coalesce(sum(duplicates), 0) AS duplicates,
                   coalesce(sum(quarantined), 0) AS quarantined,
+                  coalesce(sum(flagged), 0) AS flagged,
                   count(*) FILTER (WHERE error IS NOT NULL) AS file_errors
            FROM ingest_runs""",
     )[0]

@@ -53,7 +53,7 @@ def stats(
         f"ingest: {ingest['files']} file loads, {ingest['records']:,} records, "
         f"{ingest['loaded']:,} loaded, {ingest['duplicates']:,} duplicates, "
         f"[{'red' if ingest['quarantined'] else 'green'}]{ingest['quarantined']:,} quarantined[/], "
-        f"{ingest['file_errors']} file errors",
+        f"{ingest['flagged']:,} flagged, {ingest['file_errors']} file errors",
         highlight=False,
     )
     if data["bad_files"]:

@@ -364,23 +364,23 @@ class Proxy:
             return too_big
         chunks: list[bytes] = []
         size = 0
-        deadline = time.monotonic() + self.config.body_timeout_s
-        stream = request.stream().__aiter__()
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                chunk = await asyncio.wait_for(stream.__anext__(), timeout=remaining)
+
+        async def read() -> None:
+            nonlocal size
+            async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    return too_big
+                    raise OverflowError
                 chunks.append(chunk)
-        except StopAsyncIteration:
-            return b"".join(chunks)
+
+        try:
+            await asyncio.wait_for(read(), timeout=self.config.body_timeout_s)
+        except OverflowError:
+            return too_big
         except TimeoutError:
             return openai_error(408, "Timed out reading the request body.", "invalid_request_error",
                                 "request_timeout")  # fmt: skip
+        return b"".join(chunks)
 
     async def _body(self, request: Request) -> tuple[dict[str, Any], bytes] | JSONResponse:
         raw = await self._read(request)

@@ -42,6 +42,20 @@ def _sse(payload: dict, name: str | None = None) -> str:
     return (f"event: {name}\n" if name else "") + f"data: {json.dumps(payload)}\n\n"
 
 
+def _tolerant(handler):  # type: ignore[no-untyped-def]
+    """Answer 400 (OpenAI's shape) to input the mock cannot read, as a real server would."""
+
+    async def handle(request: Request):  # type: ignore[no-untyped-def]
+        try:
+            return await handler(request)
+        except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+            return JSONResponse({"error": {"message": f"mock upstream: {type(exc).__name__}",
+                                           "type": "invalid_request_error", "param": None,
+                                           "code": None}}, status_code=400)  # fmt: skip
+
+    return handle
+
+
 def create_app(delay_s: float = 0.0) -> Starlette:
     async def chat(request: Request):  # type: ignore[no-untyped-def]
         body = await request.json()
@@ -49,6 +63,8 @@ def create_app(delay_s: float = 0.0) -> Starlette:
             await asyncio.sleep(delay_s)
         last = _last_user_text(body)
         cap = body.get("max_completion_tokens") or body.get("max_tokens") or 64
+        if not isinstance(cap, int):
+            raise TypeError("max_tokens")
         words = max(1, min(int(cap), 256))
         usage = {
             "prompt_tokens": len(last) // 4 + 1,
@@ -177,9 +193,9 @@ def create_app(delay_s: float = 0.0) -> Starlette:
         return JSONResponse({"object": "list", "data": [{"id": "atlas-2", "object": "model"}]})
 
     return Starlette(routes=[
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/responses", responses, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/chat/completions", _tolerant(chat), methods=["POST"]),
+        Route("/v1/responses", _tolerant(responses), methods=["POST"]),
+        Route("/v1/completions", _tolerant(completions), methods=["POST"]),
+        Route("/v1/embeddings", _tolerant(embeddings), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
     ])  # fmt: skip

@@ -54,6 +54,8 @@ def replay(
     for stale in (detect_path, store_path):
         for path in (stale, stale.with_name(stale.name + ".wal")):
             path.unlink(missing_ok=True)
+        # A journal left by an earlier replay's proxy would be folded into this one's store.
+        shutil.rmtree(stale.with_name(stale.name + ".spool"), ignore_errors=True)
     with Store(detect_path) as store:
         ingest_paths([traffic / "exchanges.jsonl"], store, accounts=traffic / "accounts.jsonl")
         doc = detect_and_write(store, out / "verdicts-day-0", until=cutoff)

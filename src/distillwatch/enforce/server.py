@@ -22,6 +22,7 @@ Everything a client can see from the gateway is in OpenAI's error shape.
 from __future__ import annotations
 
 import asyncio
+import logging
 import resource
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -188,12 +189,21 @@ def raise_open_file_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+class _DropClientNoise(logging.Filter):
+    """uvicorn logs a warning for every malformed request: a client could fill the disk with
+    them. They are counted in /metrics (``distillwatch_connections_refused``) instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Invalid HTTP request")
+
+
 def serve(app: Any, host: str, port: int, protocol: type[GuardedProtocol]) -> None:
     """Run ``app`` with uvicorn behind ``protocol``'s guards, until SIGINT/SIGTERM."""
     import uvicorn
 
     limits = protocol.limits
     raise_open_file_limit()
+    logging.getLogger("uvicorn.error").addFilter(_DropClientNoise())
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", http=protocol,
         timeout_keep_alive=int(limits.keep_alive_s), limit_concurrency=None,

@@ -73,7 +73,6 @@ class Spool:
         self._fd = self._open(self.segment)
         self._size = 0
         self._dirty = False
-        self.appended = threading.Event()  # set on every append: wakes the sink
         self.lines = 0
         self.torn = 0
         self._closed = threading.Event()
@@ -108,7 +107,6 @@ class Spool:
                 self._dirty = True
             if self._size >= self.segment_bytes:
                 self._rotate()
-        self.appended.set()
 
     def _rotate(self) -> None:
         if self._dirty:
@@ -124,10 +122,16 @@ class Spool:
             self.sync()
 
     def sync(self) -> None:
+        """fsync what was appended, without holding the append lock while the disk works."""
         with self._lock:
-            if self._dirty:
-                os.fsync(self._fd)
-                self._dirty = False
+            if not self._dirty or self._fd < 0:
+                return
+            self._dirty = False
+            fd = os.dup(self._fd)  # stays valid if the segment rotates meanwhile
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         self._closed.set()
@@ -196,14 +200,6 @@ class Spool:
                 size = (self.directory / _NAME.format(segment)).stat().st_size
                 total += size - (position.offset if segment == position.segment else 0)
         return max(total, 0)
-
-
-def wait_for(event: threading.Event, seconds: float) -> bool:
-    """``event.wait`` that clears the event it saw set (one wake-up per burst of appends)."""
-    woke = event.wait(seconds)
-    if woke:
-        event.clear()
-    return woke
 
 
 def iter_entries(directory: Path) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -7,6 +7,7 @@ hostile one) stop the rest of the file; say exactly which record and field was b
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from distillwatch.ingest.adapters import ADAPTERS, detect_format
+from distillwatch.ingest.adapters import ADAPTERS, BATCH_FORMATS, BatchJoin, detect_format, from_csv
 from distillwatch.ingest.batch import exchanges_to_table
 from distillwatch.ingest.parallel import PARALLEL_MIN_BYTES, default_workers, parallel_chunks
 from distillwatch.ingest.parquet_sql import SqlPathUnavailable, ingest_parquet_sql, sql_compatible
@@ -90,6 +91,45 @@ def _resolve_format(path: Path, fmt: str) -> str:
     return detect_format(first_record(path))
 
 
+_BATCH_WORDS = re.compile(r"input|output|requests?|results?|responses?|[^a-z0-9]")
+
+
+def _pair_batches(formats: dict[Path, str]) -> dict[Path, Path]:
+    """Pair each OpenAI Batch input file with its output file (input path -> output path).
+
+    One of each: they pair. Several: by name (``x_input.jsonl`` with ``x_output.jsonl``), then by
+    the custom_ids they share. A file left without a partner is ingested alone, and every line of
+    it is quarantined with a reason saying the other file is needed.
+    """
+    inputs = [p for p, f in formats.items() if f == "openai_batch_input"]
+    outputs = [p for p, f in formats.items() if f == "openai_batch_output"]
+    if len(inputs) == 1 and len(outputs) == 1:
+        return {inputs[0]: outputs[0]}
+    pairs: dict[Path, Path] = {}
+    key = {p: _BATCH_WORDS.sub("", p.name.lower().split(".")[0]) for p in inputs + outputs}
+    for source in inputs:
+        named = [o for o in outputs if o not in pairs.values() and key[o] == key[source]]
+        if len(named) == 1:
+            pairs[source] = named[0]
+    for source in (i for i in inputs if i not in pairs):
+        ids = _custom_ids(source)
+        best = max((o for o in outputs if o not in pairs.values()),
+                   key=lambda o: len(ids & _custom_ids(o)), default=None)  # fmt: skip
+        if best is not None and ids & _custom_ids(best):
+            pairs[source] = best
+    return pairs
+
+
+def _custom_ids(path: Path, limit: int = 2000) -> set[str]:
+    found: set[str] = set()
+    for number, record in read_records(path):
+        if number > limit:
+            break
+        if isinstance(record, dict) and isinstance(record.get("custom_id"), str):
+            found.add(record["custom_id"])
+    return found
+
+
 def _check_parquet_columns(path: Path, fmt: str) -> None:
     if fmt != "contract" or file_kind(path) != "parquet":
         return
@@ -140,13 +180,21 @@ def ingest_paths(
     bad = Quarantine(report.quarantine_path)
     run_id = uuid.uuid4().hex[:12]
     files = expand_paths(paths)
+    formats = {path: _resolve_format(path, fmt) for path in files if path.is_file()}
+    batches = {source: BatchJoin(output) for source, output in _pair_batches(formats).items()}
+    joined = {join.output: source for source, join in batches.items()}
     try:
         with _progress_bar(progress) as bar:
             for path in files:
                 report.files += 1
-                _ingest_file(
-                    path, store, fmt, bad, report, run_id, bar, max_text, batch_rows, workers
-                )
+                if path in joined:  # read through its input file's join, not on its own
+                    report.formats[str(path)] = "openai_batch_output"
+                    continue
+                adapter = batches.get(path)
+                _ingest_file(path, store, formats.get(path, fmt), bad, report, run_id, bar, max_text,
+                             batch_rows, workers, adapter)  # fmt: skip
+                if adapter is not None:
+                    _quarantine_unjoined(adapter, path, bad, report)
             if accounts is not None:
                 report.accounts = ingest_accounts(accounts, store, bad, report)
     finally:
@@ -160,6 +208,29 @@ def ingest_paths(
         {k: v for k, v in report.as_dict().items() if k not in ("formats",)},
     )
     return report
+
+
+def _quarantine_unjoined(
+    join: BatchJoin, source: Path, bad: Quarantine, report: IngestReport
+) -> None:
+    """Results in a batch's output file that no request of its input file asked for."""
+    entry = report.sources.setdefault(str(join.output), {"format": "openai_batch_output"})
+    entry.update(joined_into=str(source), records=len(join.offsets) + len(join.bad_output_lines),
+                 quarantined=0)  # fmt: skip
+    for number, reason in join.bad_output_lines:
+        bad.add(join.output, number, "<record>", reason, b"")
+        entry["quarantined"] += 1
+    for custom_id in join.unused():
+        bad.add(
+            join.output,
+            custom_id,
+            "custom_id",
+            "a result with no request in the batch input file",
+            {"custom_id": custom_id},
+        )
+        entry["quarantined"] += 1
+    report.quarantined += entry["quarantined"]
+    report.records += entry["quarantined"]
 
 
 def _validated_batches(
@@ -258,6 +329,7 @@ def _ingest_file(
     max_text: int,
     batch_rows: int,
     workers: int,
+    adapter: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> None:
     started_at = datetime.now(UTC).replace(tzinfo=None)
     counts = {"records": 0, "loaded": 0, "duplicates": 0, "quarantined": 0, "truncated": 0,
@@ -267,8 +339,11 @@ def _ingest_file(
     try:
         if not path.is_file():
             raise FileFormatError(f"{path}: no such file")
-        file_fmt = _resolve_format(path, fmt)
+        file_fmt = fmt if fmt != "auto" else _resolve_format(path, fmt)
         report.formats[source] = file_fmt
+        adapt = adapter or ADAPTERS[file_fmt]
+        if file_kind(path) == "csv":
+            adapt = from_csv(adapt)
         _check_parquet_columns(path, file_fmt)
         size = path.stat().st_size
         task = bar.add_task(path.name[-40:], total=size) if bar is not None else None
@@ -286,7 +361,7 @@ def _ingest_file(
                 # Huge row groups can exceed DuckDB's memory cap; stream it in Python instead.
                 batches = _validated_batches(
                     path,
-                    ADAPTERS[file_fmt],
+                    adapt,
                     bad,
                     counts,
                     failure,
@@ -294,13 +369,15 @@ def _ingest_file(
                     batch_rows,
                     on_progress,
                 )
-        elif workers > 1 and _splittable(path):
+        elif (
+            workers > 1 and adapter is None and file_fmt not in BATCH_FORMATS and _splittable(path)
+        ):
             batches = _parallel_batches(
                 path, file_fmt, bad, counts, failure, max_text, workers, on_progress
             )
         else:
             batches = _validated_batches(
-                path, ADAPTERS[file_fmt], bad, counts, failure, max_text, batch_rows, on_progress
+                path, adapt, bad, counts, failure, max_text, batch_rows, on_progress
             )
         if batches is not None:
             reader = pa.RecordBatchReader.from_batches(EXCHANGE_SCHEMA, batches)

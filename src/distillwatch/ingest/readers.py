@@ -1,4 +1,4 @@
-"""Streaming readers: JSONL (plain or gzip), JSON arrays and Parquet, one decoded record at a time.
+"""Streaming readers: JSONL (plain or gzip), JSON arrays, CSV and Parquet, one record at a time.
 
 Readers never hold a whole file in memory: JSONL is read line by line with a hard cap on line
 length, Parquet batch by batch. Problems with a single record are yielded as
@@ -31,6 +31,13 @@ PARQUET_BATCH_ROWS = 8_192
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".json.gz", ".jsonl.gzip")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 JSON_SUFFIXES = (".json",)
+CSV_SUFFIXES = (".csv", ".csv.gz")
+CSV_BATCH_ROWS = 4096
+#: What a JSON line that fails to parse looks like when psql's \copy wrote it.
+_COPY_HINT = (
+    "; this looks like a psql \\copy export, which doubles every backslash: export with "
+    "psql -At -c 'select row_to_json(t) from ... t' > FILE instead (docs/ingest.md)"
+)
 
 
 @dataclass(slots=True)
@@ -64,10 +71,12 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
 
 
 def file_kind(path: Path) -> str | None:
-    """'jsonl', 'json' or 'parquet' from the file name; None when unsupported."""
+    """'jsonl', 'json', 'csv' or 'parquet' from the file name; None when unsupported."""
     name = path.name.lower()
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
     if name.endswith(JSONL_SUFFIXES):
         return "jsonl"
     if name.endswith(JSON_SUFFIXES):
@@ -85,13 +94,15 @@ def read_records(
     kind = file_kind(path)
     if kind is None:
         raise FileFormatError(
-            f"{path}: unsupported file type (expected .jsonl, .jsonl.gz, .json or .parquet)"
+            f"{path}: unsupported file type (expected .jsonl, .jsonl.gz, .json, .csv or .parquet)"
         )
     if not path.exists():
         raise FileFormatError(f"{path}: no such file")
     position = position or Position()
     if kind == "parquet":
         yield from _read_parquet(path, position)
+    elif kind == "csv":
+        yield from _read_csv(path, position)
     elif kind == "json":
         yield from _read_json(path, position)
     else:
@@ -192,7 +203,8 @@ def _decode_lines(
         try:
             yield line_no, orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            yield line_no, BadRecord("<json>", f"invalid JSON ({exc})", line[:4096])
+            hint = _COPY_HINT if b"\\\\" in line else ""
+            yield line_no, BadRecord("<json>", f"invalid JSON ({exc}){hint}", line[:4096])
 
 
 def _skip_rest_of_line(stream: BinaryIO) -> None:
@@ -239,6 +251,41 @@ def _read_parquet(path: Path, position: Position) -> Iterator[tuple[int, Any]]:
             position.consumed = int(size * row_no / total_rows)
     except (pa.ArrowInvalid, OSError) as exc:
         raise FileFormatError(f"{path}: corrupt Parquet after row {row_no} ({exc})") from None
+
+
+def _read_csv(path: Path, position: Position) -> Iterator[tuple[int, Any]]:
+    """A CSV file with a header row, every value as text (DuckDB's reader, in batches).
+
+    An empty unquoted field is null; quoted JSON (what ``psql \\copy ... csv`` writes for JSON
+    columns) stays text for the adapter to decode.
+    """
+    import duckdb
+
+    size = path.stat().st_size
+    con = duckdb.connect()
+    try:
+        try:
+            result = con.execute(
+                "SELECT * FROM read_csv(?, header = true, all_varchar = true, "
+                "max_line_size = 268435456)",
+                [str(path)],
+            )
+            columns = [d[0] for d in result.description]
+            row_no = 0
+            while True:
+                rows = result.fetchmany(CSV_BATCH_ROWS)
+                if not rows:
+                    break
+                for row in rows:
+                    row_no += 1
+                    yield row_no, dict(zip(columns, row, strict=True))
+                position.consumed = min(size, position.consumed + size // 50 + 1)
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise FileFormatError(f"{path}: not a readable CSV file ({first})") from None
+    finally:
+        con.close()
+    position.consumed = size
 
 
 def parquet_columns(path: Path) -> list[str]:
