@@ -391,6 +391,40 @@ def test_slow_and_huge_headers_are_bounded_and_others_still_served(proxy):
     assert chat(base, "good").status_code == 200
 
 
+def test_a_flooding_address_evicts_its_own_connections_not_others(proxy):
+    base, _ = proxy("--max-pending-connections", "20", "--header-timeout", "10")
+    port = int(base.rsplit(":", 1)[1])
+
+    def connect(source: str) -> socket.socket:
+        sock = socket.socket()
+        sock.bind((source, 0))  # distinct loopback addresses stand for distinct clients
+        sock.connect(("127.0.0.1", port))
+        return sock
+
+    def stall(count: int) -> list[socket.socket]:
+        socks = []
+        for _ in range(count):
+            sock = connect("127.0.0.2")
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            socks.append(sock)
+        time.sleep(0.3)  # let the proxy register them
+        return socks
+
+    attacker = stall(20)  # the waiting list is full of one address's stalled connections
+    honest = connect("127.0.0.3")  # an honest client on a slow link, headers still to come
+    time.sleep(0.3)
+    attacker += stall(30)  # without fairness, the honest connection is the oldest by now
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    honest.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-good\r\n"
+                   b"Connection: close\r\nContent-Type: application/json\r\nContent-Length: "
+                   + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+    reply = recv_all(honest, 5)
+    for sock in [*attacker, honest]:
+        sock.close()
+    assert metric(base, 'distillwatch_connections_refused_total{reason="evicted"}') >= 30
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+
+
 def test_every_refusal_is_an_openai_error(proxy, tmp_path):
     port = free_port()
     slow = start(["mock-upstream", "--listen", f"127.0.0.1:{port}", "--delay-ms", "1500"],

@@ -9,9 +9,13 @@ connections made every other client get 503, and 20 unfinished 10 MB headers gre
   the bytes reach the parser;
 - a connection that has not finished its request headers within ``header_timeout_s`` (from
   connect, or from the end of its previous response) is answered 408 and closed;
-- at most ``max_pending`` connections may be waiting for their headers; a new one evicts the
-  oldest waiting connection (a well-behaved client sends its headers in one packet, so under a
-  slowloris flood it is the attacker's stalled connections that go);
+- at most ``max_pending`` connections may be waiting for their headers (new connections, and
+  kept-alive ones that have begun a request); beyond that a new connection evicts the oldest
+  waiting connection of its own client address when that address holds more than its fair
+  share of the waiting list, else the oldest waiting connection overall (a well-behaved client
+  sends its headers in one packet, so under a slowloris flood it is the attacker's stalled
+  connections that go, and a flooding address pushes out its own first). An idle kept-alive connection between requests is
+  not waiting: uvicorn's keep-alive timeout closes it, and no flood can evict it;
 - malformed HTTP gets an OpenAI-shaped 400.
 
 :class:`InFlightLimit` bounds requests being served at once (``max_in_flight``) and answers
@@ -67,30 +71,46 @@ class GuardedProtocol(HttpToolsProtocol):
     limits: ClassVar[ServerLimits] = ServerLimits()
     #: Connections waiting for request headers, oldest first (one registry per server).
     waiting: ClassVar[OrderedDict[GuardedProtocol, float]] = OrderedDict()
+    waiting_by_peer: ClassVar[dict[str, OrderedDict[GuardedProtocol, float]]] = {}
     counters: ClassVar[dict[str, int]] = {}
+    #: However many addresses are waiting, each may hold this many before it evicts its own.
+    MIN_FAIR_SHARE = 8
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
         self._tail = b""
+        self._idle = False
         self._wait_for_headers()
 
     def _wait_for_headers(self) -> None:
+        """Start the deadline and the waiting-list entry for the next request's headers."""
         self._header_bytes, self._tail = 0, b""
         self._in_headers = True
-        self.waiting[self] = self.loop.time()
+        now = self.loop.time()
+        self.waiting[self] = now
+        peer = self.client[0] if self.client else ""
+        mine = self.waiting_by_peer.setdefault(peer, OrderedDict())
+        mine[self] = now
         if self._header_timer is not None:
             self._header_timer.cancel()
         self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._too_slow)
         while len(self.waiting) > self.limits.max_pending:
-            oldest = next(iter(self.waiting))
+            share = max(self.MIN_FAIR_SHARE, self.limits.max_pending // len(self.waiting_by_peer))
+            victim = next(iter(mine)) if len(mine) > share else next(iter(self.waiting))
             self._count("evicted")
-            oldest._refuse(408, "Too many connections waiting to send request headers.", "request_timeout")  # fmt: skip
+            victim._refuse(408, "Too many connections waiting to send request headers.", "request_timeout")  # fmt: skip
 
     def _headers_done(self) -> None:
         self._in_headers = False
-        self.waiting.pop(self, None)
+        if self.waiting.pop(self, None) is not None:
+            peer = self.client[0] if self.client else ""
+            mine = self.waiting_by_peer.get(peer)
+            if mine is not None:
+                mine.pop(self, None)
+                if not mine:
+                    del self.waiting_by_peer[peer]
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
@@ -111,6 +131,9 @@ class GuardedProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._idle:
+            self._idle = False
+            self._wait_for_headers()  # a kept-alive connection begins its next request
         if self._in_headers:
             # Count header bytes up to the blank line that ends them; body bytes in the same
             # chunk do not count. Checked before the parser sees (and buffers) the data.
@@ -131,7 +154,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and not self.pipeline:
-            self._wait_for_headers()  # the next request on this connection gets its own deadline
+            self._idle = True  # between requests: the keep-alive timeout's business
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._headers_done()
@@ -147,7 +170,7 @@ def guarded_protocol(limits: ServerLimits) -> type[GuardedProtocol]:
     return type(
         "BoundGuardedProtocol",
         (GuardedProtocol,),
-        {"limits": limits, "waiting": OrderedDict(), "counters": {}},
+        {"limits": limits, "waiting": OrderedDict(), "waiting_by_peer": {}, "counters": {}},
     )
 
 
