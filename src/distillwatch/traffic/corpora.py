@@ -39,10 +39,13 @@ class Corpora:
     human: dict[str, list[Item]] = field(default_factory=dict)
     sweep: dict[str, list[Item]] = field(default_factory=dict)
     synthetic: dict[str, list[Item]] = field(default_factory=dict)
+    #: Human prompts written in Chinese (a subset of the human pools, kept apart by language).
+    zh: dict[str, list[Item]] = field(default_factory=dict)
     source: str = ""
 
     def pool(self, kind: str, name: str) -> list[Item]:
-        pools = {"human": self.human, "sweep": self.sweep, "synthetic": self.synthetic}[kind]
+        pools = {"human": self.human, "sweep": self.sweep, "synthetic": self.synthetic,
+                 "zh": self.zh}[kind]  # fmt: skip
         if name not in pools:
             raise KeyError(f"no {kind} pool named {name!r}; have {', '.join(sorted(pools))}")
         return pools[name]
@@ -56,6 +59,12 @@ def _jsonl(path: Path) -> list:
 
 def _cut(text: str) -> str:
     return text.strip()[:MAX_PROMPT_CHARS]
+
+
+def _mostly_cjk(text: str, share: float = 0.2) -> bool:
+    letters = [c for c in text if c.isalpha()]
+    cjk = sum(1 for c in letters if "\u4e00" <= c <= "\u9fff")
+    return bool(letters) and cjk / len(letters) >= share
 
 
 def _hh_human_turns(record: dict) -> list[str]:
@@ -74,6 +83,8 @@ def load_from_shared(data: Path) -> Corpora:
         for r in arena
         if isinstance(r.get("prompt"), str)
     ]
+    # Real Chinese prompts (Chatbot Arena users): what Chinese-speaking customers ask.
+    corpora.zh["arena"] = [item for item in corpora.human["arena_hard"] if _mostly_cjk(item.prompt)]
     corpora.human["koala"] = [
         Item(_cut(r["prompt"])) for r in _jsonl(data / "koala_test_set" / "koala_test_set.jsonl")
     ]

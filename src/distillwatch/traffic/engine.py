@@ -18,7 +18,8 @@ import numpy as np
 
 from distillwatch.traffic.corpora import Corpora, Item
 from distillwatch.traffic.infrastructure import Infrastructure
-from distillwatch.traffic.scenario import BenignPersona, Campaign, Scenario
+from distillwatch.traffic.rewrite import ZH_COT, ZH_STEP_ASKS, ZH_TEMPLATES, paraphrase
+from distillwatch.traffic.scenario import PROMPT_SOURCES, BenignPersona, Campaign, Scenario
 
 # People are awake and typing in the day: relative request weight per local hour (0..23).
 HUMAN_HOURS = np.array(
@@ -193,6 +194,7 @@ class Simulator:
         index = 0
         for persona in self.scenario.benign:
             nat_ip = None
+            enrolled = self.start - timedelta(days=float(self.rng.uniform(1, 30)))
             for n in range(self._count(persona.accounts)):
                 if persona.network == "corporate_nat" and n % persona.accounts_per_nat == 0:
                     nat_ip = self.infra.residential_ip()
@@ -206,6 +208,11 @@ class Simulator:
                     plan.signup_ip = nat_ip
                 if persona.network == "proxy_exit":
                     self._exit_ips.append(plan.extra["home_ip"])
+                if persona.created_within_minutes:
+                    minutes = float(self.rng.uniform(0, persona.created_within_minutes))
+                    plan.created_at = enrolled + timedelta(minutes=minutes)
+                if persona.timezone is not None:
+                    plan.extra["tz"] = persona.timezone
                 self.plans.append(plan)
                 index += 1
         for campaign in self.scenario.campaigns:
@@ -293,6 +300,25 @@ class Simulator:
                 sweep_items += self.corpora.pool("sweep", name)
             order = rng.permutation(len(sweep_items))
             sweep_items = [sweep_items[i] for i in order]
+        language = (tactics.get("language") or {}).get("lang", "en")
+        if language == "zh":
+            templates, cot_variants = list(ZH_TEMPLATES), ZH_COT
+            if not adaptive:
+                templates = list(
+                    rng.choice(ZH_TEMPLATES, size=min(k, len(ZH_TEMPLATES)), replace=False)
+                )
+                cot_variants = tuple(
+                    rng.choice(ZH_COT, size=int((cot or {}).get("variants", 2)), replace=False)
+                )
+        seeds: list[Item] = []
+        if "paraphrase" in tactics:
+            options = tactics["paraphrase"]
+            source = self.corpora.pool("synthetic", str(options.get("pool", "gpteacher_code")))
+            picks = rng.choice(
+                len(source), size=min(int(options.get("seeds", 300)), len(source)), replace=False
+            )
+            seeds = [source[int(i)] for i in picks]
+        waves = self._waves(campaign, rng) if "scheduler_waves" in tactics else []
         shared = {
             "proxy_ips": proxy_ips,
             "templates": templates,
@@ -300,7 +326,11 @@ class Simulator:
             "sweep_items": sweep_items,
             "stack_uas": stack_uas,
             "stack_tls": stack_tls,
+            "seeds": seeds,
+            "waves": waves,
+            "language": language,
         }
+        own = "own_infra" in tactics
         plans = []
         for j in range(n):
             if burst:
@@ -308,14 +338,16 @@ class Simulator:
                     minutes=float(rng.uniform(0, 40))
                 )
             else:
-                created = campaign_start - timedelta(days=float(rng.uniform(1, 120)))
+                created = campaign_start - timedelta(
+                    days=float(rng.uniform(1, 300 if own else 120))
+                )
             disposable = bool((burst or {}).get("disposable_email", False))
             email = str(rng.choice(DISPOSABLE)) if disposable else str(rng.choice(WEBMAIL))
-            signup_ip = (
-                proxy_ips[rng.integers(0, len(proxy_ips))]
-                if proxy_ips
-                else self.infra.residential_ip()
-            )
+            if own and not disposable and rng.random() < 0.3:
+                email = _ident(rng, "", 6) + ".io"  # some use a domain of their own
+            home_ip = self.infra.residential_ip()
+            signup_ip = proxy_ips[rng.integers(0, len(proxy_ips))] if proxy_ips else home_ip
+            family = "browser" if rng.random() < 0.5 else "sdk"
             plans.append(
                 AccountPlan(
                     account_id=_ident(rng, "acct_", 14),
@@ -329,7 +361,7 @@ class Simulator:
                     country=str(rng.choice(COUNTRIES)),
                     signup_ip=signup_ip,
                     payment_fingerprint=cards[rng.integers(0, len(cards))]
-                    if rng.random() < 0.9
+                    if rng.random() < 0.9 and not own
                     else self.infra.payment_fingerprint(),
                     index=first_index + j,
                     extra={
@@ -342,10 +374,26 @@ class Simulator:
                         ),
                         "ua_browser": self.infra.user_agent("browser"),
                         "api_key": "key_" + _hex(rng, 12),
+                        "home_ip": home_ip,
+                        "own_ua": self.infra.user_agent(family),
+                        "own_tls": self.infra.tls(family),
+                        "ua_sdk": self.infra.user_agent("sdk"),
                     },
                 )
             )
         return plans
+
+    def _waves(self, campaign: Campaign, rng: np.random.Generator) -> list[datetime]:
+        """One scheduler's wave start times: every ``period_minutes`` (jittered), all day."""
+        options = campaign.tactics["scheduler_waves"]
+        period = float(options.get("period_minutes", 30))
+        start = self.start + timedelta(days=campaign.start_day)
+        stop = self.start + timedelta(days=campaign.end_day or self.scenario.days)
+        waves, t = [], start + timedelta(minutes=float(rng.uniform(0, period)))
+        while t < stop:
+            waves.append(t)
+            t += timedelta(minutes=period * float(rng.uniform(0.8, 1.2)))
+        return waves
 
     # -- generation ----------------------------------------------------------------------------
     def exchanges(self, plan: AccountPlan) -> Iterator[dict[str, Any]]:
@@ -396,6 +444,14 @@ class Simulator:
             if rng.random() < 0.75 or len(models) == 1
             else models[int(rng.integers(1, len(models)))]
         )
+
+    @lru_cache(maxsize=32)  # noqa: B019 - a handful of personas per simulator
+    def _homework(self, pool: str, items: int, persona: str) -> tuple[Item, ...]:
+        """The assignment one class (persona) works through: ``items`` items of ``pool``."""
+        source = self._pool(pool)
+        rng = np.random.default_rng([self.seed, 7, len(persona), sum(map(ord, persona))])
+        picks = rng.choice(len(source), size=min(items, len(source)), replace=False)
+        return tuple(source[int(i)] for i in picks)
 
     def _human_item(
         self, rng: np.random.Generator, plan: AccountPlan, n: int, pools: list[str]
@@ -474,6 +530,9 @@ class Simulator:
             if persona.diurnal
             else (BUSINESS_HOURS if family == "sdk" and not persona.template else None)
         )
+        if persona.models_per_prompt > 1 or persona.repeat_runs > 1:
+            yield from self._evaluation_exchanges(plan, persona, rng, ip, ua, tls)
+            return
         n = 0
         if persona.one_shot:
             active = [int(rng.integers(0, days))]
@@ -494,13 +553,23 @@ class Simulator:
             )
             i = 0
             while i < len(times):
-                item = self._human_item(rng, plan, n, persona.prompts)
+                homework = persona.homework
+                if homework and rng.random() < float(homework.get("share", 0.5)):
+                    assignment = self._homework(
+                        str(homework["pool"]), int(homework.get("items", 12)), persona.persona
+                    )
+                    item = assignment[n % len(assignment)]
+                    text = str(homework.get("wrapper", "{p}")).replace("{p}", item.prompt)
+                else:
+                    item = self._human_item(rng, plan, n, persona.prompts)
+                    text = item.prompt
+                    if persona.template:
+                        text = persona.template.replace("{input}", item.prompt)
+                    elif persona.language == "zh":
+                        text = text + ZH_STEP_ASKS[int(rng.integers(0, len(ZH_STEP_ASKS)))]
+                    elif family == "browser":
+                        text = rng.choice(CASUAL_PREFIXES) + text + rng.choice(CASUAL_SUFFIXES)
                 n += 1
-                text = item.prompt
-                if persona.template:
-                    text = persona.template.replace("{input}", item.prompt)
-                elif family == "browser":
-                    text = rng.choice(CASUAL_PREFIXES) + text + rng.choice(CASUAL_SUFFIXES)
                 messages = (
                     [{"role": "system", "content": persona.system_prompt}]
                     if persona.system_prompt
@@ -536,6 +605,37 @@ class Simulator:
                         messages.append({"role": "assistant", "content": "(simulated reply)"})
                         messages.append({"role": "user", "content": follow})
 
+    def _evaluation_exchanges(self, plan: AccountPlan, persona: BenignPersona, rng: np.random.Generator,
+                              ip: str, ua: str, tls: str) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """An evaluation team's runs: the same suite, verbatim, several times, each item sent to
+        several models (the point is to compare them)."""
+        items = self._persona_items(tuple(persona.prompts)) or self._human
+        size = max(1, min(len(items), int(persona.daily_requests)))
+        first = (plan.index * 97) % len(items)
+        suite = [items[(first + k) % len(items)] for k in range(size)]
+        models = [*self.scenario.base_models]
+        if self.scenario.launch_model:
+            models.append(self.scenario.launch_model)
+        days = math.ceil(self.scenario.days)
+        for day in sorted(rng.choice(days, size=min(persona.repeat_runs, days), replace=False)):
+            t = self.start + timedelta(days=int(day), hours=float(rng.uniform(7, 13)))
+            chosen = list(
+                rng.choice(models, size=min(persona.models_per_prompt, len(models)), replace=False)
+            )
+            for item in suite:
+                for model in chosen:
+                    if (
+                        model == self.scenario.launch_model
+                        and self.launch_at
+                        and t < self.launch_at
+                    ):
+                        continue
+                    if t >= self.end:
+                        return
+                    yield self._record(plan, rng, t, str(model), [{"role": "user", "content": item.prompt}],
+                                       item.answer, persona.output_tokens, ip, ua, tls, None)  # fmt: skip
+                    t += timedelta(seconds=float(rng.gamma(2.0, 1.5)) + 0.5)
+
     def infra_tls(self, rng: np.random.Generator, family: str) -> str:
         return Infrastructure(rng).tls(family)
 
@@ -545,17 +645,16 @@ class Simulator:
         """(prompt, corpus answer, source kind) for the account's n-th harvest request."""
         tactics = campaign.tactics
         shared = plan.extra["shared"]
-        sources = [
-            t
-            for t in ("templated_self_instruct", "capability_sweep", "evol_instruct")
-            if t in tactics
-        ]
+        sources = [t for t in PROMPT_SOURCES if t in tactics]
         mix = (tactics.get("mix_legit") or {}).get("share", 0.0) if "mix_legit" in tactics else 0.0
         if mix and rng.random() < mix:
             item = self._human[(plan.index * 53 + n * 7 + 11) % len(self._human)]
             return item.prompt, item.answer, "legit"
         source = sources[int(rng.integers(0, len(sources)))]
-        if source == "capability_sweep":
+        if source == "paraphrase":
+            seed = shared["seeds"][int(rng.integers(0, len(shared["seeds"])))]
+            text, answer = paraphrase(seed.prompt, rng), seed.answer
+        elif source == "capability_sweep":
             items = shared["sweep_items"]
             item = items[(plan.extra["slot"] * 211 + n) % len(items)]
             wrapper = SWEEP_WRAPPERS[(plan.extra["slot"] + n) % len(SWEEP_WRAPPERS)]
@@ -570,14 +669,55 @@ class Simulator:
                 "pools", ["gpteacher_code", "gpteacher_tools"]
             )
             pool = self.corpora.pool("synthetic", str(names[int(rng.integers(0, len(names)))]))
+            if shared["language"] == "zh" and self.corpora.zh.get("arena") and rng.random() < 0.3:
+                pool = self.corpora.zh["arena"]  # Chinese-language tasks mixed in
             item = pool[int(rng.integers(0, len(pool)))]
-            template = shared["templates"][int(rng.integers(0, len(shared["templates"])))]
-            text, answer = template.replace("{p}", item.prompt), item.answer
+            if tactics["templated_self_instruct"].get("raw"):
+                text, answer = item.prompt, item.answer  # the dataset's instructions, as they are
+            else:
+                template = shared["templates"][int(rng.integers(0, len(shared["templates"])))]
+                text, answer = template.replace("{p}", item.prompt), item.answer
         cot = tactics.get("cot_elicitation")
         if cot is not None and rng.random() < float(cot.get("rate", 0.7)):
             wrapper = shared["cot_variants"][int(rng.integers(0, len(shared["cot_variants"])))]
             text = wrapper.replace("{p}", text)
         return text, answer, source
+
+    def _reseller_user(self, plan: AccountPlan, rng: np.random.Generator, ts: datetime, n: int,
+                       conversation: list[dict[str, str]], surge: float) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """One genuine end-user request relayed by a reseller: human prompts, conversations."""
+        if conversation and rng.random() < 0.45:
+            conversation.append({"role": "assistant", "content": "(simulated reply)"})
+            conversation.append({"role": "user", "content": str(rng.choice(FOLLOWUPS))})
+        else:
+            item = self._human[(plan.index * 53 + n * 7 + 3) % len(self._human)]
+            text = rng.choice(CASUAL_PREFIXES) + item.prompt + rng.choice(CASUAL_SUFFIXES)
+            conversation[:] = [{"role": "user", "content": text}]
+        conv_id = f"conv_{plan.index}_{len(conversation)}_{n}" if len(conversation) > 1 else None
+        yield self._record(plan, rng, ts, self._model(rng, ts, surge), list(conversation), None,
+                           250, plan.extra["cloud_ip"], plan.extra["ua_sdk"], plan.extra["own_tls"],
+                           conv_id)  # fmt: skip
+
+    def _wave_exchanges(self, plan: AccountPlan, campaign: Campaign, rng: np.random.Generator,
+                        surge: float) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """One scheduler drives every account: the same waves, nothing else in common."""
+        options = campaign.tactics["scheduler_waves"]
+        per_wave = float(options.get("per_wave", 3))
+        width = float(options.get("wave_minutes", 4))
+        join = float(options.get("participation", 0.85))
+        n = 0
+        for wave in plan.extra["shared"]["waves"]:
+            if rng.random() > join:
+                continue
+            for _ in range(int(rng.poisson(per_wave))):
+                ts = wave + timedelta(seconds=float(rng.uniform(0, width * 60)))
+                if ts >= self.end:
+                    continue
+                text, answer, _ = self._campaign_prompt(plan, campaign, rng, n)
+                n += 1
+                yield self._record(plan, rng, ts, self._model(rng, ts, surge),
+                                   [{"role": "user", "content": text}], answer, campaign.output_tokens,
+                                   plan.extra["home_ip"], plan.extra["own_ua"], plan.extra["own_tls"], None)  # fmt: skip
 
     def _campaign_exchanges(
         self, plan: AccountPlan, campaign: Campaign, rng: np.random.Generator
@@ -596,8 +736,18 @@ class Simulator:
         daily = campaign.daily_requests * (
             float(tactics["low_and_slow"].get("factor", 0.15)) if slow else 1.0
         )
-        humanlike = adaptive or slow
+        own = "own_infra" in tactics
+        rotate = bool((tactics.get("own_infra") or {}).get("rotate", False))
+        reseller = (
+            float((tactics.get("reseller") or {}).get("share", 0.25))
+            if "reseller" in tactics
+            else None
+        )
+        humanlike = adaptive or slow or reseller is not None
         exit_share = float((tactics.get("hydra_pool") or {}).get("exit_node_overlap", 0.0))
+        if shared["waves"]:
+            yield from self._wave_exchanges(plan, campaign, rng, surge)
+            return
         n = 0
         for day in range(math.floor(start_day), math.ceil(end_day)):
             count = int(rng.poisson(daily * rng.uniform(0.6, 1.4)))
@@ -618,11 +768,33 @@ class Simulator:
             )
             start_at = self.start + timedelta(days=start_day)
             stop_at = self.start + timedelta(days=end_day)
+            conversation: list[dict[str, str]] = []
             for ts in times:
                 if not start_at <= ts < stop_at:
                     continue
+                if reseller is not None and rng.random() >= reseller:
+                    # A reseller's genuine end users: people chatting through its product.
+                    yield from self._reseller_user(plan, rng, ts, n, conversation, surge)
+                    n += 1
+                    continue
                 text, answer, _ = self._campaign_prompt(plan, campaign, rng, n)
                 n += 1
+                if own or reseller is not None:
+                    ip = (
+                        plan.extra["cloud_ip"]
+                        if reseller is not None
+                        else (
+                            Infrastructure(rng).residential_ip()
+                            if rotate
+                            else plan.extra["home_ip"]
+                        )
+                    )
+                    ua = plan.extra["ua_sdk"] if reseller is not None else plan.extra["own_ua"]
+                    tls = plan.extra["own_tls"]
+                    yield self._record(plan, rng, ts, self._model(rng, ts, surge),
+                                       [{"role": "user", "content": text}], answer,
+                                       campaign.output_tokens, ip, ua, tls, None)  # fmt: skip
+                    continue
                 if shared["proxy_ips"]:
                     if self._exit_ips and rng.random() < exit_share:
                         ip = self._exit_ips[int(rng.integers(0, len(self._exit_ips)))]

@@ -29,7 +29,15 @@ TACTICS = (
     "launch_surge",
     "mix_legit",
     "adaptive",
+    "own_infra",
+    "paraphrase",
+    "reseller",
+    "language",
+    "scheduler_waves",
 )
+#: Tactics that supply a campaign's prompts (a campaign needs at least one).
+PROMPT_SOURCES = ("templated_self_instruct", "capability_sweep", "evol_instruct", "paraphrase")
+LANGUAGES = ("en", "zh")
 
 
 @dataclass
@@ -49,6 +57,18 @@ class BenignPersona:
     one_shot: bool = False
     output_tokens: int = 250
     accounts_per_nat: int = 25
+    #: A shared assignment every account works through (a class's homework): {pool, items,
+    #: wrapper (with {p}), share (of the account's requests)}.
+    homework: dict[str, Any] | None = None
+    #: All accounts opened within this many minutes of each other (an enrolment, an onboarding).
+    created_within_minutes: float | None = None
+    #: Each prompt sent to this many different models (comparative evaluation).
+    models_per_prompt: int = 1
+    #: The whole prompt set run this many times, on different days (repeated evaluation runs).
+    repeat_runs: int = 1
+    #: en, or zh (Chinese speakers: Chinese prompts, sometimes asking for steps in Chinese).
+    language: str = "en"
+    timezone: int | None = None
 
 
 @dataclass
@@ -150,6 +170,12 @@ def parse_scenario(doc: Any, source: str = "<scenario>") -> Scenario:
             raise ScenarioError(f"{where}.active_days: a fraction in (0, 1]")
         if not persona.prompts:
             raise ScenarioError(f"{where}.prompts: name at least one human pool")
+        if persona.language not in LANGUAGES:
+            raise ScenarioError(f"{where}.language: one of {', '.join(LANGUAGES)}")
+        if persona.homework is not None and (
+            not isinstance(persona.homework, dict) or "pool" not in persona.homework
+        ):
+            raise ScenarioError(f"{where}.homework: expected {{pool, items, wrapper, share}}")
     campaigns = [
         _build(Campaign, raw, f"campaigns[{i}]") for i, raw in enumerate(doc.get("campaigns") or [])
     ]
@@ -167,14 +193,13 @@ def parse_scenario(doc: Any, source: str = "<scenario>") -> Scenario:
             if options is not None and not isinstance(options, dict):
                 raise ScenarioError(f"{where}.tactics.{tactic}: options must be a mapping")
             campaign.tactics[tactic] = options or {}
-        if not any(
-            t in campaign.tactics
-            for t in ("templated_self_instruct", "capability_sweep", "evol_instruct")
-        ):
+        if not any(t in campaign.tactics for t in PROMPT_SOURCES):
             raise ScenarioError(
-                f"{where}.tactics: needs a prompt source: templated_self_instruct, "
-                "capability_sweep or evol_instruct"
+                f"{where}.tactics: needs a prompt source: {', '.join(PROMPT_SOURCES)}"
             )
+        language = campaign.tactics.get("language", {}).get("lang", "en")
+        if language not in LANGUAGES:
+            raise ScenarioError(f"{where}.tactics.language.lang: one of {', '.join(LANGUAGES)}")
     return Scenario(
         name=str(doc["name"]),
         start=start,
