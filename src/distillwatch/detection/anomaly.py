@@ -12,7 +12,9 @@ import math
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.ensemble import IsolationForest
+from sklearn.utils.validation import check_is_fitted
 
 MIN_REQUESTS = 10  # below this an account's behaviour features are mostly noise
 MIN_ACCOUNTS = 50  # a "population" smaller than this has no norm to depart from
@@ -36,12 +38,14 @@ FEATURES: list[tuple[str, Any, str]] = [
 ]
 
 
-class AnomalyModel:
-    """Isolation forest over behaviour features, with scikit-learn's fit/score conventions.
+class AnomalyModel(BaseEstimator):
+    """Isolation forest over behaviour features, a scikit-learn estimator over row dicts.
 
     ``score_samples`` returns, per row, the share of the fitted population that is *less*
-    unusual (0 = typical, 1 = the most unusual account seen), or ``None`` for accounts with too
-    few requests to judge.
+    unusual (0 = typical, 1 = the most unusual account seen: higher is more anomalous), or
+    ``None`` for accounts with too few requests to judge, or for every account when the
+    population was too small (under MIN_ACCOUNTS) to have a norm. Fitted: ``forest_`` (None
+    then), ``fill_``, ``median_``, ``scale_``, ``reference_``.
     """
 
     def __init__(self, random_state: int = 0, n_estimators: int = 100) -> None:
@@ -76,6 +80,7 @@ class AnomalyModel:
         return self
 
     def score_samples(self, rows: list[dict[str, Any]]) -> list[float | None]:
+        check_is_fitted(self, "forest_")
         if self.forest_ is None or not rows:
             return [None] * len(rows)
         matrix = self._matrix(rows)

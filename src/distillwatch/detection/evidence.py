@@ -11,11 +11,14 @@ from datetime import datetime
 
 import numpy as np
 
+from distillwatch.detection.embedding import LSH_BANDS as _SEM_BANDS
 from distillwatch.detection.features import DISPOSABLE_DOMAINS, WEBMAIL_DOMAINS, _sql_list
 from distillwatch.store import Store
 
 #: An artefact shared by more than this share of all accounts is too common to mean anything.
 COMMON_SHARE = 0.2
+#: Semantic evidence needs this many embedded prompts (one lucky collision is not a pattern).
+MIN_SEMANTIC_PROMPTS = 10
 MAX_EDGES_PER_KIND = 12
 
 
@@ -61,6 +64,17 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
             -- Share of an account's MinHash band signatures that collide with prompts of 3+
             -- other accounts: paraphrases and mutations of a shared seed list.
             {_shared_share("near", "sig", common)}
+        ), sem_reach AS (
+            -- Embedding LSH bands that 3+ accounts share *in different words* (more than one
+            -- distinct prompt): rewrites of one seed set. Verbatim copies are the copies rule's.
+            SELECT sig FROM sem GROUP BY sig
+            HAVING count(DISTINCT account_id) BETWEEN 3 AND {common} AND count(DISTINCT h) >= 2
+        ), sem_dup AS (
+            SELECT s.account_id,
+                   sum(s.uses) FILTER (WHERE r.sig IS NOT NULL) / sum(s.uses) AS share
+            FROM sem s LEFT JOIN sem_reach r USING (sig) GROUP BY s.account_id
+        ), sem_sampled AS (
+            SELECT account_id, sum(uses) / {_SEM_BANDS} AS prompts FROM sem GROUP BY account_id
         ), registered AS (
             SELECT account_id, created_at, payment_fingerprint,
                    coalesce(email_domain IN ({_sql_list(WEBMAIL_DOMAINS + DISPOSABLE_DOMAINS)}), false)
@@ -108,6 +122,8 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
                coalesce(s.reach, 0) AS template_reach,
                coalesce(d.share, 0) AS duplicate_share,
                coalesce(nd.share, 0) AS near_duplicate_share,
+               CASE WHEN coalesce(ss.prompts, 0) >= {MIN_SEMANTIC_PROMPTS} THEN coalesce(sd.share, 0)
+                    ELSE 0 END AS semantic_share,
                CASE WHEN a.public_email THEN coalesce(p.accounts, 1) - 1 ELSE 0 END
                    AS payment_shared_with,
                coalesce(b.created_near, 0) AS created_near,
@@ -123,6 +139,8 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
         LEFT JOIN shared_tmpl s USING (account_id)
         LEFT JOIN dup d USING (account_id)
         LEFT JOIN near_dup nd USING (account_id)
+        LEFT JOIN sem_dup sd USING (account_id)
+        LEFT JOIN sem_sampled ss USING (account_id)
         LEFT JOIN pay p ON a.payment_fingerprint = p.payment_fingerprint
         LEFT JOIN bursts b USING (account_id)
         LEFT JOIN (SELECT account_id, max(reach) - 1 AS partners FROM sync GROUP BY account_id) ls
@@ -205,6 +223,12 @@ def artefact_edges(store: Store) -> dict[str, np.ndarray]:
             SELECT account_id, 'near', hash('near', sig), least(0.25 * uses, 1.0)
             FROM near
             WHERE sig IN (SELECT sig FROM near GROUP BY sig HAVING count(*) BETWEEN 2 AND {common})
+        ), sem_edges AS (
+            SELECT account_id, 'sem', hash('sem', sig), least(0.25 * sum(uses), 1.0)
+            FROM sem
+            WHERE sig IN (SELECT sig FROM sem GROUP BY sig
+                          HAVING count(DISTINCT account_id) BETWEEN 2 AND {common} AND count(DISTINCT h) >= 2)
+            GROUP BY account_id, sig
         ), infra AS (
             -- Network prefixes and TLS client fingerprints: weak alone, and weaker the more
             -- accounts share them (a corporate NAT, a popular browser build).
@@ -213,6 +237,7 @@ def artefact_edges(store: Store) -> dict[str, np.ndarray]:
         ), all_edges AS (
             SELECT * FROM pay UNION ALL SELECT * FROM tpl UNION ALL SELECT * FROM burst
             UNION ALL SELECT * FROM txt UNION ALL SELECT * FROM near_edges UNION ALL SELECT * FROM infra
+            UNION ALL SELECT * FROM sem_edges
             UNION ALL SELECT account_id, 'sync', hash('sync', sig), 1.0 FROM sync
         ), reach AS (
             SELECT artefact, count(DISTINCT account_id) AS accounts FROM all_edges GROUP BY artefact

@@ -8,34 +8,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from distillwatch.detection.text import (
+    CAPABILITIES,
+    COT_PATTERN,
+    TEMPLATE_WORDS,
+    normalise_sql,
+    skeleton_sql,
+)
 from distillwatch.store import Store
 
-#: Chain-of-thought elicitation: the request asks the model to expose its reasoning.
-COT_PATTERN = (
-    r"step[- ]by[- ]step|chain[- ]of[- ]thought|show (all of )?(your|the) (work|reasoning|steps)"
-    r"|<think(ing)?>|think(ing)? (aloud|out loud|carefully)|reason(ing)? (through|about|step)"
-    r"|explain your (full |complete )?(reasoning|thought|chain)|internal reasoning"
-    r"|intermediate steps|work through (this|the problem)|verify your answer|let'?s think"
-)
-#: Capability tags (a request may carry several). Sweeping many of them is what harvesters do.
-CAPABILITIES = {
-    "coding": r"```|\bdef |\bfunction\b|\bclass \w+|\bpython\b|\bjavascript\b|\bc\+\+|\bsql\b"
-    r"|\bcode\b|\bprogram\b|\bcompile|\balgorithm",
-    "math": r"\bsolve\b|\bequation|\bcalculate|\bhow many\b|\bhow much\b|\bpercent|\bsum of\b"
-    r"|\bprobability|\d+\s*[\+\-\*/x]\s*\d+|\btotal\b",
-    "agentic": r"\btool|\bapi\b|\bfunction call|\bsearch\(|\bwikipedia\b|\bcalculator\b"
-    r"|\bbrowse|\bagent\b|\baction:|\bobservation:",
-    "reasoning": COT_PATTERN,
-    "roleplay": r"\bimagine you are\b|\bpretend\b|\broleplay|\byou are a\b|\bact as\b"
-    r"|\bin character\b|\bas an? \w+ (detective|wizard|pirate|character)",
-    "safety": r"\bhack|\bweapon|\bsteal\b|\billegal|\bkill\b|\bdrugs?\b|\bcheat|\bjailbreak"
-    r"|\bbypass\b|\bexploit",
-    "data_analysis": r"\bdataset|\bcsv\b|\bdataframe|\bpandas\b|\bregression|\bchart\b|\btable\b"
-    r"|\bstatistic|\banaly[sz]e the data",
-    "writing": r"\bwrite (a|an|me) (poem|story|essay|email|letter|blog|song)|\brewrite\b"
-    r"|\bproofread|\bsummari[sz]e",
-    "qa": r"^(who|what|when|where|which|why|how) ",
-}
+__all__ = ["CAPABILITIES", "COT_PATTERN", "build_account_features", "build_exchange_features"]
+
 DISPOSABLE_DOMAINS = (
     "mailinator.com", "guerrillamail.com", "10minutemail.net", "10minutemail.com",
     "tempmail.dev", "temp-mail.org", "yopmail.com", "sharklasers.com", "trashmail.com",
@@ -45,8 +28,6 @@ WEBMAIL_DOMAINS = (
     "gmail.com", "outlook.com", "hotmail.com", "yahoo.com", "icloud.com", "proton.me",
     "protonmail.com", "aol.com", "gmx.com", "mail.com", "qq.com", "163.com", "yandex.ru",
 )  # fmt: skip
-TEMPLATE_WORDS = 5  # a wrapper is at least this many fixed words at either end of the prompt
-MAX_PROMPT_CHARS = 4_000
 
 
 def _sql_list(values: tuple[str, ...]) -> str:
@@ -89,19 +70,11 @@ def build_exchange_features(
         WITH base AS (
             SELECT id, account_id, ts, model, n_messages, conversation_id, ip, user_agent,
                    tls_fingerprint, coalesce(completion_tokens, 0) AS completion_tokens,
-                   system_prompt,
-                   trim(lower(regexp_replace(left(prompt, {MAX_PROMPT_CHARS}), '\\s+', ' ', 'g')))
-                       AS norm
+                   system_prompt, {normalise_sql("prompt")} AS norm
             FROM exchanges
             WHERE (?::TIMESTAMP IS NULL OR ts <= ?) AND (?::TIMESTAMP IS NULL OR ts > ?)
         ), skel AS (
-            SELECT *,
-                   string_split(
-                       regexp_replace(regexp_replace(regexp_replace(norm,
-                           '```.*?```', ' <code> ', 'g'),
-                           '"[^"]{{0,300}}"', '"_"', 'g'),
-                           '[0-9]+([.,][0-9]+)*', '0', 'g'),
-                       ' ') AS words
+            SELECT *, {skeleton_sql("norm")} AS words
             FROM base
         ), shingled AS (
             SELECT *,
@@ -145,6 +118,7 @@ def build_account_features(store: Store) -> None:
         ("kv", "dw_kv", "kind, value"),
         ("content", "dw_content", "h"),
         ("near", "dw_near", "sig"),
+        ("sem", "dw_sem", "sig, h"),
     ):
         store.run(f"DROP TABLE IF EXISTS {table}")
         store.run(
@@ -168,6 +142,11 @@ def build_account_features(store: Store) -> None:
             FROM hours GROUP BY account_id
         ), distinct_content AS (
             SELECT account_id, count(*) AS distinct_prompts FROM content GROUP BY account_id
+        ), multi_model AS (
+            -- Prompts sent to more than one model: the shape of a comparative evaluation.
+            SELECT account_id, count(*) FILTER (WHERE models > 1) / count(*) AS multi_model_share
+            FROM (SELECT account_id, h, count(DISTINCT model) AS models FROM dw_content GROUP BY ALL)
+            GROUP BY account_id
         ), span AS (
             SELECT min(first_ts) AS t0, max(last_ts) AS t1 FROM dw_acct
         ), new_models AS (
@@ -214,6 +193,7 @@ def build_account_features(store: Store) -> None:
                     THEN sqrt(greatest(0, (a.gap_n * a.gap_sq - a.gap_sum * a.gap_sum)::DOUBLE))
                          / a.gap_sum::DOUBLE END AS gap_cv,
                coalesce(c.capabilities, 0) AS capabilities,
+               coalesce(mm.multi_model_share, 0) AS multi_model_share,
                acc.created_at, acc.email_domain, acc.payment_fingerprint, acc.signup_ip,
                coalesce(acc.email_domain IN ({_sql_list(DISPOSABLE_DOMAINS)}), false)
                    AS disposable_email,
@@ -226,6 +206,7 @@ def build_account_features(store: Store) -> None:
         LEFT JOIN kinds k USING (account_id)
         LEFT JOIN after_launch al USING (account_id)
         LEFT JOIN coverage c USING (account_id)
+        LEFT JOIN multi_model mm USING (account_id)
         LEFT JOIN accounts acc USING (account_id)
         """
     )

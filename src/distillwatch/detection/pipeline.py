@@ -17,6 +17,7 @@ from distillwatch.detection.dense import cluster_density
 from distillwatch.detection.evidence import artefact_edges, build_evidence
 from distillwatch.detection.features import build_account_features, build_templates
 from distillwatch.detection.graph import EdgeIndex, communities
+from distillwatch.detection.rules import NOVEL_REACH
 from distillwatch.detection.scoring import (
     MAX_CLUSTER_UPLIFT,
     AccountScore,
@@ -49,33 +50,36 @@ def _rows(store: Store, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def detect(store: Store, until: datetime | None = None, incremental: bool = True) -> dict[str, Any]:
+def detect(store: Store, until: datetime | None = None, incremental: bool = True,
+           scorer: EvidenceScorer | None = None) -> dict[str, Any]:  # fmt: skip
     """Run detection over the store (exchanges with ``ts <= until`` when given).
 
     Incremental by default: only exchanges newer than the previous run's watermark are read
     and folded into the stored per-account state (see :mod:`.state`); the answer is the same
     as a full run's. ``incremental=False`` rebuilds the state from every stored exchange.
+    ``scorer`` (unfitted) replaces the default :class:`EvidenceScorer`, e.g. one with fitted
+    rule weights.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
     fold = update(store, until, incremental)
     timings["exchange_features"] = time.perf_counter() - started
     exchanges = fold.total
-    build_account_features(store)
-    build_templates(store)
-    build_evidence(store, until)
+    rows = account_rows(store, until)
     timings["account_features"] = time.perf_counter() - started - sum(timings.values())
-    rows = _rows(store, "SELECT * FROM acct JOIN evid USING (account_id) ORDER BY account_id")
     by_id = {r["account_id"]: r for r in rows}
-    scorer = EvidenceScorer().fit(rows)
-    scores = {s.account_id: s for s in scorer.score_samples(rows)}
+    scorer = (scorer or EvidenceScorer()).fit(rows)
+    derived = scorer.derived(rows)
+    scores = {s.account_id: s for s in scorer.score_derived(derived)}
+    derived_by_id = {r["account_id"]: r for r in derived}
 
     edges = EdgeIndex.of(artefact_edges(store))
     membership = communities(edges)
     clusters: dict[int, list[str]] = {}
     for account, cluster in membership.items():
         clusters.setdefault(cluster, []).append(account)
-    cluster_scores = score_clusters(clusters, scores, by_id, _yields(store, membership))
+    cluster_scores = score_clusters(clusters, scores, derived_by_id, _yields(store, membership),
+                                    scorer.weights)  # fmt: skip
     for cluster, block in cluster_density(edges, membership).items():
         if cluster in cluster_scores and block.accounts:
             cluster_scores[cluster].evidence.append(
@@ -158,8 +162,17 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     }
 
 
+def account_rows(store: Store, until: datetime | None = None) -> list[dict[str, Any]]:
+    """One feature row per account (``acct`` joined with ``evid``), from the folded state."""
+    build_account_features(store)
+    build_templates(store)
+    build_evidence(store, until)
+    return _rows(store, "SELECT * FROM acct JOIN evid USING (account_id) ORDER BY account_id")
+
+
 def _yields(store: Store, membership: dict[str, int]) -> dict[int, int]:
-    """Distinct prompts each cluster obtained answers to (from the folded prompt hashes)."""
+    """Novel prompts each cluster obtained answers to: distinct prompt hashes that at most
+    ``NOVEL_REACH`` accounts sent (from the folded prompt hashes)."""
     if not membership:
         return {}
     table = pa.table(
@@ -168,8 +181,9 @@ def _yields(store: Store, membership: dict[str, int]) -> dict[int, int]:
     store.con.register("_membership", table)
     try:
         rows = store.run(
-            "SELECT m.cluster, count(DISTINCT c.h) FROM content c "
-            "JOIN _membership m USING (account_id) GROUP BY m.cluster"
+            f"""WITH reach AS (SELECT h FROM content GROUP BY h HAVING count(*) <= {NOVEL_REACH})
+                SELECT m.cluster, count(DISTINCT c.h) FROM content c
+                JOIN _membership m USING (account_id) JOIN reach USING (h) GROUP BY m.cluster"""
         )
     finally:
         store.con.unregister("_membership")

@@ -9,7 +9,11 @@ same numbers a full run gives:
   microseconds in HUGEINT, so sums of squares are exact and merge order cannot matter);
 - ``dw_kv``: (account, kind, value, uses) for IPs, prefixes, user agents, TLS fingerprints,
   models, capability tags, wrapper grams and system prompts;
-- ``dw_content`` / ``dw_near``: (account, prompt hash or MinHash band signature, uses);
+- ``dw_content``: (account, prompt hash, model, uses); ``dw_near``: (account, MinHash band
+  signature, uses); ``dw_sem``: (account, embedding LSH band signature, prompt hash, uses), when the
+  embedding model is installed (:mod:`.embedding`), over a hash-chosen sample of prompts
+  (``DISTILLWATCH_SEMANTIC_RATE``, default all), so that any split into folds samples the same
+  prompts;
 - ``dw_hours``: (account, hour, uses): rhythm, active days, traffic after a model launch;
 - ``dw_slots``: (account, 10-minute slot, uses): lockstep co-activity between accounts;
 - ``dw_models``: when each model was first seen.
@@ -22,16 +26,24 @@ watermark, or a ``--until`` earlier than the last run).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
+import pyarrow as pa
+
 from distillwatch.detection.features import build_exchange_features
+from distillwatch.detection.text import normalise_sql
 from distillwatch.store import Store
 
-STATE_VERSION = "2"
+STATE_VERSION = "3"
+#: Distinct prompts embedded per fetch (bounded memory) when folding semantic signatures.
+SEMANTIC_BATCH = 20_000
 SLOT_MINUTES = 10
 _TABLES = (
     "dw_state", "dw_acct", "dw_kv", "dw_content", "dw_near", "dw_hours", "dw_slots", "dw_models",
+    "dw_sem",
 )  # fmt: skip
 
 _SCHEMA = """
@@ -40,11 +52,12 @@ CREATE TABLE IF NOT EXISTS dw_acct (
     account_id VARCHAR, n BIGINT, first_ts TIMESTAMP, last_ts TIMESTAMP, cot BIGINT,
     multi_turn BIGINT, output_sum BIGINT, gap_n BIGINT, gap_sum HUGEINT, gap_sq HUGEINT);
 CREATE TABLE IF NOT EXISTS dw_kv (account_id VARCHAR, kind VARCHAR, value VARCHAR, uses BIGINT);
-CREATE TABLE IF NOT EXISTS dw_content (account_id VARCHAR, h UBIGINT, uses BIGINT);
+CREATE TABLE IF NOT EXISTS dw_content (account_id VARCHAR, h UBIGINT, model VARCHAR, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_near (account_id VARCHAR, sig UBIGINT, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_hours (account_id VARCHAR, hour TIMESTAMP, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_slots (account_id VARCHAR, slot TIMESTAMP, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_models (model VARCHAR, first_seen TIMESTAMP);
+CREATE TABLE IF NOT EXISTS dw_sem (account_id VARCHAR, sig UBIGINT, h UBIGINT, uses BIGINT);
 """
 
 
@@ -116,6 +129,9 @@ def _update(store: Store, until: datetime | None, incremental: bool) -> FoldRepo
         after = datetime.fromisoformat(_get(store, "watermark") or "")
     build_exchange_features(store, until, after)
     folded = fold(store)
+    if folded:
+        semantic = fold_semantic(store, until, after)
+        _set(store, "semantic", "on" if semantic is not None else "off")
     if folded:
         mark = store.run("SELECT max(ts) FROM ex")[0][0]
         _set(store, "watermark", mark.isoformat())
@@ -196,7 +212,7 @@ def fold(store: Store) -> int:
         """
     )
     store.run(
-        "INSERT INTO dw_content SELECT account_id, content_hash, count(*) FROM ex GROUP BY ALL"
+        "INSERT INTO dw_content SELECT account_id, content_hash, model, count(*) FROM ex GROUP BY ALL"
     )
     store.run(
         """INSERT INTO dw_near
@@ -219,3 +235,62 @@ def fold(store: Store) -> int:
            GROUP BY model"""
     )
     return int(count)
+
+
+def semantic_rate() -> float:
+    try:
+        return min(1.0, max(0.0, float(os.environ.get("DISTILLWATCH_SEMANTIC_RATE", "1"))))
+    except ValueError:
+        return 1.0
+
+
+def fold_semantic(store: Store, until: datetime | None, after: datetime | None) -> int | None:
+    """Embed the window's sampled distinct prompts and fold their LSH band signatures into
+    ``dw_sem``; returns how many prompts were embedded (None: no embedding model installed)."""
+    from distillwatch.detection.embedding import default_embedder, lsh_bands
+
+    embedder = default_embedder()
+    if embedder is None:
+        return None
+    keep = int(semantic_rate() * 2**32)
+    norm = normalise_sql("prompt")
+    # A second cursor reads while the state's own connection (in its transaction) inserts.
+    reader = store.con.cursor()
+    result = reader.execute(
+        f"""
+        SELECT account_id, h, count(*) AS uses, any_value(text) AS text FROM (
+            SELECT account_id, hash({norm}) AS h, left({norm}, 2000) AS text
+            FROM exchanges
+            WHERE (?::TIMESTAMP IS NULL OR ts <= ?) AND (?::TIMESTAMP IS NULL OR ts > ?)
+        )
+        WHERE length(text) > 0 AND (h % 4294967296) < {keep}
+        GROUP BY account_id, h
+        """,
+        [until, until, after, after],
+    )
+    embedded = 0
+    while True:
+        batch = result.fetchmany(SEMANTIC_BATCH)
+        if not batch:
+            break
+        accounts, hashes, uses, texts = zip(*batch, strict=True)
+        unique, index = np.unique(np.array(hashes, dtype=np.uint64), return_inverse=True)
+        first = {h: i for i, h in reversed(list(enumerate(hashes)))}
+        vectors = embedder.encode([texts[first[h]] for h in unique.tolist()])
+        bands = lsh_bands(vectors)[index]  # (rows, bands)
+        table = pa.table({
+            "account_id": pa.array(np.repeat(np.array(accounts, dtype=object), bands.shape[1]), pa.string()),
+            "sig": pa.array(bands.reshape(-1), pa.uint64()),
+            "h": pa.array(np.repeat(np.array(hashes, dtype=np.uint64), bands.shape[1]), pa.uint64()),
+            "uses": pa.array(np.repeat(np.array(uses, dtype=np.int64), bands.shape[1]), pa.int64()),
+        })  # fmt: skip
+        store.con.register("_sem", table)
+        try:
+            store.run(
+                "INSERT INTO dw_sem SELECT account_id, sig, h, sum(uses) FROM _sem WHERE sig > 0 GROUP BY ALL"
+            )
+        finally:
+            store.con.unregister("_sem")
+        embedded += len(unique)
+    reader.close()
+    return embedded

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,27 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillwatch.detection.features import COT_PATTERN
-
-_COT = re.compile(COT_PATTERN)
-_SPACE = re.compile(r"\s+")
-_NUMBER = re.compile(r"[0-9]+([.,][0-9]+)*")
-TEMPLATE_WORDS = 5
+from distillwatch.detection.text import elicits_reasoning, template_grams
 
 
 def cot_elicitation(prompt: str) -> bool:
-    return bool(_COT.search(prompt[:8000].lower()))
+    return elicits_reasoning(prompt)
 
 
 def template_signatures(prompt: str) -> list[str]:
-    """The first and last five normalised words: the same skeleton grams batch detection mines."""
-    words = _NUMBER.sub("0", _SPACE.sub(" ", prompt[:8000].lower()).strip()).split(" ")
-    if len(words) < TEMPLATE_WORDS * 2:
-        return []
-    return [
-        "prefix:" + " ".join(words[:TEMPLATE_WORDS]),
-        "suffix:" + " ".join(words[-TEMPLATE_WORDS:]),
-    ]
+    """The prompt's wrapper grams (first and last skeleton words), exactly as batch detection
+    mines them (:mod:`distillwatch.detection.text`)."""
+    prefix, suffix = template_grams(prompt)
+    return [] if prefix is None else [f"prefix:{prefix}", f"suffix:{suffix}"]
 
 
 def ip_prefix(ip: str | None) -> str | None:
@@ -114,8 +104,22 @@ def load_verdicts(
     return index
 
 
+#: An artefact that this many accounts outside the flagged cluster also used (in a sample of
+#: the rest of the traffic) is not specific to the cluster: a cloud /24, a popular client's TLS
+#: fingerprint, a proxy exit that real people sit behind. It cannot link anyone.
+MAX_OUTSIDE_ACCOUNTS = 2
+OUTSIDE_SAMPLE_ROWS = 50_000
+
+
+def _artefact_keys(ip: str | None, tls: str | None, prompt: str | None) -> list[str]:
+    keys = [f"net:{ip_prefix(ip)}" if ip else None, f"tls:{tls}" if tls else None]
+    keys += [f"tpl:{sig}" for sig in template_signatures(prompt or "")]
+    return [k for k in keys if k]
+
+
 def _flagged_artefacts(store: Any, flagged: dict[str, str]) -> dict[str, str]:
-    """Artefacts seen repeatedly in a flagged cluster's traffic (a sample of it), and its cards."""
+    """Artefacts seen repeatedly in a flagged cluster's traffic (a sample of it) and rare in
+    everyone else's, and the cluster's cards."""
     import pyarrow as pa
 
     artefacts: dict[str, str] = {}
@@ -128,6 +132,11 @@ def _flagged_artefacts(store: Any, flagged: dict[str, str]) -> dict[str, str]:
                FROM exchanges e JOIN _flagged f USING (account_id)
                USING SAMPLE 20000 ROWS"""
         )
+        outside = store.run(
+            f"""SELECT e.account_id, e.ip, e.tls_fingerprint, e.prompt
+                FROM exchanges e ANTI JOIN _flagged f USING (account_id)
+                USING SAMPLE {OUTSIDE_SAMPLE_ROWS} ROWS"""
+        )
         payments = store.run(
             """SELECT f.cluster, a.payment_fingerprint FROM accounts a JOIN _flagged f USING (account_id)
                WHERE a.payment_fingerprint IS NOT NULL"""
@@ -136,14 +145,18 @@ def _flagged_artefacts(store: Any, flagged: dict[str, str]) -> dict[str, str]:
         store.con.unregister("_flagged")
     counts: dict[str, dict[str, int]] = {}
     for cluster, ip, tls, prompt in rows:
-        keys = [f"net:{ip_prefix(ip)}" if ip else None, f"tls:{tls}" if tls else None]
-        keys += [f"tpl:{sig}" for sig in template_signatures(prompt or "")]
-        for key in filter(None, keys):
+        for key in _artefact_keys(ip, tls, prompt):
             counts.setdefault(key, {}).setdefault(cluster, 0)
             counts[key][cluster] += 1
+    elsewhere: dict[str, set[str]] = {}
+    for account, ip, tls, prompt in outside:
+        for key in _artefact_keys(ip, tls, prompt):
+            if key in counts:
+                elsewhere.setdefault(key, set()).add(account)
     for key, by_cluster in counts.items():
         cluster, hits = max(by_cluster.items(), key=lambda kv: kv[1])
-        if hits >= 3:  # seen repeatedly in the cluster, not a one-off
+        specific = len(elsewhere.get(key, ())) < MAX_OUTSIDE_ACCOUNTS
+        if hits >= 3 and specific:  # seen repeatedly in the cluster, and hardly anywhere else
             artefacts[key] = cluster
     for cluster, payment in payments:
         artefacts[f"pay:{payment}"] = cluster
