@@ -98,3 +98,24 @@ def test_bench_detect_cli(tmp_path, cli, shared_data):
         assert 0 <= t["harvest_before_detection_pct"] <= 100
     assert (out / "pr_curve.png").stat().st_size > 10_000
     assert (out / "timeline.png").stat().st_size > 10_000
+
+
+def test_leave_one_out_cli_scores_held_out_units(tmp_path, cli, shared_data):
+    """Two units the original detector failed: a classroom (flagged whole) and a Chinese
+    chain-of-thought harvest (never caught). Seed 3 is neither a development nor a report seed."""
+    out = tmp_path / "loto"
+    result = cli("bench", "detect", "--leave-one-out", "--units", "classroom,chinese_cot",
+                 "--seed", "3", "--out", out, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "classroom" in result.stdout and "chinese_cot" in result.stdout
+    data = json.loads((out / "leave_one_out.json").read_text())
+    assert data["scoring"] == "hand-set" and data["seeds"] == [3]
+    classroom = data["per_seed"]["classroom"][0]
+    harvest = data["per_seed"]["chinese_cot"][0]
+    assert classroom["persona_accounts"] >= 20 and harvest["accounts"] >= 20
+    assert classroom["persona_fpr"] <= 0.1  # students sharing homework are not a campaign
+    assert harvest["caught"] and harvest["auprc"] > 0.9
+    for row in (classroom, harvest):
+        assert row["world_benign_fpr"] <= 0.02
+    bad = cli("bench", "detect", "--leave-one-out", "--units", "classroom,nope", "--out", out)
+    assert bad.returncode != 0 and "nope" in (bad.stderr + bad.stdout)

@@ -27,11 +27,35 @@ def bench_detect(
     ),
     out: Path = typer.Option(Path("bench-out/detect"), "--out", "-o", help="Output folder."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json."),
+    leave_one_out: bool = typer.Option(
+        False,
+        "--leave-one-out",
+        help="Per tactic and hard-negative persona: evaluate on worlds where it appears, with "
+        "everything learned fitted without it (writes leave_one_out.json).",
+    ),
+    units: str = typer.Option(
+        "all", "--units", help="With --leave-one-out: comma-separated units, or all."
+    ),
+    learned: bool = typer.Option(
+        False,
+        "--learned",
+        help="With --leave-one-out: fit the rule weights for each unit on training worlds "
+        "without it (instead of the hand-set weights).",
+    ),
 ) -> None:
     """Simulate a scenario per seed, run the detector(s) on the full log and on replay windows,
     and report AUPRC, precision/recall/F1, benign FPR (overall and per persona), campaigns
     caught, ARI, time to detect and harvest before detection. Writes results.json,
     pr_curve.png and timeline.png."""
+    if leave_one_out:
+        _leave_one_out(
+            units,
+            list(seed or []) or ([100 + i for i in range(1, seeds + 1)] if seeds else [101]),
+            out,
+            as_json,
+            learned,
+        )
+        return
     names = list(DETECTORS) if detector == "all" else [detector]
     if any(n not in DETECTORS for n in names):
         raise fail(f"--detector must be one of {', '.join(DETECTORS)} or all")
@@ -85,4 +109,39 @@ def bench_detect(
     console.print(campaigns)
     console.print(
         f"results: {out / 'results.json'}\nfigures: {out / 'pr_curve.png'}, {out / 'timeline.png'}"
+    )
+
+
+def _leave_one_out(units: str, seeds: list[int], out: Path, as_json: bool, learned: bool) -> None:
+    from distillwatch.evaluation.generalisation import leave_one_out
+    from distillwatch.traffic.worlds import UNITS
+
+    chosen = list(UNITS) if units == "all" else [u.strip() for u in units.split(",") if u.strip()]
+    unknown = [u for u in chosen if u not in UNITS]
+    if unknown:
+        raise fail(f"--units: unknown {unknown[0]!r}; known: {', '.join(UNITS)}")
+    result = leave_one_out(chosen, seeds, out, log=(lambda m: None) if as_json else
+                           (lambda m: console.print(m, highlight=False)), learned=learned)  # fmt: skip
+    if as_json:
+        console.print_json(orjson.dumps(result, default=str).decode())
+        return
+
+    def cell(value: dict | None, pct: bool = False) -> str:
+        if not value or value.get("mean") is None:
+            return "-"
+        fmt = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.3f}")
+        return f"{fmt(value['mean'])} / {fmt(value['worst'])}"
+
+    table = Table(
+        title=f"leave-one-out ({result['scoring']} weights), seeds {', '.join(map(str, seeds))} (mean / worst)"
+    )
+    for column in ("unit", "kind", "recall", "AUPRC", "caught", "persona FPR", "world benign FPR"):
+        table.add_column(column)
+    for name, row in result["units"].items():
+        table.add_row(name, row["kind"], cell(row.get("recall")), cell(row.get("auprc")),
+                      row.get("caught", ""), cell(row.get("persona_fpr"), True),
+                      cell(row["world_benign_fpr"], True))  # fmt: skip
+    console.print(table)
+    console.print(
+        f"results: {out / ('leave_one_out_learned.json' if learned else 'leave_one_out.json')}"
     )
