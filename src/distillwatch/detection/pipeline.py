@@ -157,6 +157,7 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
             "mode": fold.mode,
             "folded": fold.folded,
             "rebuilt_because": fold.why or None,
+            "semantic_evidence": fold.semantic,
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         },
     }

@@ -70,6 +70,8 @@ class FoldReport:
     total: int
     watermark: datetime | None
     why: str = ""
+    #: "on" when prompts are embedded for semantic evidence, "off" without the model.
+    semantic: str = "off"
 
 
 def _get(store: Store, key: str) -> str | None:
@@ -144,6 +146,7 @@ def _update(store: Store, until: datetime | None, incremental: bool) -> FoldRepo
         total=total,
         watermark=datetime.fromisoformat(watermark) if watermark else None,
         why=why,
+        semantic=_get(store, "semantic") or "off",
     )
 
 
@@ -249,6 +252,8 @@ def fold_semantic(store: Store, until: datetime | None, after: datetime | None) 
     ``dw_sem``; returns how many prompts were embedded (None: no embedding model installed)."""
     from distillwatch.detection.embedding import default_embedder, lsh_bands
 
+    if semantic_rate() <= 0:
+        return None  # switched off (DISTILLWATCH_SEMANTIC_RATE=0)
     embedder = default_embedder()
     if embedder is None:
         return None
