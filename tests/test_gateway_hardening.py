@@ -462,7 +462,9 @@ def test_kill_9_of_the_proxy_loses_no_acknowledged_exchange(upstream, tmp_path):
     verdicts = verdicts_file(tmp_path / "v.json", {"good": ("benign", 0.0, None)})
     args = ["proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", "--store", str(store),
             "--keys", str(keys), "--verdicts", str(verdicts)]  # fmt: skip
-    proc = start(args, f"http://127.0.0.1:{port}/healthz")
+    # The first process folds its journal into the store rarely, so what it acknowledged is (mostly)
+    # only in the journal when it dies: the restart must recover it from there.
+    proc = start([*args, "--store-fold-seconds", "120"], f"http://127.0.0.1:{port}/healthz")
     base = f"http://127.0.0.1:{port}"
     acknowledged: list[str] = []
     stop_sending = threading.Event()

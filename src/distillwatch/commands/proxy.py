@@ -95,6 +95,14 @@ def proxy_command(
         "loses at most ~1 s of acknowledged exchanges), always (every request waits for the "
         "disk), never (the kernel decides). kill -9 loses nothing in any mode.",
     ),
+    store_fold_seconds: float = typer.Option(
+        0.5,
+        "--store-fold-seconds",
+        min=0.01,
+        max=3600,
+        help="Seconds the store writer gathers journaled exchanges before folding them into the "
+        "store in one transaction (how stale the store may be; the journal keeps them meanwhile).",
+    ),
     max_header_bytes: int = typer.Option(
         64 * 1024, "--max-header-bytes", min=1024, help="Largest request head accepted (431)."
     ),
@@ -153,6 +161,7 @@ def proxy_command(
         tls_header=tls_header, replay_time_header=replay_time_header, admin_token=admin_token,
         max_body_bytes=max_body_bytes, body_timeout_s=body_timeout,
         upstream_timeout_s=upstream_timeout, spool_fsync=spool_fsync,
+        store_fold_seconds=store_fold_seconds,
         limits=ServerLimits(max_header_bytes=max_header_bytes, header_timeout_s=header_timeout,
                             max_pending=max_pending, max_in_flight=max_in_flight),
     )  # fmt: skip

@@ -52,6 +52,7 @@ from distillwatch.enforce.enforcer import Enforcer
 from distillwatch.enforce.policy import Policy
 from distillwatch.enforce.server import InFlightLimit, ServerLimits, guarded_protocol
 from distillwatch.enforce.signals import key_account
+from distillwatch.enforce.sink import FLUSH_SECONDS
 from distillwatch.errors import RecordError, StateError
 from distillwatch.openai_api import (
     EventSplitter,
@@ -99,6 +100,8 @@ class ProxyConfig:
     upstream_keepalive_s: float = 4.0
     limits: ServerLimits = field(default_factory=ServerLimits)
     spool_fsync: str = "interval"
+    #: Seconds the store writer gathers journaled exchanges before one transaction folds them.
+    store_fold_seconds: float = FLUSH_SECONDS
     #: Extension point for provenance: called on every shaped JSON response (canaries, marks).
     response_hooks: list[ResponseHook] = field(default_factory=list)
 
@@ -224,7 +227,8 @@ class Proxy:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.enforcer = Enforcer(config.policy, config.verdicts, config.store, config.redis_url,
-                                 config.shadow, config.payments, config.spool_fsync)  # fmt: skip
+                                 config.shadow, config.payments, config.spool_fsync,
+                                 config.store_fold_seconds)  # fmt: skip
         self.state = self.enforcer.state
         self.verdicts = self.enforcer.verdicts
         self.recent = self.enforcer.recent

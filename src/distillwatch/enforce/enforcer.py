@@ -35,7 +35,7 @@ from distillwatch.enforce.signals import (
     ip_prefix,
     template_signatures,
 )
-from distillwatch.enforce.sink import StoreSink
+from distillwatch.enforce.sink import FLUSH_SECONDS, StoreSink
 from distillwatch.enforce.state import WINDOW_SECONDS, MemoryState, RedisState, State
 from distillwatch.errors import StateError
 
@@ -62,9 +62,11 @@ class Enforcer:
         shadow: bool = False,
         payments: dict[str, str] | None = None,
         spool_fsync: str = "interval",
+        fold_seconds: float = FLUSH_SECONDS,
     ) -> None:
         self.policy = policy
         self.spool_fsync = spool_fsync
+        self.fold_seconds = fold_seconds
         self.store = store
         self.shadow = shadow
         self.payments = payments or {}
@@ -82,7 +84,7 @@ class Enforcer:
     def start(self) -> None:
         """Open the store for logging (call once the event loop runs)."""
         if self.store is not None and self.sink is None:
-            self.sink = StoreSink(self.store, self.spool_fsync)
+            self.sink = StoreSink(self.store, self.spool_fsync, fold_seconds=self.fold_seconds)
             self.verdicts.reader = self.sink.call
 
     async def close(self) -> None:

@@ -39,8 +39,10 @@ _META_KEY = "gateway_spool_position"
 class StoreSink:
     """The gateway's store writer. ``close()`` folds everything journaled before returning."""
 
-    def __init__(self, path: Path, fsync: str = "interval", fsync_seconds: float = 1.0) -> None:
+    def __init__(self, path: Path, fsync: str = "interval", fsync_seconds: float = 1.0,
+                 fold_seconds: float = FLUSH_SECONDS) -> None:  # fmt: skip
         self.path = path
+        self.fold_seconds = fold_seconds
         self.spool = Spool(path.with_name(path.name + ".spool"), fsync, fsync_seconds)
         self.quarantine = Quarantine(default_quarantine(path))
         self.written = 0  # exchanges stored by this process
@@ -99,8 +101,8 @@ class StoreSink:
                     return
                 if self._stop.is_set() or (entries and self.backlog_bytes() >= FOLD_NOW_BYTES):
                     continue  # draining before exit, or far behind: fold again at once
-                # Let a batch gather: one transaction per FLUSH_SECONDS, not one per request.
-                self._wake.wait(FLUSH_SECONDS)
+                # Let a batch gather: one transaction per fold_seconds, not one per request.
+                self._wake.wait(self.fold_seconds)
                 self._wake.clear()
         finally:
             self._ready.set()
