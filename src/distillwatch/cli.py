@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "distillwatch.commands.stats",
     "distillwatch.commands.bench_ingest",
     "distillwatch.commands.bench_detection",
+    "distillwatch.commands.bench_sharing",
 )
 
 for _module in COMMAND_MODULES:

@@ -7,12 +7,14 @@ that talks to the library, so callers catch distillwatch's own names::
     ├── InputError (ValueError)          untrusted input broke a rule; the message names it
     │   ├── RecordError                  one record or request field (.field, .reason)
     │   ├── PolicyError                  an enforcement policy file
-    │   └── ScenarioError                a simulator scenario file
+    │   ├── ScenarioError                a simulator scenario file
+    │   └── BundleError                  a STIX indicator bundle (ours or a partner's)
     └── ResourceError (RuntimeError)     something outside the input is unusable
         ├── FileFormatError              a file is not what its name or format claims
         ├── StoreError                   the DuckDB store (version, not a store, locked)
         │   └── SqlPathUnavailable       the SQL ingest path ran out of memory (fall back)
-        └── StateError                   the enforcement state backend (Redis) is unreachable
+        ├── StateError                   the enforcement state backend (Redis) is unreachable
+        └── SharingKeyError              a sharing group's key file is missing or malformed
 
 Each module that raises one re-exports it (``from distillwatch.schema import RecordError`` keeps
 working); this file is where they are defined.
@@ -56,6 +58,11 @@ class ScenarioError(InputError):
     """A scenario file that does not describe a valid simulation; names the field."""
 
 
+class BundleError(InputError):
+    """A STIX bundle refused on import (size, schema, extension, expiry, trust); nothing of it
+    is applied. The message names the object and the field."""
+
+
 class FileFormatError(ResourceError):
     """The file is not what its name or the chosen format claims."""
 
@@ -70,6 +77,10 @@ class SqlPathUnavailable(StoreError):
 
 class StateError(ResourceError):
     """The enforcement state backend cannot be reached."""
+
+
+class SharingKeyError(ResourceError):
+    """A sharing key file that is missing, unreadable or malformed."""
 
 
 def type_name(value: Any) -> str:

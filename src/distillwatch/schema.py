@@ -348,12 +348,16 @@ def _normalise_ip(value: Any, field: str = "ip") -> str:
 
 
 @lru_cache(maxsize=65_536)
-def _canonical_ip(text: str) -> str | None:
+def canonical_ip(text: str) -> str | None:
+    """The address as ``ipaddress`` writes it (IPv6 compressed, lower case), None if not one."""
     # Logs repeat the same addresses many times; parsing each once keeps ingest fast.
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+_canonical_ip = canonical_ip
 
 
 def parse_account(raw: Any, max_text: int = 1024) -> dict[str, Any]:

@@ -13,8 +13,11 @@ from rich.table import Table
 
 from distillwatch.commands._app import app, console, fail
 from distillwatch.detection.pipeline import detect_and_write
+from distillwatch.errors import SharingKeyError
 from distillwatch.ingest import ingest_paths
 from distillwatch.schema import RecordError, parse_ts
+from distillwatch.sharing import load_or_create, write_indicators
+from distillwatch.sharing.stix import TLP2
 from distillwatch.store import Store, StoreError
 from distillwatch.terminal import safe_text
 
@@ -47,12 +50,28 @@ def detect_command(
         "the last run or --until is earlier than it.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print verdicts.json instead of a table."),
+    sharing_key: Path | None = typer.Option(
+        None,
+        "--sharing-key",
+        help="Sharing group key file for the private indicators (template grams, cards) in "
+        "OUT/indicators.json. Default: $DISTILLWATCH_SHARING_KEY, else OUT/sharing.key (created "
+        "once; give it to your gateways, never to partners).",
+    ),
+    producer: str = typer.Option(
+        "distillwatch",
+        "--producer",
+        help="Who the indicator bundle says produced it (STIX identity).",
+    ),
+    tlp: str = typer.Option("amber", "--tlp", help="TLP 2.0 level of the bundle."),
 ) -> None:
     """Score every account, link accounts into clusters and report campaigns with evidence.
 
-    Writes OUT/verdicts.json (Contract 2) and OUT/report.html, and records the verdicts in the
-    store."""
+    Writes OUT/verdicts.json (Contract 2), OUT/indicators.json (a STIX 2.1 bundle of what
+    identifies each campaign, for gateways and partners) and OUT/report.html, and records the
+    verdicts in the store."""
     logs = logs or []
+    if tlp not in TLP2:
+        raise fail(f"--tlp must be one of {', '.join(TLP2)}")
     if not logs and store_path is None:
         raise fail("give LOG files/folders, or --store with exchanges already ingested")
     for path in [*logs, *([accounts] if accounts else [])]:
@@ -80,12 +99,21 @@ def detect_command(
                     else nullcontext()
                 ):
                     doc = detect_and_write(store, out, cutoff, incremental)
-        except StoreError as exc:
+                    key, key_path, created = load_or_create(sharing_key, out / "sharing.key")
+                    written = write_indicators(store, doc, out / "indicators.json", key,
+                                               producer, tlp)  # fmt: skip
+        except (StoreError, SharingKeyError) as exc:
             raise fail(str(exc)) from None
     if as_json:
         console.print_json(orjson.dumps(doc).decode())
         return
     _summary(doc, out)
+    links = sum(len(c.artefacts) for c in written.campaigns)
+    console.print(
+        f"indicators: {written.path} ({links:,} artefacts of {len(written.campaigns)} campaigns; "
+        f"key {key.key_id} in {key_path}{', created' if created else ''})",
+        highlight=False,
+    )
 
 
 def _summary(doc: dict, out: Path) -> None:

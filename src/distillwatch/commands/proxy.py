@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 from pathlib import Path
 
 import typer
 
 from distillwatch.commands._app import app, console, fail
 from distillwatch.enforce.policy import PolicyError, load_policy
+from distillwatch.errors import SharingKeyError
+from distillwatch.sharing.keys import ENV_KEY_FILE, SharingKey
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -95,6 +98,20 @@ def proxy_command(
         "loses at most ~1 s of acknowledged exchanges), always (every request waits for the "
         "disk), never (the kernel decides). kill -9 loses nothing in any mode.",
     ),
+    indicators: list[Path] = typer.Option(
+        None,
+        "--indicators",
+        help="STIX 2.1 indicator bundle (detect's indicators.json, or a partner's); repeat for "
+        "more. Links new accounts to flagged campaigns without any store; hot-reloaded; a bundle "
+        "that fails validation is not applied and /healthz says why.",
+    ),
+    sharing_key: Path | None = typer.Option(
+        None,
+        "--sharing-key",
+        help="The sharing group's key file (detect writes OUT/sharing.key): needed to match "
+        "template and payment indicators, which bundles carry only as keyed hashes. Default: "
+        "$DISTILLWATCH_SHARING_KEY.",
+    ),
     store_fold_seconds: float = typer.Option(
         0.5,
         "--store-fold-seconds",
@@ -155,13 +172,18 @@ def proxy_command(
         raise fail(f"--trusted-proxy: {exc}") from None
     if verdicts is not None and not verdicts.is_file():
         raise fail(f"{verdicts}: no such verdicts file")
+    for bundle in indicators or []:
+        if not bundle.is_file():
+            raise fail(f"{bundle}: no such indicator bundle")
+    key = _sharing_key(sharing_key)
     config = ProxyConfig(
         upstream=upstream, policy=chosen, store=store, verdicts=verdicts, redis_url=redis,
         shadow=shadow, keys=key_map, payments=payments, trusted_proxies=networks,
         tls_header=tls_header, replay_time_header=replay_time_header, admin_token=admin_token,
         max_body_bytes=max_body_bytes, body_timeout_s=body_timeout,
         upstream_timeout_s=upstream_timeout, spool_fsync=spool_fsync,
-        store_fold_seconds=store_fold_seconds,
+        store_fold_seconds=store_fold_seconds, indicators=list(indicators or []),
+        sharing_key=key,
         limits=ServerLimits(max_header_bytes=max_header_bytes, header_timeout_s=header_timeout,
                             max_pending=max_pending, max_in_flight=max_in_flight),
     )  # fmt: skip
@@ -276,3 +298,14 @@ def demo_proxy_command(
         f"(within {result['fresh_requests_until_stopped_max'] or 0} requests at most)",
         highlight=False,
     )
+
+
+def _sharing_key(path: Path | None) -> SharingKey | None:
+    """The key from --sharing-key or $DISTILLWATCH_SHARING_KEY (None: match public kinds only)."""
+    chosen = path or (Path(os.environ[ENV_KEY_FILE]) if os.environ.get(ENV_KEY_FILE) else None)
+    if chosen is None:
+        return None
+    try:
+        return SharingKey.read(chosen)
+    except SharingKeyError as exc:
+        raise fail(str(exc)) from None

@@ -15,6 +15,7 @@ from distillwatch.detection.text import (
     normalise_sql,
     skeleton_sql,
 )
+from distillwatch.sharing.artefacts import register_sql
 from distillwatch.store import Store
 
 __all__ = ["CAPABILITIES", "COT_PATTERN", "build_account_features", "build_exchange_features"]
@@ -64,6 +65,7 @@ def build_exchange_features(
         for name, pattern in CAPABILITIES.items()
     )
     store.run("DROP TABLE IF EXISTS ex")
+    register_sql(store.con)
     store.run(
         f"""
         CREATE TEMP TABLE ex AS
@@ -89,10 +91,9 @@ def build_exchange_features(
                (n_messages > 1 OR conversation_id IS NOT NULL) AS multi_turn,
                ip, user_agent, tls_fingerprint, completion_tokens,
                CASE WHEN system_prompt IS NOT NULL THEN hash(system_prompt) END AS system_hash,
-               CASE WHEN ip LIKE '%:%'
-                    THEN array_to_string(string_split(ip, ':')[1:3], ':') || '::/48'
+               CASE WHEN ip LIKE '%:%' THEN dw_ip6_prefix(ip)
                     ELSE array_to_string(string_split(ip, '.')[1:3], '.') || '.0/24' END
-                   AS ip_prefix,
+                   AS ip_prefix,  -- one definition: distillwatch.sharing.artefacts.ip_prefix
                hash(norm) AS content_hash,
                CASE WHEN len(words) >= {TEMPLATE_WORDS * 2}
                     THEN array_to_string(words[1:{TEMPLATE_WORDS}], ' ') END AS prefix_gram,

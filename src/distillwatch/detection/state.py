@@ -37,7 +37,7 @@ from distillwatch.detection.features import build_exchange_features
 from distillwatch.detection.text import normalise_sql
 from distillwatch.store import Store
 
-STATE_VERSION = "3"
+STATE_VERSION = "4"
 #: Distinct prompts embedded per fetch (bounded memory) when folding semantic signatures.
 SEMANTIC_BATCH = 20_000
 SLOT_MINUTES = 10

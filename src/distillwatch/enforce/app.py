@@ -67,6 +67,7 @@ from distillwatch.openai_api import (
     summarise_response,
 )
 from distillwatch.schema import DEFAULT_MAX_TEXT_CHARS, parse_ts
+from distillwatch.sharing.keys import SharingKey
 
 ENFORCED_ROUTES = ("/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings")
 MAX_LOGGED_TEXT = DEFAULT_MAX_TEXT_CHARS
@@ -100,6 +101,10 @@ class ProxyConfig:
     upstream_keepalive_s: float = 4.0
     limits: ServerLimits = field(default_factory=ServerLimits)
     spool_fsync: str = "interval"
+    #: STIX indicator bundles to link fresh accounts from (hot-reloaded), and the sharing
+    #: group's key their private values are hashed with.
+    indicators: list[Path] = field(default_factory=list)
+    sharing_key: SharingKey | None = None
     #: Seconds the store writer gathers journaled exchanges before one transaction folds them.
     store_fold_seconds: float = FLUSH_SECONDS
     #: Extension point for provenance: called on every shaped JSON response (canaries, marks).
@@ -228,7 +233,8 @@ class Proxy:
         self.config = config
         self.enforcer = Enforcer(config.policy, config.verdicts, config.store, config.redis_url,
                                  config.shadow, config.payments, config.spool_fsync,
-                                 config.store_fold_seconds)  # fmt: skip
+                                 config.store_fold_seconds, config.indicators,
+                                 config.sharing_key)  # fmt: skip
         self.state = self.enforcer.state
         self.verdicts = self.enforcer.verdicts
         self.recent = self.enforcer.recent
@@ -423,7 +429,7 @@ class Proxy:
 
         started = time.perf_counter()
         call.decision, refusal = await self.enforcer.evaluate(
-            call.account, call.ip, call.tls, messages.prompt[:8000], when
+            call.account, call.ip, call.tls, messages.prompt[:8000], when, call.user_agent
         )
         self.metrics.decision_latency.observe(time.perf_counter() - started)
         self.metrics.decisions.labels(call.decision.action, str(self.config.shadow).lower()).inc()
@@ -614,9 +620,11 @@ class Proxy:
     async def healthz(self, request: Request) -> Response:
         redis_ok = await self.state.ping()
         index = self.verdicts.index
+        shared = self.enforcer.indicators.reload_if_changed()
         sink = self.enforcer.sink
         degraded = (
             not redis_ok or self.verdicts.error or self.upstream_error or self.enforcer.state_error
+            or self.enforcer.indicators.errors
             or (sink is not None and sink.error)
         )  # fmt: skip
         store: dict[str, Any] = {"path": str(self.config.store) if self.config.store else None}
@@ -636,6 +644,12 @@ class Proxy:
             "upstream": {"url": self.config.upstream, "last_error": self.upstream_error},
             "verdicts": {"path": index.loaded_from, "accounts": len(index.accounts),
                          "linking_artefacts": len(index.artefacts), "error": self.verdicts.error},
+            "indicators": {"bundles": shared.bundles, "indicators": len(shared.links),
+                           "campaigns": len(shared.campaigns), "expired": shared.expired,
+                           "sharing_key": self.enforcer.sharing_key.key_id
+                           if self.enforcer.sharing_key else None,
+                           "bundle_key_ids": sorted(shared.key_ids),
+                           "errors": self.enforcer.indicators.errors},
             "store": store,
         })  # fmt: skip
 

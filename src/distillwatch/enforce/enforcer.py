@@ -30,6 +30,7 @@ from typing import Any
 from distillwatch.enforce.decide import Decision, decide
 from distillwatch.enforce.policy import Policy
 from distillwatch.enforce.signals import (
+    HotIndicators,
     HotVerdicts,
     cot_elicitation,
     ip_prefix,
@@ -38,6 +39,9 @@ from distillwatch.enforce.signals import (
 from distillwatch.enforce.sink import FLUSH_SECONDS, StoreSink
 from distillwatch.enforce.state import WINDOW_SECONDS, MemoryState, RedisState, State
 from distillwatch.errors import StateError
+from distillwatch.sharing.artefacts import request_artefacts
+from distillwatch.sharing.indicators import DEFAULT_BOUND
+from distillwatch.sharing.keys import SharingKey
 
 #: How often the last-known admin allowlist is refreshed from the shared state.
 ALLOWLIST_REFRESH_SECONDS = 5.0
@@ -63,8 +67,15 @@ class Enforcer:
         payments: dict[str, str] | None = None,
         spool_fsync: str = "interval",
         fold_seconds: float = FLUSH_SECONDS,
+        indicators: list[Path] | None = None,
+        sharing_key: SharingKey | None = None,
+        link_bound: float = DEFAULT_BOUND,
     ) -> None:
         self.policy = policy
+        #: STIX bundles (ours, partners'): links fresh accounts without any store.
+        self.indicators = HotIndicators(indicators)
+        self.sharing_key = sharing_key
+        self.link_bound = link_bound
         self.spool_fsync = spool_fsync
         self.fold_seconds = fold_seconds
         self.store = store
@@ -93,22 +104,34 @@ class Enforcer:
             self.sink.close()
 
     async def evaluate(
-        self, account: str, ip: str | None, tls: str | None, prompt: str, when: datetime
+        self,
+        account: str,
+        ip: str | None,
+        tls: str | None,
+        prompt: str,
+        when: datetime,
+        ua: str | None = None,
     ) -> tuple[Decision, Refusal | None]:
         """Decide, count against limits, and say whether (and how) to refuse."""
         try:
-            decision = await self._decide(account, ip, tls, prompt, when)
+            decision = await self._decide(account, ip, tls, prompt, when, ua=ua)
             refusal = await self._refusal(account, decision, when)
             self.state_error = None
         except StateError as exc:
             self.state_error = str(exc)
-            decision, refusal = await self._decide_locally(account, ip, tls, prompt, when)
+            decision, refusal = await self._decide_locally(account, ip, tls, prompt, when, ua)
         if decision.action != "allow":
             self.record_decision(account, decision, when)
         return decision, (None if self.shadow else refusal)
 
     async def _decide_locally(
-        self, account: str, ip: str | None, tls: str | None, prompt: str, when: datetime
+        self,
+        account: str,
+        ip: str | None,
+        tls: str | None,
+        prompt: str,
+        when: datetime,
+        ua: str | None = None,
     ) -> tuple[Decision, Refusal | None]:
         """The decision when the shared state is down: see the module docstring."""
         allowed = account in self._allow_known or account in self.policy.allow_accounts
@@ -116,7 +139,7 @@ class Enforcer:
             return Decision("block", reasons=[f"fail-closed: {self.state_error}"]), Refusal(
                 503, "server_error", "fail_closed", "Enforcement state unavailable.", 1
             )
-        decision = await self._decide(account, ip, tls, prompt, when, self.local, allowed)
+        decision = await self._decide(account, ip, tls, prompt, when, self.local, allowed, ua)
         decision.reasons = [*decision.reasons, f"shared state unavailable ({self.state_error})"]
         if decision.action == "throttle":
             # Only the shared counters know the fleet-wide rate: fail open on the throttle.
@@ -133,7 +156,8 @@ class Enforcer:
         return await state.is_allowed(account)
 
     async def _decide(self, account: str, ip: str | None, tls: str | None, prompt: str, when: datetime,
-                      state: State | None = None, allowlisted: bool | None = None) -> Decision:  # fmt: skip
+                      state: State | None = None, allowlisted: bool | None = None,
+                      ua: str | None = None) -> Decision:  # fmt: skip
         state = state or self.state
         index = self.verdicts.reload_if_changed()
         known = index.accounts.get(account)
@@ -142,14 +166,14 @@ class Enforcer:
             facts.update(
                 verdict=known["verdict"], score=known["score"], cluster_id=known["cluster_id"]
             )
-        elif index.artefacts:
-            artefacts = [f"net:{ip_prefix(ip)}" if ip else "", f"tls:{tls}" if tls else ""]
-            artefacts += [f"tpl:{sig}" for sig in template_signatures(prompt)]
-            if account in self.payments:
-                artefacts.append(f"pay:{self.payments[account]}")
-            cluster, matched = index.linked_cluster([a for a in artefacts if a])
-            if cluster:
-                facts.update(linked_cluster=cluster, linked_artefacts=matched, cluster_id=cluster)
+        else:
+            shared = self.indicators.reload_if_changed()
+            if index.artefacts or shared.links:
+                artefacts = self._artefacts(account, ip, tls, ua, prompt, bool(shared.links))
+                cluster, matched, source = index.linked_cluster(artefacts, shared, self.link_bound)
+                if cluster:
+                    facts.update(linked_cluster=cluster, linked_artefacts=matched,
+                                 cluster_id=cluster, linked_source=source)  # fmt: skip
         if allowlisted is None:
             allowlisted = await self._allowlisted(account, state)
         sticky = None if allowlisted else await state.get_decision(account)
@@ -162,6 +186,19 @@ class Enforcer:
             stored["decided_at"] = when.isoformat() + "Z"
             await state.set_decision(account, stored, decision.ttl_seconds or 0)
         return decision
+
+    def _artefacts(self, account: str, ip: str | None, tls: str | None, ua: str | None,
+                   prompt: str, shared: bool) -> list[str]:  # fmt: skip
+        """This request's artefacts: as the store's own clusters index them, and (when bundles
+        are loaded) as indicators name them (:mod:`distillwatch.sharing.artefacts`)."""
+        payment = self.payments.get(account)
+        found = [f"net:{ip_prefix(ip)}" if ip else "", f"tls:{tls}" if tls else ""]
+        found += [f"tpl:{sig}" for sig in template_signatures(prompt)]
+        if payment:
+            found.append(f"pay:{payment}")
+        if shared:
+            found += request_artefacts(ip, tls, ua, prompt, payment, self.sharing_key)
+        return [a for a in found if a]
 
     def _limit_key(self, account: str, decision: Decision) -> str:
         if decision.scope == "cluster" and decision.cluster_id:

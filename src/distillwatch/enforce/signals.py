@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from distillwatch.detection.text import elicits_reasoning, template_grams
+from distillwatch.sharing.artefacts import FAMILY
+from distillwatch.sharing.artefacts import ip_prefix as ip_prefix
+from distillwatch.sharing.indicators import links
+from distillwatch.sharing.stix import IndicatorSet, read_bundle
 
 
 def cot_elicitation(prompt: str) -> bool:
@@ -29,15 +33,6 @@ def template_signatures(prompt: str) -> list[str]:
     mines them (:mod:`distillwatch.detection.text`)."""
     prefix, suffix = template_grams(prompt)
     return [] if prefix is None else [f"prefix:{prefix}", f"suffix:{suffix}"]
-
-
-def ip_prefix(ip: str | None) -> str | None:
-    if not ip:
-        return None
-    if ":" in ip:
-        return ":".join(ip.split(":")[:3]) + "::/48"
-    parts = ip.split(".")
-    return ".".join(parts[:3]) + ".0/24" if len(parts) == 4 else None
 
 
 def key_account(api_key: str) -> str:
@@ -53,24 +48,77 @@ class VerdictIndex:
     loaded_from: str | None = None
     mtime: float | None = None
 
-    def linked_cluster(self, artefacts: list[str]) -> tuple[str | None, list[str]]:
-        """A flagged cluster this request's artefacts point at, and which artefacts matched.
+    def linked_cluster(self, artefacts: list[str], indicators: IndicatorSet | None = None,
+                       bound: float = 1e-4) -> tuple[str | None, list[str], str | None]:  # fmt: skip
+        """A flagged cluster (or shared campaign) this request's artefacts point at, which
+        artefacts matched, and whose indicators they were (None for this store's own clusters).
 
-        A payment instrument alone is enough; otherwise two different kinds must agree (a
-        residential prefix alone would also match innocent users behind the same proxy exit).
+        A payment instrument alone is enough; otherwise two different families must agree (a
+        residential prefix alone would also match innocent users behind the same proxy exit),
+        and for indicators from bundles, their joint estimated false-match rate must be within
+        ``bound`` (:func:`distillwatch.sharing.indicators.links`).
         """
-        hits: dict[str, set[str]] = {}
-        matched: dict[str, list[str]] = {}
+        matched: dict[tuple[str, str | None], list[tuple[str, str, float, int]]] = {}
         for artefact in artefacts:
             cluster = self.artefacts.get(artefact)
             if cluster:
-                kind = artefact.split(":", 1)[0]
-                hits.setdefault(cluster, set()).add(kind)
-                matched.setdefault(cluster, []).append(artefact)
-        for cluster, kinds in hits.items():
-            if "pay" in kinds or len(kinds) >= 2:
-                return cluster, matched[cluster]
-        return None, []
+                # The store's own clusters: specific by construction (rate 0).
+                family = FAMILY.get(artefact.split(":", 1)[0], artefact.split(":", 1)[0])
+                matched.setdefault((cluster, None), []).append((artefact, family, 0.0, 0))
+            for link in indicators.links.get(artefact, ()) if indicators else ():
+                matched.setdefault((link.campaign, link.source), []).append(
+                    (artefact, link.family, link.rate, link.outside)
+                )
+        for (cluster, source), hits in matched.items():
+            if links([(family, rate, outside) for _, family, rate, outside in hits], bound):
+                return cluster, [a[:60] for a, _, _, _ in hits], source
+        return None, [], None
+
+
+class HotIndicators:
+    """STIX indicator bundles (ours and partners'), each reloaded when its file changes.
+
+    A bundle that fails validation is not applied (nothing of it); the last good version of
+    that file stays in force and ``errors`` says why (shown by ``/healthz``)."""
+
+    def __init__(self, paths: list[Path] | None = None) -> None:
+        self.paths = list(paths or [])
+        self.index = IndicatorSet()
+        self.errors: dict[str, str] = {}
+        self._good: dict[Path, tuple[float, IndicatorSet]] = {}
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        self.reload_if_changed(force=True)
+
+    def reload_if_changed(self, force: bool = False) -> IndicatorSet:
+        if not self.paths:
+            return self.index
+        now = time.monotonic()
+        if not force and now - self._checked < 1.0:
+            return self.index
+        self._checked = now
+        changed = False
+        for path in self.paths:
+            try:
+                mtime = path.stat().st_mtime
+            except OSError as exc:
+                self.errors[str(path)] = f"cannot read ({exc.strerror})"
+                continue
+            if not force and path in self._good and self._good[path][0] == mtime:
+                continue
+            try:
+                self._good[path] = (mtime, read_bundle(path))
+                self.errors.pop(str(path), None)
+                changed = True
+            except Exception as exc:  # a hostile bundle must never take the gateway down
+                self.errors[str(path)] = str(exc)[:300]
+        if changed or force:
+            merged = IndicatorSet()
+            for _, bundle in self._good.values():
+                merged.merge(bundle)
+            with self._lock:
+                self.index = merged
+        return self.index
 
 
 StoreReader = Callable[[Callable[[Any], Any]], Any]

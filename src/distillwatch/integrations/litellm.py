@@ -17,7 +17,8 @@ Settings come from the environment: ``DISTILLWATCH_VERDICTS`` (Contract-2 file, 
 ``DISTILLWATCH_POLICY`` (YAML; default: the shipped policy), ``DISTILLWATCH_REDIS``,
 ``DISTILLWATCH_SHADOW=1``, ``DISTILLWATCH_ACCOUNT_FROM`` (``key``: the LiteLLM key's user, team
 or key hash, the default; ``user``: the request's ``user`` field, for platforms whose customers
-are end users), ``DISTILLWATCH_TLS_HEADER`` (default ``x-ja4``).
+are end users), ``DISTILLWATCH_TLS_HEADER`` (default ``x-ja4``), ``DISTILLWATCH_INDICATORS`` (STIX bundles,
+``os.pathsep``-separated, hot-reloaded) and ``DISTILLWATCH_SHARING_KEY`` (their group key file).
 
 Hooks: ``async_pre_call_hook`` checks the request's shape (400 for malformed messages), decides
 and refuses (LiteLLM answers with the status and an OpenAI-shaped error) or caps ``max_tokens``;
@@ -50,6 +51,7 @@ from distillwatch.openai_api import (
     strip_think,
     summarise_response,
 )
+from distillwatch.sharing.keys import ENV_KEY_FILE, SharingKey
 
 MAX_LOGGED_TEXT = 32_768
 
@@ -107,6 +109,10 @@ class DistillwatchGuard(CustomLogger):
             store=Path(env["DISTILLWATCH_STORE"]) if env.get("DISTILLWATCH_STORE") else None,
             redis_url=env.get("DISTILLWATCH_REDIS") or None,
             shadow=env.get("DISTILLWATCH_SHADOW", "") in ("1", "true", "yes"),
+            indicators=[
+                Path(p) for p in env.get("DISTILLWATCH_INDICATORS", "").split(os.pathsep) if p
+            ],
+            sharing_key=SharingKey.read(Path(env[ENV_KEY_FILE])) if env.get(ENV_KEY_FILE) else None,
         )
         return cls(
             enforcer,
@@ -146,8 +152,14 @@ class DistillwatchGuard(CustomLogger):
             raise HTTPException(status_code=400, detail={"error": {
                 "message": f"Invalid request: {exc}", "type": "invalid_request_error",
                 "param": exc.field, "code": "invalid_value"}}) from None  # fmt: skip
+        agent = headers.get("user-agent") or metadata.get("user_agent")
         decision, refusal = await self.enforcer.evaluate(
-            account, ip, headers.get(self.tls_header), prompt, when
+            account,
+            ip,
+            headers.get(self.tls_header),
+            prompt,
+            when,
+            str(agent)[:512] if agent else None,
         )
         if refusal is not None:
             raise HTTPException(status_code=refusal.status, detail={"error": {

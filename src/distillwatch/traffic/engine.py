@@ -331,9 +331,19 @@ class Simulator:
             "language": language,
         }
         own = "own_infra" in tactics
+        # Fresh accounts the operator opens later (replacing banned ones, or scaling up for a
+        # launch): the last `share` of the slots, created in a burst just before `from_day` and
+        # active only from then on, on the same infrastructure, templates and cards.
+        fresh = tactics.get("replacements")
+        fresh_from = float((fresh or {}).get("from_day", 4.5))
+        fresh_slots = round(n * float((fresh or {}).get("share", 0.0)))
         plans = []
         for j in range(n):
-            if burst:
+            late = j >= n - fresh_slots
+            if late:
+                created = (self.start + timedelta(days=fresh_from)
+                           - timedelta(minutes=float(rng.uniform(5, 90))))  # fmt: skip
+            elif burst:
                 created = burst_times[j % len(burst_times)] + timedelta(
                     minutes=float(rng.uniform(0, 40))
                 )
@@ -378,6 +388,7 @@ class Simulator:
                         "own_ua": self.infra.user_agent(family),
                         "own_tls": self.infra.tls(family),
                         "ua_sdk": self.infra.user_agent("sdk"),
+                        "start_day": fresh_from if late else None,
                     },
                 )
             )
@@ -731,7 +742,7 @@ class Simulator:
             if "launch_surge" in tactics
             else 0.0
         )
-        start_day = campaign.start_day + float(rng.uniform(0, 0.5))
+        start_day = (plan.extra.get("start_day") or campaign.start_day) + float(rng.uniform(0, 0.5))
         end_day = campaign.end_day if campaign.end_day is not None else self.scenario.days
         daily = campaign.daily_requests * (
             float(tactics["low_and_slow"].get("factor", 0.15)) if slow else 1.0

@@ -15,7 +15,7 @@ from typing import Any
 from distillwatch.errors import ScenarioError
 from distillwatch.yamlfile import parse_yaml
 
-PRESETS = ("small", "week", "disclosure")
+PRESETS = ("small", "week", "disclosure", "split")
 CLIENTS = ("browser", "sdk", "mixed")
 NETWORKS = ("home", "corporate_nat", "datacenter", "proxy_exit")
 TACTICS = (
@@ -34,6 +34,7 @@ TACTICS = (
     "reseller",
     "language",
     "scheduler_waves",
+    "replacements",
 )
 #: Tactics that supply a campaign's prompts (a campaign needs at least one).
 PROMPT_SOURCES = ("templated_self_instruct", "capability_sweep", "evol_instruct", "paraphrase")

@@ -1,0 +1,65 @@
+"""``distillwatch bench split``: a gateway that has only the indicator bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from distillwatch.commands._app import bench_app, console
+
+
+@bench_app.command("split")
+def bench_split(
+    out: Path = typer.Option(Path("bench-split"), "--out", "-o", help="Working folder."),
+    scenario: str = typer.Option("split", "--scenario", "-s", help="Preset or scenario YAML."),
+    seed: int = typer.Option(11, "--seed", help="Simulation seed."),
+    split_day: float = typer.Option(4.5, "--split-day", help="Day of the split (a model launch)."),
+    first: int = typer.Option(10, "--first", help="Fresh accounts must be actioned within this many requests."),
+) -> None:  # fmt: skip
+    """Detection before the split writes indicators.json; a gateway with only that bundle (no
+    verdicts, no store) serves the traffic after it. Reports the share of flagged campaigns' new
+    accounts actioned within their first requests and who among benign users was refused."""
+    from distillwatch.bench.split import split_deployment
+    from distillwatch.traffic import simulate
+
+    traffic = out / "traffic"
+    with console.status("simulating...") if console.is_terminal else _null():
+        simulate(scenario, traffic, seed=seed)
+    with (
+        console.status("detecting, then replaying through the gateway...")
+        if console.is_terminal
+        else _null()
+    ):
+        result = split_deployment(traffic, out / "run", split_day, first)
+    (out / "split.json").write_text(json.dumps(result, indent=1, default=str))
+    table = Table(title=f"Fresh accounts after the split, actioned within {first} requests")
+    for column in ("campaign", "flagged before", "fresh accounts", "actioned", "share"):
+        table.add_column(column)
+    for name, row in result["per_campaign"].items():
+        table.add_row(name, str(row["flagged_before_split"]), str(row["fresh_accounts"]),
+                      str(row["actioned_within_first"]), f"{row['share']:.1%}")  # fmt: skip
+    console.print(table)
+    personas = Table(title="Benign users after the split")
+    for column in ("persona", "accounts", "refused", "requests", "refused requests"):
+        personas.add_column(column)
+    for name, row in result["per_persona"].items():
+        personas.add_row(name, str(row["accounts"]), str(row["accounts_refused"]),
+                         str(row["requests"]), str(row["requests_refused"]))  # fmt: skip
+    console.print(personas)
+    share = result["actioned_share"]
+    console.print(
+        f"flagged campaigns' fresh accounts actioned: {share:.1%} of "
+        f"{result['fresh_accounts_of_flagged_campaigns']}; benign requests refused: "
+        f"{result['benign_refused_share']:.3%} of {result['benign_requests']:,}\n"
+        f"report: {out / 'split.json'}",
+        highlight=False,
+    )
+
+
+def _null():
+    from contextlib import nullcontext
+
+    return nullcontext()

@@ -1,0 +1,19 @@
+"""Indicators of campaigns, as STIX 2.1, for every gateway and for partner labs."""
+
+from distillwatch.sharing.artefacts import ip_prefix, request_artefacts
+from distillwatch.sharing.export import BundleWritten, write_indicators
+from distillwatch.sharing.indicators import (
+    DEFAULT_BOUND,
+    Artefact,
+    CampaignIndicators,
+    campaign_indicators,
+    links,
+)
+from distillwatch.sharing.keys import SharingKey, load_or_create
+from distillwatch.sharing.stix import IndicatorSet, Link, read_bundle, to_bundle
+
+__all__ = [
+    "DEFAULT_BOUND", "Artefact", "BundleWritten", "CampaignIndicators", "IndicatorSet", "Link",
+    "SharingKey", "campaign_indicators", "ip_prefix", "links", "load_or_create", "read_bundle",
+    "request_artefacts", "to_bundle", "write_indicators",
+]  # fmt: skip

@@ -1,0 +1,303 @@
+"""Indicators: one artefact definition for batch and gateway, specificity on the population,
+STIX 2.1 bundles that validate, keyed private values, hostile bundles refused, and a gateway
+that links fresh accounts from a bundle alone."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from distillwatch.detection.pipeline import detect
+from distillwatch.detection.state import update
+from distillwatch.detection.text import template_grams
+from distillwatch.enforce.processes import free_port
+from distillwatch.errors import BundleError
+from distillwatch.sharing import (
+    SharingKey,
+    campaign_indicators,
+    links,
+    read_bundle,
+    request_artefacts,
+    to_bundle,
+)
+from distillwatch.sharing.artefacts import artefact
+from distillwatch.store import Store
+from tests.gateway import chat, keys_file, start, stop
+from tests.test_detection import WRAPPER, fill, hydra, people, rec
+
+KEY = SharingKey("group-a", bytes(range(32)))
+
+
+def _world(tmp_path: Path) -> tuple[Path, list[dict], list[dict]]:
+    h_records, h_accounts = hydra(12, 20)
+    p_records, p_accounts = people(30, 8)
+    # Ordinary people behind the hydra's residential exits: they share its prefixes.
+    exit_users = [rec(i, f"x{a}", f"tips for a first marathon {a}-{i}", hours=10 + i + a,
+                      ip=f"73.{a}.{i % 5}.200", user_agent="Mozilla/5.0 Firefox/128")
+                  for a in range(4) for i in range(6)]  # fmt: skip
+    store = tmp_path / "world.duckdb"
+    with Store(store) as db:
+        fill(db, h_records + p_records + exit_users, h_accounts + p_accounts)
+    return store, h_records + p_records + exit_users, h_accounts + p_accounts
+
+
+def test_links_rule():
+    assert links([("payment", 0.001, 0)], 1e-4)  # a card nobody else uses links alone
+    assert not links([("payment", 0.002, 1)], 1e-4)
+    assert links([("network", 0.001, 0), ("template", 0.001, 0)], 1e-4)
+    assert not links([("network", 0.001, 0), ("network", 0.0001, 0)], 1e-4)  # one family twice
+    assert not links([("network", 0.02, 20), ("template", 0.02, 20)], 1e-4)  # two common ones
+
+
+def test_batch_and_gateway_compute_the_same_artefacts(tmp_path):
+    """What the store's state holds per account (batch) equals what the gateway derives from
+    the same requests, private kinds keyed, IPv6, Chinese and short prompts included."""
+    prompts = [
+        f"### Instruction:\nWrite a parser for case {{}}.\n\n{WRAPPER}",
+        "请一步一步地思考，然后回答这个问题：{} 的平方根是多少？请给出详细的推理过程和最终答案。",
+        "hi {}",
+        "Summarise   the FOLLOWING text in `code` and \"quotes\" 42 times: {} please now",
+    ]  # fmt: skip
+    records = []
+    for a in range(4):
+        for i in range(6):
+            ip = f"2001:db8:{a}:{i}::7" if a % 2 else f"203.0.{a}.{i + 1}"
+            records.append(rec(i, f"acct{a}", prompts[(a + i) % 4].format(i * 7), hours=i + a,
+                               ip=ip, user_agent=f"sdk/{a}", tls_fingerprint=f"t13d_{a % 2}"))  # fmt: skip
+    accounts = [{"account_id": f"acct{a}", "payment_fingerprint": f"pm_{a % 2}"} for a in range(4)]
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, records, accounts)
+        update(store, incremental=False)
+        batch: dict[str, set[str]] = {}
+        for account, kind, value in store.run(
+            "SELECT account_id, kind, value FROM dw_kv WHERE kind IN ('ip','net','ua','tls','pre','suf')"
+        ):
+            batch.setdefault(account, set()).add(artefact(kind, value, KEY))
+        for account, card in store.run("SELECT account_id, payment_fingerprint FROM accounts"):
+            batch.setdefault(account, set()).add(artefact("pay", card, KEY))
+    online: dict[str, set[str]] = {}
+    cards = {a["account_id"]: a["payment_fingerprint"] for a in accounts}
+    for r in records:
+        online.setdefault(r["account_id"], set()).update(request_artefacts(
+            r["ip"], r["tls_fingerprint"], r["user_agent"], r["messages"][0]["content"],
+            cards[r["account_id"]], KEY))  # fmt: skip
+    assert batch == online
+    assert any(a.startswith("tpl:") for a in online["acct1"])  # Chinese prompts have templates
+    assert any(a.startswith("net:2001:db8:") for a in online["acct1"])
+
+
+def test_indicators_are_rare_outside_the_campaign_and_checked_on_the_population(tmp_path):
+    store_path, _, _ = _world(tmp_path)
+    with Store(store_path) as store:
+        doc = detect(store)
+        hydra_campaign = next(
+            c for c in doc["campaigns"] if any(a.startswith("h") for a in c["accounts"])
+        )
+        assert not any(a.startswith(("p", "x")) for a in hydra_campaign["accounts"])
+        [found] = [c for c in campaign_indicators(store, doc, KEY)
+                   if c.campaign_id == hydra_campaign["campaign_id"]]  # fmt: skip
+    kinds = {a.kind for a in found.artefacts}
+    assert {"pay", "tpl", "ua"} <= kinds
+    for a in found.artefacts:
+        assert a.outside_accounts <= 1 and a.campaign_accounts >= 2 and 0 < a.coverage <= 1
+    # The exits the four ordinary users share with the hydra are not indicators of it.
+    shared_exits = {f"73.{a}.{i}.0/24" for a in range(4) for i in range(5)}
+    assert not shared_exits & {a.value for a in found.artefacts if a.kind == "net"}
+    assert found.false_matches == 0 and found.population == 34
+    # The card is keyed: its plain value appears nowhere.
+    assert not any("pm_shared" in a.value for a in found.artefacts)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    """detect, run twice as the CLI, on a hydra among ordinary users."""
+    from tests.conftest import run_cli
+
+    tmp = tmp_path_factory.mktemp("bundle")
+    records, accounts = hydra(12, 20)
+    # Enough ordinary users that two artefacts nobody else uses are jointly rarer than the
+    # link bound (1e-4): with 30, (1/31)^2 could not show it.
+    p_records, p_accounts = people(120, 4)
+    log, meta = tmp / "log.jsonl", tmp / "accounts.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in records + p_records))
+    meta.write_text("".join(json.dumps(a) + "\n" for a in accounts + p_accounts))
+    key = tmp / "group.key"
+    KEY.write(key)
+    for out in ("out1", "out2"):
+        result = run_cli("detect", log, "--accounts", meta, "--out", tmp / out, "--sharing-key", key,
+                         "--producer", "lab-a", "--tlp", "green")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "indicators:" in result.stdout
+    return tmp
+
+
+def test_detect_writes_a_valid_stix_bundle_with_stable_ids(bundle_dir):
+    from stix2 import parse
+    from stix2validator import ValidationOptions, validate_file
+
+    path = bundle_dir / "out1" / "indicators.json"
+    report = validate_file(str(path), ValidationOptions(strict=False))
+    assert report.is_valid, [str(e) for o in report.object_results for e in o.errors][:5]
+    bundle = parse(path.read_text(), allow_custom=False)
+    types = {o.type for o in bundle.objects}
+    assert {"identity", "marking-definition", "extension-definition", "campaign", "intrusion-set",
+            "indicator", "relationship", "sighting"} <= types  # fmt: skip
+    campaign = next(o for o in bundle.objects if o.type == "campaign")
+    atlas = {r.external_id for r in campaign.external_references}
+    assert {"AML.T0024.002", "AML.T0008.005", "AML.CS0056", "AML.M0004"} <= atlas
+    assert all(r.url.startswith("https://atlas.mitre.org/") for r in campaign.external_references)
+    marking = next(o for o in bundle.objects if o.type == "marking-definition")
+    assert marking.name == "TLP:GREEN"
+    # Detecting again exports the same objects (updated), never duplicates.
+    again = parse((bundle_dir / "out2" / "indicators.json").read_text(), allow_custom=False)
+    first = {o.id: o for o in bundle.objects}
+    second = {o.id: o for o in again.objects}
+    assert set(first) == set(second)
+    assert all(second[i].get("modified", 0) >= first[i].get("modified", 0) for i in first
+               if "modified" in first[i])  # fmt: skip
+
+
+def test_private_values_resist_a_dictionary_attack(bundle_dir):
+    """A recipient without the key, guessing the exact templates (the strongest dictionary: the
+    grams of every prompt actually sent), recovers none; with the key the same guess matches,
+    so the test could fail."""
+    doc = orjson.loads((bundle_dir / "out1" / "indicators.json").read_bytes())
+    private = {o["pattern"].split(":", 1)[1] for o in doc["objects"]
+               if o["type"] == "indicator" and o["pattern_type"] == "distillwatch"
+               and o["pattern"].startswith(("tpl:", "pay:"))}  # fmt: skip
+    assert private and not any("shared" in v or "python" in v for v in private)
+    records, accounts = hydra(12, 20)
+    guesses = {("pay", a["payment_fingerprint"]) for a in accounts}
+    for r in records:
+        prefix, suffix = template_grams(r["messages"][0]["content"])
+        guesses |= {("pre", prefix), ("suf", suffix)}
+    wrong = SharingKey("group-a", bytes(32))  # the right key id, another secret
+
+    def attempts(kind: str, value: str) -> set[str]:
+        plain = value.encode()
+        tagged = kind.encode() + b"\x00" + plain
+        return {hashlib.sha256(plain).hexdigest()[:32], hashlib.sha256(tagged).hexdigest()[:32],
+                hashlib.md5(plain).hexdigest(), hmac.new(b"", tagged, hashlib.sha256).hexdigest()[:32],
+                wrong.digest(kind, value)}  # fmt: skip
+
+    assert not private & {h for g in guesses for h in attempts(*g)}
+    assert private & {KEY.digest(*g) for g in guesses}
+
+
+def _good_bundle(bundle_dir: Path) -> dict:
+    return orjson.loads((bundle_dir / "out1" / "indicators.json").read_bytes())
+
+
+def _first(doc: dict, kind: str) -> dict:
+    return next(o for o in doc["objects"] if o["type"] == kind)
+
+
+def _hostile(doc: dict, case: str) -> bytes:
+    doc = copy.deepcopy(doc)
+    indicator = _first(doc, "indicator")
+    if case == "oversized":
+        return b'{"type": "bundle", "objects": [' + b" " * (33 * 1024 * 1024) + b"]}"
+    if case in ("deep", "very deep"):  # past our limit; past the JSON parser's own
+        depth = 200 if case == "deep" else 5000
+        indicator["labels"] = "DEEP"
+        return orjson.dumps(doc).replace(b'"DEEP"', b"[" * depth + b'"x"' + b"]" * depth)
+    elif case == "wrong type":
+        indicator["valid_from"] = 12
+    elif case == "unknown extension":
+        indicator["extensions"]["extension-definition--00000000-0000-4000-8000-000000000000"] = {
+            "extension_type": "property-extension"
+        }
+    elif case == "newer major version":
+        _first(doc, "extension-definition")["version"] = "2.0.0"
+    elif case == "forged source":
+        indicator["created_by_ref"] = "identity--11111111-1111-4111-8111-111111111111"
+    elif case == "script in a string":
+        _first(doc, "campaign")["name"] = "<script>alert(1)</script>"
+    elif case == "terminal escape":
+        indicator["name"] = "\x1b[2Jgone"
+    elif case == "bad ip pattern":
+        indicator["pattern"] = "[ipv4-addr:value = '999.1.1.1']"
+        indicator["extensions"][next(iter(indicator["extensions"]))]["kind"] = "ip"
+    elif case == "rate out of range":
+        next(iter(indicator["extensions"].values()))["false_match_rate"] = 7
+    elif case == "not a bundle":
+        return b'{"type": "indicator"}'
+    elif case == "not json":
+        return b"\xff\xfe{"
+    return orjson.dumps(doc)
+
+
+HOSTILE = ["oversized", "deep", "very deep", "wrong type", "unknown extension", "newer major version",
+           "forged source", "script in a string", "terminal escape", "bad ip pattern",
+           "rate out of range", "not a bundle", "not json"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_bundles_are_refused_whole(bundle_dir, tmp_path, case):
+    path = tmp_path / "hostile.json"
+    path.write_bytes(_hostile(_good_bundle(bundle_dir), case))
+    with pytest.raises(BundleError) as caught:
+        read_bundle(path)
+    assert str(path) in str(caught.value) and len(str(caught.value)) <= 500
+
+
+def test_trust_list_and_expiry(bundle_dir, tmp_path):
+    path = bundle_dir / "out1" / "indicators.json"
+    producer = _first(_good_bundle(bundle_dir), "identity")["id"]
+    assert read_bundle(path, trusted={producer}).links
+    assert read_bundle(path, trusted={"lab-a"}).links  # by name too
+    with pytest.raises(BundleError, match="trust list"):
+        read_bundle(path, trusted={"identity--22222222-2222-4222-8222-222222222222"})
+    from datetime import datetime
+
+    later = read_bundle(path, now=datetime(2099, 1, 1))
+    assert not later.links and later.expired > 0
+
+
+def test_a_gateway_links_fresh_accounts_from_the_bundle_alone(bundle_dir, tmp_path, upstream):
+    """No store, no verdicts: only the bundle and the group key. A fresh account sending the
+    hydra's template from its client stack is challenged; an ordinary new user is served; a
+    hostile replacement of the bundle is refused and the last good one stays in force."""
+    bundle = tmp_path / "indicators.json"
+    bundle.write_bytes((bundle_dir / "out1" / "indicators.json").read_bytes())
+    port = free_port()
+    keys = keys_file(tmp_path / "keys.jsonl", ["fresh1", "fresh2", "plain"])
+    proc = start(["proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
+                  "--indicators", str(bundle), "--sharing-key", str(bundle_dir / "group.key"),
+                  "--keys", str(keys), "--trusted-proxy", "127.0.0.1/32"],
+                 f"http://127.0.0.1:{port}/healthz")  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        health = httpx.get(f"{base}/healthz").json()
+        assert health["indicators"]["bundles"] == 1 and health["indicators"]["indicators"] > 0
+        assert health["indicators"]["bundle_key_ids"] == ["group-a"]
+        harvest = f"### Instruction:\nWrite a Python function number 77 that parses toml files.\n\n{WRAPPER}"
+        hit = chat(base, "fresh1", harvest, headers={"User-Agent": "python-httpx/0.27",
+                                                     "X-Forwarded-For": "100.64.9.9"})  # fmt: skip
+        assert hit.status_code == 403, hit.text
+        assert hit.json()["error"]["code"] == "verification_required"
+        plain = chat(base, "plain", "how long should I boil an egg",
+                     headers={"User-Agent": "Mozilla/5.0 Chrome/126", "X-Forwarded-For": "24.3.1.1"})  # fmt: skip
+        assert plain.status_code == 200
+        bundle.write_bytes(_hostile(_good_bundle(bundle_dir), "script in a string"))
+        import time
+
+        time.sleep(1.2)  # bundles are checked for changes at most once a second
+        health = httpx.get(f"{base}/healthz").json()
+        assert health["status"] == "degraded" and str(bundle) in health["indicators"]["errors"]
+        again = chat(base, "fresh2", harvest, headers={"User-Agent": "python-httpx/0.27"})
+        assert again.status_code == 403  # the last good bundle is still in force
+    finally:
+        stop(proc)
+
+
+def test_to_bundle_refuses_an_unknown_tlp_level():
+    with pytest.raises(ValueError, match="TLP"):
+        to_bundle([], "lab", "k", tlp="purple")
