@@ -131,8 +131,9 @@ def bundle_dir(tmp_path_factory):
     key = tmp / "group.key"
     KEY.write(key)
     for out in ("out1", "out2"):
+        store = ["--store", tmp / "s.duckdb"] if out == "out2" else []
         result = run_cli("detect", log, "--accounts", meta, "--out", tmp / out, "--sharing-key", key,
-                         "--producer", "lab-a", "--tlp", "green")  # fmt: skip
+                         "--producer", "lab-a", "--tlp", "green", *store)  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert "indicators:" in result.stdout
     return tmp
@@ -265,16 +266,22 @@ def test_a_gateway_links_fresh_accounts_from_the_bundle_alone(bundle_dir, tmp_pa
     """No store, no verdicts: only the bundle and the group key. A fresh account sending the
     hydra's template from its client stack is challenged; an ordinary new user is served; a
     hostile replacement of the bundle is refused and the last good one stays in force."""
-    bundle = tmp_path / "indicators.json"
-    bundle.write_bytes((bundle_dir / "out1" / "indicators.json").read_bytes())
+    folder = tmp_path / "bundles"  # a folder of bundles, as share import fills it
+    folder.mkdir()
+    bundle = folder / "lab-a.json"
     port = free_port()
     keys = keys_file(tmp_path / "keys.jsonl", ["fresh1", "fresh2", "plain"])
     proc = start(["proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}",
-                  "--indicators", str(bundle), "--sharing-key", str(bundle_dir / "group.key"),
+                  "--indicators", str(folder), "--sharing-key", str(bundle_dir / "group.key"),
                   "--keys", str(keys), "--trusted-proxy", "127.0.0.1/32"],
                  f"http://127.0.0.1:{port}/healthz")  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    import time
+
     try:
+        assert httpx.get(f"{base}/healthz").json()["indicators"]["bundles"] == 0
+        bundle.write_bytes((bundle_dir / "out1" / "indicators.json").read_bytes())
+        time.sleep(1.2)  # bundles are checked for changes at most once a second
         health = httpx.get(f"{base}/healthz").json()
         assert health["indicators"]["bundles"] == 1 and health["indicators"]["indicators"] > 0
         assert health["indicators"]["bundle_key_ids"] == ["group-a"]
@@ -287,8 +294,6 @@ def test_a_gateway_links_fresh_accounts_from_the_bundle_alone(bundle_dir, tmp_pa
                      headers={"User-Agent": "Mozilla/5.0 Chrome/126", "X-Forwarded-For": "24.3.1.1"})  # fmt: skip
         assert plain.status_code == 200
         bundle.write_bytes(_hostile(_good_bundle(bundle_dir), "script in a string"))
-        import time
-
         time.sleep(1.2)  # bundles are checked for changes at most once a second
         health = httpx.get(f"{base}/healthz").json()
         assert health["status"] == "degraded" and str(bundle) in health["indicators"]["errors"]
@@ -301,3 +306,38 @@ def test_a_gateway_links_fresh_accounts_from_the_bundle_alone(bundle_dir, tmp_pa
 def test_to_bundle_refuses_an_unknown_tlp_level():
     with pytest.raises(ValueError, match="TLP"):
         to_bundle([], "lab", "k", tlp="purple")
+
+
+def test_share_import_takes_good_bundles_and_refuses_bad_ones_whole(bundle_dir, tmp_path, cli):
+    good = bundle_dir / "out1" / "indicators.json"
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(_hostile(_good_bundle(bundle_dir), "script in a string"))
+    trust = tmp_path / "trust.txt"
+    trust.write_text("# partners we share with\nlab-a\n")
+    into = tmp_path / "partners"
+    result = cli("share", "import", good, bad, "--into", into, "--trust", trust)
+    assert result.returncode == 1  # one refused
+    assert "imported as lab-a-" in result.stdout and "refused" in result.stdout
+    assert "<script>" not in result.stdout  # the reason is shown without the markup
+    [stored] = list(into.glob("*.json"))
+    assert read_bundle(stored).links == read_bundle(good).links
+    nobody = tmp_path / "nobody.txt"
+    nobody.write_text("lab-z\n")
+    untrusted = cli("share", "import", good, "--into", tmp_path / "other", "--trust", nobody)
+    assert untrusted.returncode == 1 and "trust list" in untrusted.stdout
+
+
+def test_share_export_keys_each_group_apart(bundle_dir, tmp_path, cli):
+    other = tmp_path / "group-b.key"
+    SharingKey("group-b", bytes(range(1, 33))).write(other)
+    out = tmp_path / "for-group-b.json"
+    result = cli("share", "export", "--store", bundle_dir / "s.duckdb", "--verdicts",
+                 bundle_dir / "out2" / "verdicts.json", "--key", other, "--producer", "lab-a",
+                 "--tlp", "amber+strict", "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    ours, theirs = read_bundle(bundle_dir / "out2" / "indicators.json"), read_bundle(out)
+    private = lambda s: {k for k in s.links if k.startswith(("tpl:", "pay:"))}  # noqa: E731
+    public = lambda s: {k for k in s.links if not k.startswith(("tpl:", "pay:"))}  # noqa: E731
+    assert private(ours) and private(theirs) and not private(ours) & private(theirs)
+    assert public(ours) == public(theirs)
+    assert theirs.key_ids == {"group-b"}

@@ -101,8 +101,8 @@ def proxy_command(
     indicators: list[Path] = typer.Option(
         None,
         "--indicators",
-        help="STIX 2.1 indicator bundle (detect's indicators.json, or a partner's); repeat for "
-        "more. Links new accounts to flagged campaigns without any store; hot-reloaded; a bundle "
+        help="STIX 2.1 indicator bundle (detect's indicators.json, or a partner's) or a folder of "
+        "them (share import --into); repeat for more. Links new accounts to flagged campaigns without any store; hot-reloaded; a bundle "
         "that fails validation is not applied and /healthz says why.",
     ),
     sharing_key: Path | None = typer.Option(
@@ -173,8 +173,8 @@ def proxy_command(
     if verdicts is not None and not verdicts.is_file():
         raise fail(f"{verdicts}: no such verdicts file")
     for bundle in indicators or []:
-        if not bundle.is_file():
-            raise fail(f"{bundle}: no such indicator bundle")
+        if not bundle.exists():
+            raise fail(f"{bundle}: no such indicator bundle or folder")
     key = _sharing_key(sharing_key)
     config = ProxyConfig(
         upstream=upstream, policy=chosen, store=store, verdicts=verdicts, redis_url=redis,

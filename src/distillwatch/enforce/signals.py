@@ -76,7 +76,8 @@ class VerdictIndex:
 
 
 class HotIndicators:
-    """STIX indicator bundles (ours and partners'), each reloaded when its file changes.
+    """STIX indicator bundles (ours and partners'), each reloaded when its file changes; a
+    folder stands for every ``*.json`` in it (``share import`` and ``share pull`` write there).
 
     A bundle that fails validation is not applied (nothing of it); the last good version of
     that file stays in force and ``errors`` says why (shown by ``/healthz``)."""
@@ -90,6 +91,15 @@ class HotIndicators:
         self._lock = threading.Lock()
         self.reload_if_changed(force=True)
 
+    def _files(self) -> list[Path]:
+        files: list[Path] = []
+        for path in self.paths:
+            if path.is_dir():
+                files += sorted(p for p in path.glob("*.json") if p.is_file())[:1000]
+            else:
+                files.append(path)
+        return files
+
     def reload_if_changed(self, force: bool = False) -> IndicatorSet:
         if not self.paths:
             return self.index
@@ -98,7 +108,11 @@ class HotIndicators:
             return self.index
         self._checked = now
         changed = False
-        for path in self.paths:
+        files = self._files()
+        for gone in set(self._good) - set(files):
+            del self._good[gone]  # a bundle removed from a watched folder stops applying
+            changed = True
+        for path in files:
             try:
                 mtime = path.stat().st_mtime
             except OSError as exc:

@@ -293,15 +293,7 @@ def _artefact_value(kind: str, pattern: str) -> str | None:
 
 def read_bundle(path: Path, trusted: set[str] | None = None, own: set[str] | None = None,
                 now: datetime | None = None) -> IndicatorSet:  # fmt: skip
-    """Validate a bundle and return its indicators; raise :class:`BundleError` (nothing used)
-    when any part of it is unacceptable.
-
-    ``trusted``: identity ids (or names) whose bundles are accepted; None accepts any producer
-    (a gateway reading its own detection's bundles). Expired indicators (``valid_until`` in the
-    past) are skipped and counted, not applied."""
-    from stix2 import parse
-    from stix2.exceptions import STIXError
-
+    """Validate the bundle in ``path`` and return its indicators (see :func:`parse_bundle`)."""
     where = str(path)
     try:
         size = path.stat().st_size
@@ -310,8 +302,24 @@ def read_bundle(path: Path, trusted: set[str] | None = None, own: set[str] | Non
         raw = path.read_bytes()
     except OSError as exc:
         raise _fail(where, f"cannot read ({exc.strerror})") from None
+    return parse_bundle(raw, where, trusted, own, now)
+
+
+def parse_bundle(raw: bytes | dict[str, Any], where: str, trusted: set[str] | None = None,
+                 own: set[str] | None = None, now: datetime | None = None) -> IndicatorSet:  # fmt: skip
+    """Validate a bundle and return its indicators; raise :class:`BundleError` (nothing used)
+    when any part of it is unacceptable. ``where`` names it in messages.
+
+    ``trusted``: identity ids (or names) whose bundles are accepted; None accepts any producer
+    (a gateway reading its own detection's bundles). Expired indicators (``valid_until`` in the
+    past) are skipped and counted, not applied."""
+    from stix2 import parse
+    from stix2.exceptions import STIXError
+
+    if isinstance(raw, bytes) and len(raw) > MAX_BUNDLE_BYTES:
+        raise _fail(where, f"{len(raw):,} bytes, over the {MAX_BUNDLE_BYTES:,}-byte limit")
     try:
-        doc = orjson.loads(raw)
+        doc = orjson.loads(raw) if isinstance(raw, bytes) else raw
     except orjson.JSONDecodeError as exc:
         raise _fail(where, f"not JSON ({str(exc)[:120]})") from None
     if not isinstance(doc, dict) or doc.get("type") != "bundle":

@@ -1,0 +1,194 @@
+"""``distillwatch share``: indicator bundles to and from partner labs (STIX 2.1, TAXII 2.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import orjson
+import typer
+from rich.table import Table
+
+from distillwatch.commands._app import app, console, fail
+from distillwatch.errors import BundleError, InputError, SharingKeyError, StoreError
+from distillwatch.terminal import safe_text
+
+share_app = typer.Typer(
+    help="Share campaign indicators: export, import (validated), TAXII 2.1 serve / push / pull.",
+    no_args_is_help=True,
+)
+app.add_typer(share_app, name="share")
+TOKEN_ENV = "DISTILLWATCH_TAXII_TOKEN"
+
+
+def _trust(path: Path | None, trust_any: bool) -> set[str] | None:
+    if trust_any:
+        return None
+    if path is None:
+        raise fail("give --trust FILE (identity ids or names, one per line) or --trust-any")
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise fail(f"{path}: {exc.strerror}") from None
+    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
+def _token(path: Path | None) -> str:
+    if path is not None:
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise fail(f"{path}: {exc.strerror}") from None
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    raise fail(f"give --token-file FILE or set {TOKEN_ENV}")
+
+
+def _accept(raw: bytes, where: str, trusted: set[str] | None, into: Path) -> tuple[Path, object]:
+    """Validate a bundle (all or nothing) and, if it passes, store it in ``into``."""
+    from distillwatch.sharing.stix import parse_bundle
+
+    found = parse_bundle(raw, where, trusted)
+    source = next(iter(found.sources.values()), "unknown")
+    slug = re.sub(r"[^a-z0-9]+", "-", source.lower()).strip("-")[:40] or "source"
+    into.mkdir(parents=True, exist_ok=True)
+    target = into / f"{slug}-{hashlib.sha256(raw).hexdigest()[:12]}.json"
+    scratch = target.with_suffix(".tmp")
+    scratch.write_bytes(raw)
+    os.replace(scratch, target)  # gateways watching the folder never read half a file
+    return target, found
+
+
+@share_app.command("export")
+def export(
+    store_path: Path = typer.Option(..., "--store", "-s", help="The store detect ran on."),
+    verdicts: Path = typer.Option(..., "--verdicts", help="That run's verdicts.json."),
+    key_path: Path = typer.Option(..., "--key", help="The sharing group's key file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle to write."),
+    producer: str = typer.Option("distillwatch", "--producer", help="Our STIX identity's name."),
+    tlp: str = typer.Option("amber", "--tlp", help="TLP 2.0 level: clear, green, amber, amber+strict, red."),
+) -> None:  # fmt: skip
+    """Write the campaigns of a detect run as a bundle for one sharing group (its key hashes the
+    templates and cards: each group gets values only its members can match)."""
+    from distillwatch.sharing import SharingKey, write_indicators
+    from distillwatch.sharing.stix import TLP2
+    from distillwatch.store import Store
+
+    if tlp not in TLP2:
+        raise fail(f"--tlp must be one of {', '.join(TLP2)}")
+    try:
+        key = SharingKey.read(key_path)
+        doc = json.loads(verdicts.read_text())
+        with Store(store_path) as store:
+            written = write_indicators(store, doc, out, key, producer, tlp)
+    except (SharingKeyError, StoreError) as exc:
+        raise fail(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise fail(f"{verdicts}: {exc}") from None
+    artefacts = sum(len(c.artefacts) for c in written.campaigns)
+    console.print(f"{out}: {len(written.campaigns)} campaigns, {artefacts:,} indicators, "
+                  f"{written.objects:,} STIX objects (TLP:{tlp.upper()}, key {key.key_id})",
+                  highlight=False)  # fmt: skip
+
+
+@share_app.command("import")
+def import_(
+    bundles: list[Path] = typer.Argument(..., help="Bundles received from partners."),
+    into: Path = typer.Option(..., "--into", help="Folder the gateways load (--indicators FOLDER)."),
+    trust: Path | None = typer.Option(None, "--trust", help="Trusted sources: identity ids or names, one per line."),
+    trust_any: bool = typer.Option(False, "--trust-any", help="Accept any source (testing only)."),
+) -> None:  # fmt: skip
+    """Validate each bundle (size, schema, extension version, expiry, source on the trust list);
+    store the ones that pass in INTO, refuse the others whole, and say why."""
+    trusted = _trust(trust, trust_any)
+    table = Table(title="Import")
+    for column in ("bundle", "result", "source", "campaigns", "indicators", "expired"):
+        table.add_column(column, overflow="fold")
+    refused = 0
+    for path in bundles:
+        try:
+            raw = path.read_bytes() if path.stat().st_size <= 64 * 1024 * 1024 else b""
+            if not raw:
+                raise BundleError(f"{path}: too large to consider")
+            target, found = _accept(raw, str(path), trusted, into)
+        except (BundleError, OSError) as exc:
+            refused += 1
+            table.add_row(safe_text(str(path)), safe_text(f"refused: {exc}"), "", "", "", "")
+            continue
+        table.add_row(safe_text(str(path)), safe_text(f"imported as {target.name}"),
+                      safe_text(", ".join(found.sources.values())), str(len(found.campaigns)),
+                      f"{len(found.links):,}", str(found.expired))  # type: ignore[attr-defined]  # fmt: skip
+    console.print(table)
+    if refused:
+        raise typer.Exit(1)
+
+
+@share_app.command("serve")
+def serve(
+    config: Path = typer.Option(..., "--config", help="JSON: title, collections [{id, title}], tokens {token: {collection: r|w|rw}}."),
+    store_path: Path = typer.Option(Path("taxii.duckdb"), "--store", help="Where collections' objects are kept."),
+    listen: str = typer.Option("127.0.0.1:9700", "--listen", help="HOST:PORT."),
+) -> None:  # fmt: skip
+    """Serve our collections over TAXII 2.1 (discovery /taxii2/, API root /api/)."""
+    import uvicorn
+
+    from distillwatch.commands.proxy import _listen
+    from distillwatch.sharing.taxii import TaxiiConfig
+    from distillwatch.sharing.taxii import app as taxii_app
+
+    host, port = _listen(listen)
+    try:
+        settings = TaxiiConfig.read(config)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    console.print(
+        f"TAXII 2.1 on http://{host}:{port}/taxii2/ ({len(settings.collections)} collections)"
+    )
+    uvicorn.run(taxii_app(settings, store_path), host=host, port=port, log_level="warning")
+
+
+@share_app.command("push")
+def push_(
+    bundle: Path = typer.Argument(..., help="Bundle to send (detect's indicators.json or share export's)."),
+    url: str = typer.Option(..., "--url", help="The collection's URL: .../collections/<id>/"),
+    token_file: Path | None = typer.Option(None, "--token-file", help=f"Bearer token (default: ${TOKEN_ENV})."),
+) -> None:  # fmt: skip
+    """POST a bundle's objects to a TAXII 2.1 collection (ours or a partner's)."""
+    from distillwatch.sharing.stix import read_bundle
+    from distillwatch.sharing.taxii import push
+
+    token = _token(token_file)
+    try:
+        read_bundle(bundle)  # never send what we would refuse ourselves
+        status = push(orjson.loads(bundle.read_bytes()), url, token)
+    except (BundleError, InputError) as exc:
+        raise fail(str(exc)) from None
+    console.print(f"pushed: {status['success_count']} of {status['total_count']} objects accepted "
+                  f"({status['status']})", highlight=False)  # fmt: skip
+
+
+@share_app.command("pull")
+def pull_(
+    url: str = typer.Option(..., "--url", help="The collection's URL: .../collections/<id>/"),
+    into: Path = typer.Option(..., "--into", help="Folder the gateways load (--indicators FOLDER)."),
+    token_file: Path | None = typer.Option(None, "--token-file", help=f"Bearer token (default: ${TOKEN_ENV})."),
+    trust: Path | None = typer.Option(None, "--trust", help="Trusted sources, one per line."),
+    trust_any: bool = typer.Option(False, "--trust-any", help="Accept any source (testing only)."),
+    added_after: str | None = typer.Option(None, "--added-after", help="Only objects added after this time."),
+) -> None:  # fmt: skip
+    """Fetch a TAXII 2.1 collection (all pages), validate it as one bundle and import it."""
+    from distillwatch.sharing.taxii import pull
+
+    trusted = _trust(trust, trust_any)
+    token = _token(token_file)
+    try:
+        bundle = pull(url, token, added_after)
+        target, found = _accept(orjson.dumps(bundle), url, trusted, into)
+    except (BundleError, InputError) as exc:
+        raise fail(str(exc)) from None
+    console.print(safe_text(
+        f"pulled {len(bundle['objects']):,} objects: {len(found.campaigns)} campaigns, "  # type: ignore[attr-defined]
+        f"{len(found.links):,} indicators -> {target}"))  # type: ignore[attr-defined]  # fmt: skip
