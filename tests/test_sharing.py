@@ -341,3 +341,38 @@ def test_share_export_keys_each_group_apart(bundle_dir, tmp_path, cli):
     assert private(ours) and private(theirs) and not private(ours) & private(theirs)
     assert public(ours) == public(theirs)
     assert theirs.key_ids == {"group-b"}
+
+
+def test_imported_indicators_are_priors_in_detection(bundle_dir, tmp_path, cli):
+    """Lab B sees a few accounts of lab A's hydra (same template, client and cards), each with a
+    handful of requests: not enough on their own. With lab A's bundle imported they rise to
+    suspicious and the reason names lab A; B's ordinary users are not affected."""
+    records, accounts = hydra(12, 20)
+    fresh = {f"h{a:02d}": f"b-new{a}" for a in range(3)}
+    b_records = [{**r, "id": "b-" + r["id"], "account_id": fresh[r["account_id"]]}
+                 for r in records if r["account_id"] in fresh and int(r["id"].rsplit("-", 1)[1]) < 4]  # fmt: skip
+    b_accounts = [{**a, "account_id": fresh[a["account_id"]], "email_domain": "gmail.com"}
+                  for a in accounts if a["account_id"] in fresh]  # fmt: skip
+    p_records, p_accounts = people(120, 4)
+    log, meta = tmp_path / "b.jsonl", tmp_path / "b-accounts.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in b_records + p_records))
+    meta.write_text("".join(json.dumps(a) + "\n" for a in b_accounts + p_accounts))
+    verdicts = {}
+    for name, extra in (
+        ("alone", []),
+        ("with", ["--indicators", bundle_dir / "out1" / "indicators.json"]),
+    ):
+        result = cli("detect", log, "--accounts", meta, "--out", tmp_path / name,
+                     "--sharing-key", bundle_dir / "group.key", *extra)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        verdicts[name] = {a["account_id"]: a for a in
+                          json.loads((tmp_path / name / "verdicts.json").read_text())["accounts"]}  # fmt: skip
+    for account in fresh.values():
+        # A prior, not a verdict: four requests and a partner's link make an account to watch
+        # (the gateway acts on the link itself); more evidence of its own makes it a verdict.
+        assert verdicts["alone"][account]["verdict"] == "benign"
+        assert verdicts["with"][account]["verdict"] == "suspicious"
+        assert verdicts["with"][account]["score"] > verdicts["alone"][account]["score"] + 0.3
+        assert any("indicators lab-a shared" in r for r in verdicts["with"][account]["reasons"])
+    others = [a for a in verdicts["with"] if a.startswith("p")]
+    assert all(verdicts["with"][a]["verdict"] == verdicts["alone"][a]["verdict"] for a in others)

@@ -63,3 +63,42 @@ def _null():
     from contextlib import nullcontext
 
     return nullcontext()
+
+
+@bench_app.command("two-labs")
+def bench_two_labs(
+    out: Path = typer.Option(Path("bench-two-labs"), "--out", "-o", help="Working folder."),
+    seed: int = typer.Option(13, "--seed", help="Simulation seed."),
+    step: float = typer.Option(0.5, "--step-hours", help="Lab B re-detects this often."),
+    horizon: float = typer.Option(24.0, "--horizon-hours", help="How long lab B is followed."),
+) -> None:  # fmt: skip
+    """One hydra moves from lab A to lab B: lab B's time to detect it and the harvest it got
+    first, with and without lab A's bundle, and benign users of B flagged only with it."""
+    from distillwatch.bench.two_labs import two_labs
+    from distillwatch.traffic import simulate
+
+    with console.status("simulating...") if console.is_terminal else _null():
+        simulate("two_labs", out / "traffic", seed=seed)
+    with console.status("lab A detects and exports; lab B re-detects, alone and with A's bundle...") if console.is_terminal else _null():  # fmt: skip
+        result = two_labs(out / "traffic", out, step_hours=step, horizon_hours=horizon)
+    (out / "two_labs.json").write_text(json.dumps(result, indent=1, default=str))
+    table = Table(title="The shared hydra at lab B")
+    for column in (
+        "lab B",
+        "hours until half flagged",
+        "its B requests served before",
+        "benign flagged",
+    ):
+        table.add_column(column)
+    for name in ("alone", "with_a"):
+        row = result[name]
+        hours = (
+            f"{row['hours_to_half']:.1f}"
+            if row["hours_to_half"] is not None
+            else f"not within {horizon:.0f}"
+        )
+        table.add_row("alone" if name == "alone" else "with lab A's bundle", hours,
+                      f"{row['harvest_before_share']:.2%}", str(row["benign_flagged"]))  # fmt: skip
+    console.print(table)
+    console.print(f"benign accounts of lab B flagged only with the import: "
+                  f"{result['benign_flagged_only_with_import']}\nreport: {out / 'two_labs.json'}")  # fmt: skip

@@ -13,11 +13,11 @@ from rich.table import Table
 
 from distillwatch.commands._app import app, console, fail
 from distillwatch.detection.pipeline import detect_and_write
-from distillwatch.errors import SharingKeyError
+from distillwatch.errors import BundleError, SharingKeyError
 from distillwatch.ingest import ingest_paths
 from distillwatch.schema import RecordError, parse_ts
 from distillwatch.sharing import load_or_create, write_indicators
-from distillwatch.sharing.stix import TLP2
+from distillwatch.sharing.stix import TLP2, read_bundles
 from distillwatch.store import Store, StoreError
 from distillwatch.terminal import safe_text
 
@@ -63,6 +63,12 @@ def detect_command(
         help="Who the indicator bundle says produced it (STIX identity).",
     ),
     tlp: str = typer.Option("amber", "--tlp", help="TLP 2.0 level of the bundle."),
+    indicators: list[Path] = typer.Option(
+        None,
+        "--indicators",
+        help="Imported indicator bundles or folders (share import --into): accounts they link "
+        "to a shared campaign get the partner_indicator evidence, naming the partner.",
+    ),
 ) -> None:
     """Score every account, link accounts into clusters and report campaigns with evidence.
 
@@ -83,6 +89,12 @@ def detect_command(
             cutoff = parse_ts(until, "--until")
         except RecordError as exc:
             raise fail(str(exc)) from None
+    shared = None
+    if indicators:
+        try:
+            shared = read_bundles(list(indicators))
+        except BundleError as exc:
+            raise fail(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as scratch:
         path = store_path or Path(scratch) / "detect.duckdb"
@@ -98,8 +110,8 @@ def detect_command(
                     if console.is_terminal
                     else nullcontext()
                 ):
-                    doc = detect_and_write(store, out, cutoff, incremental)
                     key, key_path, created = load_or_create(sharing_key, out / "sharing.key")
+                    doc = detect_and_write(store, out, cutoff, incremental, shared, key)
                     written = write_indicators(store, doc, out / "indicators.json", key,
                                                producer, tlp)  # fmt: skip
         except (StoreError, SharingKeyError) as exc:

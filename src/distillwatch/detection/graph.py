@@ -14,7 +14,8 @@ class EdgeIndex:
     """The account-artefact edge list as integer vertex ids, built once for every graph step.
 
     ``names[account_index[e]]`` is edge e's account; artefacts are numbered ``0..artefacts-1``.
-    Ids come from ``np.unique``, so they are deterministic for a given edge set.
+    Ids come from ``np.unique`` and edges are sorted, so both are deterministic for a given edge
+    set, whatever order the SQL returned it in.
     """
 
     names: np.ndarray
@@ -28,7 +29,11 @@ class EdgeIndex:
             np.asarray(edges["account_id"], dtype=object), return_inverse=True
         )
         _, artefact_index = np.unique(np.asarray(edges["artefact"]), return_inverse=True)
-        return cls(names, account_index, artefact_index, np.asarray(edges["weight"], dtype=float))
+        weight = np.asarray(edges["weight"], dtype=float)
+        # SQL returns edges in no fixed order (parallel aggregation); Leiden's result depends
+        # on edge order, so sort: the same edge set always gives the same communities.
+        order = np.lexsort((weight, artefact_index, account_index))
+        return cls(names, account_index[order], artefact_index[order], weight[order])
 
     def __len__(self) -> int:
         return len(self.account_index)

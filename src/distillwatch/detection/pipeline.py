@@ -27,6 +27,9 @@ from distillwatch.detection.scoring import (
     sigmoid,
 )
 from distillwatch.detection.state import update
+from distillwatch.sharing.keys import SharingKey
+from distillwatch.sharing.priors import partner_links
+from distillwatch.sharing.stix import IndicatorSet
 from distillwatch.store import Store
 
 DISTILLATION_THRESHOLD = 0.8
@@ -51,14 +54,17 @@ def _rows(store: Store, sql: str) -> list[dict[str, Any]]:
 
 
 def detect(store: Store, until: datetime | None = None, incremental: bool = True,
-           scorer: EvidenceScorer | None = None) -> dict[str, Any]:  # fmt: skip
+           scorer: EvidenceScorer | None = None, shared: IndicatorSet | None = None,
+           sharing_key: SharingKey | None = None) -> dict[str, Any]:  # fmt: skip
     """Run detection over the store (exchanges with ``ts <= until`` when given).
 
     Incremental by default: only exchanges newer than the previous run's watermark are read
     and folded into the stored per-account state (see :mod:`.state`); the answer is the same
     as a full run's. ``incremental=False`` rebuilds the state from every stored exchange.
     ``scorer`` (unfitted) replaces the default :class:`EvidenceScorer`, e.g. one with fitted
-    rule weights.
+    rule weights. ``shared``: indicators imported from bundles (partners', or another
+    deployment's): accounts they link get the ``partner_indicator`` rule
+    (:mod:`distillwatch.sharing.priors`); ``sharing_key`` matches their private values.
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -66,6 +72,13 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     timings["exchange_features"] = time.perf_counter() - started
     exchanges = fold.total
     rows = account_rows(store, until)
+    if shared is not None and shared.links:
+        # Indicators age against the data's own time (the last exchange folded), not the clock.
+        priors = partner_links(store, shared, sharing_key, until or fold.watermark)
+        for row in rows:
+            prior = priors.get(row["account_id"])
+            row["partner_link"] = prior["strength"] if prior else 0.0
+            row["partner_reason"] = prior["reason"] if prior else ""
     timings["account_features"] = time.perf_counter() - started - sum(timings.values())
     by_id = {r["account_id"]: r for r in rows}
     scorer = (scorer or EvidenceScorer()).fit(rows)
@@ -243,12 +256,17 @@ def store_verdicts(store: Store, doc: dict[str, Any]) -> str:
 
 
 def detect_and_write(
-    store: Store, out: Path, until: datetime | None = None, incremental: bool = True
+    store: Store,
+    out: Path,
+    until: datetime | None = None,
+    incremental: bool = True,
+    shared: IndicatorSet | None = None,
+    sharing_key: SharingKey | None = None,
 ) -> dict[str, Any]:
     """Detect, write ``verdicts.json`` and ``report.html`` into ``out``, record in the store."""
     from distillwatch.detection.report import write_report
 
-    doc = detect(store, until, incremental)
+    doc = detect(store, until, incremental, shared=shared, sharing_key=sharing_key)
     out.mkdir(parents=True, exist_ok=True)
     (out / "verdicts.json").write_text(json.dumps(doc, indent=1))
     store_verdicts(store, doc)

@@ -217,6 +217,10 @@ ACCOUNT_RULES: tuple[Rule, ...] = (
     Rule("lockstep", "lockstep_with", 3, 1.2,
          reason="active in the same 10-minute windows as {lockstep_with} other accounts (one scheduler)"),
     # Comparing models on the same prompts is evaluation; a distiller wants one model's answers.
+    # An imported indicator (a partner's, or another deployment's) links the account to a
+    # campaign: two jointly rare artefact families, or a card nobody else uses. Decays with the
+    # indicators' age (sharing/priors.py).
+    Rule("partner_indicator", "partner_link", 0.05, 4.0, strength="value", reason="{partner_reason}"),
     Rule("comparative_evaluation", "multi_model_share", 0.3, -1.5, min_requests=20,
          reason="sends {multi_model_share:.0%} of its prompts to several models (comparative evaluation)"),
 )  # fmt: skip
@@ -275,6 +279,9 @@ MIN_COORDINATED_CLUSTER = 5
 NOVEL_REACH = 3
 MIN_CAMPAIGN_YIELD = 100
 MIN_YIELD_PER_ACCOUNT = 15
+#: ...or, while members have sent fewer than MIN_YIELD_PER_ACCOUNT / YIELD_SHARE_OF_VOLUME
+#: requests each, this share of the median member's requests (a campaign seen early).
+YIELD_SHARE_OF_VOLUME = 0.5
 #: Without an operator signal, content shared across a cluster is a shared product, unless the
 #: cluster looks like a content farm: this many members, single-turn traffic at volume, and
 #: many distinct prompts per member (an operation spreading one seed set over accounts).

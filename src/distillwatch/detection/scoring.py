@@ -27,6 +27,7 @@ from distillwatch.detection.rules import (
     CONTENT_RULES,
     MIN_CAMPAIGN_YIELD,
     MIN_YIELD_PER_ACCOUNT,
+    YIELD_SHARE_OF_VOLUME,
     Evidence,
     Rule,
     activation,
@@ -168,6 +169,15 @@ class ClusterScore:
     density: float = 0.0  # of the cluster's densest block (``dense.py``)
 
 
+def per_account_yield_needed(member_rows: list[dict[str, Any]]) -> float:
+    """Novel prompts a cluster needs per member: MIN_YIELD_PER_ACCOUNT, or less while its
+    members have sent little so far: YIELD_SHARE_OF_VOLUME of the median member's requests. A
+    harvest seen early (eight requests per account, nearly all novel) is not held back, and a
+    group whose members mostly send the same prompts (a class's homework) still is."""
+    volume = float(np.median([r["n"] for r in member_rows])) if member_rows else 0.0
+    return min(float(MIN_YIELD_PER_ACCOUNT), YIELD_SHARE_OF_VOLUME * volume)
+
+
 def score_clusters(
     clusters: dict[int, list[str]],
     scores: dict[str, AccountScore],
@@ -187,11 +197,12 @@ def score_clusters(
         if len(members) < 3:
             continue
         distinct = yields.get(cluster, 0) if yields is not None else None
+        member_rows = [rows[m] for m in members]
         if distinct is not None and (
-            distinct < MIN_CAMPAIGN_YIELD or distinct < MIN_YIELD_PER_ACCOUNT * len(members)
+            distinct < MIN_CAMPAIGN_YIELD
+            or distinct < per_account_yield_needed(member_rows) * len(members)
         ):
             continue
-        member_rows = [rows[m] for m in members]
         own = np.array([scores[m].log_odds for m in members])
         # The same members with their own (few-prompt, discounted) content evidence replaced by
         # the content evidence of all their prompts pooled.

@@ -21,7 +21,7 @@ from distillwatch.detection.text import elicits_reasoning, template_grams
 from distillwatch.sharing.artefacts import FAMILY
 from distillwatch.sharing.artefacts import ip_prefix as ip_prefix
 from distillwatch.sharing.indicators import links
-from distillwatch.sharing.stix import IndicatorSet, read_bundle
+from distillwatch.sharing.stix import IndicatorSet, bundle_files, read_bundle
 
 
 def cot_elicitation(prompt: str) -> bool:
@@ -92,13 +92,7 @@ class HotIndicators:
         self.reload_if_changed(force=True)
 
     def _files(self) -> list[Path]:
-        files: list[Path] = []
-        for path in self.paths:
-            if path.is_dir():
-                files += sorted(p for p in path.glob("*.json") if p.is_file())[:1000]
-            else:
-                files.append(path)
-        return files
+        return bundle_files(self.paths)
 
     def reload_if_changed(self, force: bool = False) -> IndicatorSet:
         if not self.paths:

@@ -210,6 +210,7 @@ class Link:
     rate: float
     outside: int  # accounts outside the campaign (not flagged) that used it
     key_id: str | None
+    last_seen: str | None = None  # when the producer last saw it in the campaign's traffic
 
 
 @dataclass
@@ -412,6 +413,25 @@ def parse_bundle(raw: bytes | dict[str, Any], where: str, trusted: set[str] | No
             result.key_ids.add(str(facts["key_id"]))
         result.links.setdefault(f"{kind}:{value}", []).append(Link(
             campaign, identities.get(o.get("created_by_ref"), "?"), FAMILY[kind], float(rate),
-            outside, facts.get("key_id"),
+            outside, facts.get("key_id"), str(facts.get("last_seen") or "")[:40] or None,
         ))  # fmt: skip
     return result
+
+
+def bundle_files(paths: list[Path]) -> list[Path]:
+    """Bundle files named by ``paths``: a folder stands for every ``*.json`` in it."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.glob("*.json") if p.is_file())[:1000]
+        else:
+            files.append(path)
+    return files
+
+
+def read_bundles(paths: list[Path]) -> IndicatorSet:
+    """Every bundle in ``paths`` merged (each validated; the first bad one raises)."""
+    merged = IndicatorSet()
+    for path in bundle_files(paths):
+        merged.merge(read_bundle(path))
+    return merged

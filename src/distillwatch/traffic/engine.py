@@ -340,7 +340,10 @@ class Simulator:
         plans = []
         for j in range(n):
             late = j >= n - fresh_slots
-            if late:
+            aged = late and bool((fresh or {}).get("aged", False))
+            if aged:  # bought on a market: opened months ago, one at a time
+                created = self.start - timedelta(days=float(rng.uniform(30, 300)))
+            elif late:
                 created = (self.start + timedelta(days=fresh_from)
                            - timedelta(minutes=float(rng.uniform(5, 90))))  # fmt: skip
             elif burst:
@@ -351,7 +354,7 @@ class Simulator:
                 created = campaign_start - timedelta(
                     days=float(rng.uniform(1, 300 if own else 120))
                 )
-            disposable = bool((burst or {}).get("disposable_email", False))
+            disposable = bool((burst or {}).get("disposable_email", False)) and not aged
             email = str(rng.choice(DISPOSABLE)) if disposable else str(rng.choice(WEBMAIL))
             if own and not disposable and rng.random() < 0.3:
                 email = _ident(rng, "", 6) + ".io"  # some use a domain of their own

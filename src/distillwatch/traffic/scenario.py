@@ -15,7 +15,7 @@ from typing import Any
 from distillwatch.errors import ScenarioError
 from distillwatch.yamlfile import parse_yaml
 
-PRESETS = ("small", "week", "disclosure", "split")
+PRESETS = ("small", "week", "disclosure", "split", "two_labs")
 CLIENTS = ("browser", "sdk", "mixed")
 NETWORKS = ("home", "corporate_nat", "datacenter", "proxy_exit")
 TACTICS = (
