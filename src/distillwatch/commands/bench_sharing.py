@@ -15,7 +15,7 @@ from distillwatch.commands._app import bench_app, console
 def bench_split(
     out: Path = typer.Option(Path("bench-split"), "--out", "-o", help="Working folder."),
     scenario: str = typer.Option("split", "--scenario", "-s", help="Preset or scenario YAML."),
-    seed: int = typer.Option(11, "--seed", help="Simulation seed."),
+    seed: int = typer.Option(23, "--seed", help="Simulation seed."),
     split_day: float = typer.Option(4.5, "--split-day", help="Day of the split (a model launch)."),
     first: int = typer.Option(10, "--first", help="Fresh accounts must be actioned within this many requests."),
 ) -> None:  # fmt: skip
@@ -69,8 +69,8 @@ def _null():
 def bench_two_labs(
     out: Path = typer.Option(Path("bench-two-labs"), "--out", "-o", help="Working folder."),
     seed: int = typer.Option(13, "--seed", help="Simulation seed."),
-    step: float = typer.Option(0.5, "--step-hours", help="Lab B re-detects this often."),
-    horizon: float = typer.Option(24.0, "--horizon-hours", help="How long lab B is followed."),
+    step: float = typer.Option(1 / 6, "--step-hours", help="Lab B re-detects this often (10 minutes)."),
+    horizon: float = typer.Option(6.0, "--horizon-hours", help="How long lab B is followed."),
 ) -> None:  # fmt: skip
     """One hydra moves from lab A to lab B: lab B's time to detect it and the harvest it got
     first, with and without lab A's bundle, and benign users of B flagged only with it."""

@@ -13,6 +13,7 @@ from rich.table import Table
 from distillwatch.commands._app import app, console, fail
 from distillwatch.ingest import ingest_paths
 from distillwatch.paths import shared_data_dir
+from distillwatch.sharing import load_or_create, write_indicators
 from distillwatch.store import Store
 from distillwatch.terminal import safe_text
 
@@ -72,7 +73,18 @@ def demo(
         )
         with console.status("3/3 detecting: fingerprints, templates, account links, clusters..."):
             verdicts = detect_and_write(store, out / "detect")
+            key, _, _ = load_or_create(None, out / "detect" / "sharing.key")
+            bundle = write_indicators(store, verdicts, out / "detect" / "indicators.json", key,
+                                      "distillwatch-demo")  # fmt: skip
     _summarise(verdicts, traffic / "labels.json", out, store_path)
+    indicators = sum(len(c.artefacts) for c in bundle.campaigns)
+    console.print(
+        f"indicators: {indicators:,} artefacts of {len(bundle.campaigns)} campaigns, each rare "
+        f"outside its campaign ({sum(c.false_matches for c in bundle.campaigns)} false matches on "
+        f"the population) -> {bundle.path} (STIX 2.1; templates and cards keyed with "
+        f"{out / 'detect' / 'sharing.key'})",
+        highlight=False,
+    )
 
 
 def _summarise(verdicts: dict, labels_path: Path, out: Path, store_path: Path) -> None:
@@ -119,9 +131,12 @@ def _summarise(verdicts: dict, labels_path: Path, out: Path, store_path: Path) -
         Panel(
             f"store:    {store_path}\n"
             f"verdicts: {out / 'detect' / 'verdicts.json'}\n"
+            f"bundle:   {out / 'detect' / 'indicators.json'}\n"
             f"report:   {out / 'detect' / 'report.html'}\n"
             f"traffic:  {out / 'traffic'} (labels.json is the ground truth)\n\n"
             f"next: distillwatch demo-proxy --traffic {out / 'traffic'} --out {out / 'enforce'}\n"
+            f"      distillwatch bench split   (a second gateway with only the bundle)\n"
+            f"      distillwatch share serve / push / pull   (TAXII 2.1, docs/sharing.md)\n"
             f"      distillwatch stats --store {store_path}\n"
             f"      distillwatch bench detect --scenario small",
             title="outputs",
