@@ -376,3 +376,27 @@ def test_imported_indicators_are_priors_in_detection(bundle_dir, tmp_path, cli):
         assert any("indicators lab-a shared" in r for r in verdicts["with"][account]["reasons"])
     others = [a for a in verdicts["with"] if a.startswith("p")]
     assert all(verdicts["with"][a]["verdict"] == verdicts["alone"][a]["verdict"] for a in others)
+
+
+def test_a_false_positive_report_flows_back_and_stops_the_indicator(bundle_dir, tmp_path, cli):
+    from distillwatch.sharing.stix import read_bundles
+
+    ours = bundle_dir / "out1" / "indicators.json"
+    doc = _good_bundle(bundle_dir)
+    wrong = next(
+        o for o in doc["objects"] if o["type"] == "indicator" and o["pattern"].startswith("pay:")
+    )
+    report = tmp_path / "partners" / "fp.json"
+    report.parent.mkdir()
+    result = cli("share", "report-false-positive", "--indicator", wrong["id"], "--explanation",
+                 "matched a long-standing customer's card", "--producer", "lab-b", "--out", report)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert any(o["type"] == "opinion" for o in orjson.loads(report.read_bytes())["objects"])
+    key = "pay:" + wrong["pattern"].split(":", 1)[1]
+    assert key in read_bundles([ours]).links
+    merged = read_bundles([ours, report])
+    assert key not in merged.links and wrong["id"] in merged.disputed
+    assert len(merged.links) >= len(read_bundles([ours]).links) - 1
+    bad = cli("share", "report-false-positive", "--indicator", "campaign--x", "--explanation", "x",
+              "--out", tmp_path / "x.json")  # fmt: skip
+    assert bad.returncode != 0 and "indicator--" in bad.stderr

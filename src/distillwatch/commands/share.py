@@ -192,3 +192,24 @@ def pull_(
     console.print(safe_text(
         f"pulled {len(bundle['objects']):,} objects: {len(found.campaigns)} campaigns, "  # type: ignore[attr-defined]
         f"{len(found.links):,} indicators -> {target}"))  # type: ignore[attr-defined]  # fmt: skip
+
+
+@share_app.command("report-false-positive")
+def report_false_positive(
+    indicators: list[str] = typer.Option(..., "--indicator", help="Id of an indicator that matched an innocent account (repeat)."),
+    explanation: str = typer.Option(..., "--explanation", help="Why (plain text, no customer data)."),
+    producer: str = typer.Option("distillwatch", "--producer", help="Our STIX identity's name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle to send back (share push, or by hand)."),
+) -> None:  # fmt: skip
+    """Tell the partner whose indicators matched accounts we know to be innocent: a STIX
+    opinion (strongly-disagree) on them. Gateways and detection that import it stop using them."""
+    from distillwatch.sharing.stix import false_positive_report
+
+    try:
+        bundle = false_positive_report(list(indicators), explanation, producer)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    out.write_bytes(orjson.dumps(bundle, option=orjson.OPT_INDENT_2))
+    console.print(
+        safe_text(f"{out}: a false-positive opinion on {len(set(indicators))} indicator(s)")
+    )

@@ -125,7 +125,7 @@ class HotIndicators:
             for _, bundle in self._good.values():
                 merged.merge(bundle)
             with self._lock:
-                self.index = merged
+                self.index = merged.without_disputed()
         return self.index
 
 

@@ -211,6 +211,7 @@ class Link:
     outside: int  # accounts outside the campaign (not flagged) that used it
     key_id: str | None
     last_seen: str | None = None  # when the producer last saw it in the campaign's traffic
+    indicator: str = ""  # the STIX indicator's id
 
 
 @dataclass
@@ -223,15 +224,30 @@ class IndicatorSet:
     expired: int = 0
     bundles: int = 0
     key_ids: set[str] = field(default_factory=set)  # keys the private indicators were hashed with
+    #: Indicator ids a source we trust reported as false positives (a STIX opinion disagreeing).
+    disputed: set[str] = field(default_factory=set)
 
     def merge(self, other: IndicatorSet) -> None:
         for k, v in other.links.items():
             self.links.setdefault(k, []).extend(v)
+        self.disputed |= other.disputed
         self.campaigns.update(other.campaigns)
         self.sources.update(other.sources)
         self.expired += other.expired
         self.bundles += other.bundles
         self.key_ids |= other.key_ids
+
+    def without_disputed(self) -> IndicatorSet:
+        """The same set minus every indicator some bundle's opinion disputes."""
+        if not self.disputed:
+            return self
+        kept = IndicatorSet(campaigns=self.campaigns, sources=self.sources, expired=self.expired,
+                            bundles=self.bundles, key_ids=self.key_ids, disputed=self.disputed)  # fmt: skip
+        for k, v in self.links.items():
+            remaining = [link for link in v if link.indicator not in self.disputed]
+            if remaining:
+                kept.links[k] = remaining
+        return kept
 
 
 _MARKUP = re.compile(r"[<>\x00-\x08\x0b-\x1f\x7f]")
@@ -373,6 +389,9 @@ def parse_bundle(raw: bytes | dict[str, Any], where: str, trusted: set[str] | No
     targets = {r.source_ref: r.target_ref for r in bundle.objects
                if r.type == "relationship" and r.relationship_type == "indicates"}  # fmt: skip
     for o in bundle.objects:
+        if o.type == "opinion" and o.opinion in ("disagree", "strongly-disagree"):
+            result.disputed |= {ref for ref in o.object_refs if ref.startswith("indicator--")}
+    for o in bundle.objects:
         if o.type == "campaign":
             facts = dict((o.get("extensions") or {}).get(EXTENSION_ID, {}))
             result.campaigns[o.id] = {
@@ -413,7 +432,7 @@ def parse_bundle(raw: bytes | dict[str, Any], where: str, trusted: set[str] | No
             result.key_ids.add(str(facts["key_id"]))
         result.links.setdefault(f"{kind}:{value}", []).append(Link(
             campaign, identities.get(o.get("created_by_ref"), "?"), FAMILY[kind], float(rate),
-            outside, facts.get("key_id"), str(facts.get("last_seen") or "")[:40] or None,
+            outside, facts.get("key_id"), str(facts.get("last_seen") or "")[:40] or None, o.id,
         ))  # fmt: skip
     return result
 
@@ -434,4 +453,25 @@ def read_bundles(paths: list[Path]) -> IndicatorSet:
     merged = IndicatorSet()
     for path in bundle_files(paths):
         merged.merge(read_bundle(path))
-    return merged
+    return merged.without_disputed()
+
+
+def false_positive_report(indicator_ids: list[str], explanation: str, producer: str,
+                          tlp: str = "amber") -> dict[str, Any]:  # fmt: skip
+    """A bundle telling a partner that some of its indicators matched accounts we know to be
+    innocent: a STIX ``opinion`` (strongly-disagree) on those indicators, by ``producer``. A
+    partner that imports it stops linking on them (:meth:`IndicatorSet.without_disputed`)."""
+    from stix2 import Bundle, Identity, Opinion, parse
+
+    if not indicator_ids or not all(i.startswith("indicator--") for i in indicator_ids):
+        raise ValueError("give the ids of the indicators (indicator--...) that matched wrongly")
+    if _MARKUP.search(explanation) or len(explanation) > 2000:
+        raise ValueError("the explanation must be plain text of at most 2,000 characters")
+    identity = Identity(id=_id("identity", producer), name=producer[:200],
+                        identity_class="organization", created="2026-01-01T00:00:00.000Z",
+                        modified="2026-01-01T00:00:00.000Z")  # fmt: skip
+    marking = parse(tlp_marking(tlp))
+    opinion = Opinion(opinion="strongly-disagree", object_refs=sorted(set(indicator_ids)),
+                      explanation=explanation, created_by_ref=identity.id,
+                      object_marking_refs=[marking.id])  # fmt: skip
+    return orjson.loads(Bundle(identity, marking, opinion).serialize())
