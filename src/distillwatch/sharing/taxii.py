@@ -215,7 +215,10 @@ def app(config: TaxiiConfig, store_path: Path):  # -> Starlette
         types = [v for v in q.get("match[type]", "").split(",") if v][:50]
         return after, limit, offset, ids, types
 
-    async def get_objects(request: Request) -> Response:
+    def _listing(
+        request: Request,
+    ) -> tuple[list[tuple[str, str, str, str]], dict[str, Any]] | Response:
+        """One page of a readable collection (objects and manifest list the same rows)."""
         cid = request.path_params["cid"]
         refused = check(request, cid, "r")
         if refused:
@@ -225,27 +228,23 @@ def app(config: TaxiiConfig, store_path: Path):  # -> Starlette
             return query
         after, limit, offset, ids, types = query
         rows, more = objects.page(cid, after, offset, limit, ids, types)
-        body: dict[str, Any] = {"more": more, "objects": [orjson.loads(r[3]) for r in rows]}
-        if more:
-            body["next"] = str(offset + limit)
+        return rows, {"more": more, **({"next": str(offset + limit)} if more else {})}
+
+    async def get_objects(request: Request) -> Response:
+        listing = _listing(request)
+        if isinstance(listing, Response):
+            return listing
+        rows, paging = listing
         headers = {"X-TAXII-Date-Added-First": rows[0][2], "X-TAXII-Date-Added-Last": rows[-1][2]} if rows else None  # fmt: skip
-        return reply(body, headers=headers)
+        return reply({**paging, "objects": [orjson.loads(r[3]) for r in rows]}, headers=headers)
 
     async def manifest(request: Request) -> Response:
-        cid = request.path_params["cid"]
-        refused = check(request, cid, "r")
-        if refused:
-            return refused
-        query = _query(request)
-        if isinstance(query, Response):
-            return query
-        after, limit, offset, ids, types = query
-        rows, more = objects.page(cid, after, offset, limit, ids, types)
-        body: dict[str, Any] = {"more": more, "objects": [
-            {"id": i, "date_added": d, "version": v, "media_type": STIX_MEDIA} for i, v, d, _ in rows]}  # fmt: skip
-        if more:
-            body["next"] = str(offset + limit)
-        return reply(body)
+        listing = _listing(request)
+        if isinstance(listing, Response):
+            return listing
+        rows, paging = listing
+        return reply({**paging, "objects": [
+            {"id": i, "date_added": d, "version": v, "media_type": STIX_MEDIA} for i, v, d, _ in rows]})  # fmt: skip
 
     async def post_objects(request: Request) -> Response:
         cid = request.path_params["cid"]
