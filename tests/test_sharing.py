@@ -400,3 +400,90 @@ def test_a_false_positive_report_flows_back_and_stops_the_indicator(bundle_dir, 
     bad = cli("share", "report-false-positive", "--indicator", "campaign--x", "--explanation", "x",
               "--out", tmp_path / "x.json")  # fmt: skip
     assert bad.returncode != 0 and "indicator--" in bad.stderr
+
+
+def test_gateway_micro_batch_detects_from_its_own_log(tmp_path, upstream):
+    """POST /admin/detect: the gateway detects over what it has logged (the same code as batch
+    detection) and its verdicts and indicators are live when the call returns: the hydra's
+    accounts are refused, a fresh account on its template and client is linked, users are not."""
+    records, _ = hydra(12, 20)
+    p_records, _ = people(120, 4)  # enough users for two rare artefacts to beat the 1e-4 bound
+    port = free_port()
+    everyone = sorted({r["account_id"] for r in records + p_records} | {"fresh", "plain"})
+    keys = keys_file(tmp_path / "keys.jsonl", everyone)
+    proc = start(["proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", "--store",
+                  str(tmp_path / "gw.duckdb"), "--keys", str(keys), "--trusted-proxy", "127.0.0.1/32",
+                  "--replay-time-header", "X-Replay-Time", "--admin-token", "admin-secret-token"],
+                 f"http://127.0.0.1:{port}/healthz")  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(timeout=10) as client:
+            for r in sorted(records + p_records, key=lambda r: r["ts"]):
+                headers = {"Authorization": f"Bearer sk-{r['account_id']}", "X-Replay-Time": r["ts"],
+                           "X-Forwarded-For": r["ip"], "User-Agent": r["user_agent"]}  # fmt: skip
+                sent = client.post(f"{base}/v1/chat/completions", headers=headers,
+                                   json={"model": "m", "messages": r["messages"]})  # fmt: skip
+                assert sent.status_code == 200
+            denied = client.post(f"{base}/admin/detect")
+            assert denied.status_code == 401
+            result = client.post(
+                f"{base}/admin/detect", headers={"Authorization": "Bearer admin-secret-token"}
+            )
+            assert result.status_code == 200, result.text
+            body = result.json()
+            assert body["exchanges"] == len(records) + len(p_records) and body["flagged"] >= 10
+            assert body["until"].startswith(max(r["ts"] for r in records + p_records)[:19])
+            late = {"X-Replay-Time": "2026-03-06T10:00:00Z"}
+            again = chat(base, "h03", "### Instruction:\nWrite a parser.\n\n" + WRAPPER,
+                         headers={**late, "X-Forwarded-For": "73.3.0.9", "User-Agent": "python-httpx/0.27"})  # fmt: skip
+            assert again.status_code == 403
+            harvest = f"### Instruction:\nWrite a Python function number 901 that parses yaml files.\n\n{WRAPPER}"
+            fresh = chat(base, "fresh", harvest, headers={**late, "User-Agent": "python-httpx/0.27", "X-Forwarded-For": "100.64.1.1"})  # fmt: skip
+            assert fresh.status_code == 403
+            plain = chat(
+                base, "p01", "why is the sky blue", headers={**late, "X-Forwarded-For": "24.1.1.1"}
+            )
+            assert plain.status_code == 200
+            assert (
+                httpx.get(f"{base}/healthz").json()["micro_batch"]["last"]["flagged"]
+                == body["flagged"]
+            )
+    finally:
+        stop(proc)
+
+
+def test_detect_every_runs_micro_batches_in_replayed_time(tmp_path, upstream):
+    records, _ = hydra(12, 20)
+    port = free_port()
+    keys = keys_file(tmp_path / "keys.jsonl", sorted({r["account_id"] for r in records}))
+    proc = start(["proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", "--store",
+                  str(tmp_path / "gw.duckdb"), "--keys", str(keys), "--replay-time-header",
+                  "X-Replay-Time", "--detect-every", "6h"], f"http://127.0.0.1:{port}/healthz")  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert httpx.get(f"{base}/healthz").json()["micro_batch"] == {
+            "every_s": 21600.0,
+            "last": None,
+            "error": None,
+        }
+        with httpx.Client(timeout=10) as client:
+            for r in sorted(records, key=lambda r: r["ts"]):
+                client.post(f"{base}/v1/chat/completions", json={"model": "m", "messages": r["messages"]},
+                            headers={"Authorization": f"Bearer sk-{r['account_id']}", "X-Replay-Time": r["ts"]})  # fmt: skip
+        import time
+
+        deadline = time.time() + 30
+        while (
+            time.time() < deadline
+            and not httpx.get(f"{base}/healthz").json()["micro_batch"]["last"]
+        ):
+            time.sleep(0.5)
+        last = httpx.get(f"{base}/healthz").json()["micro_batch"]["last"]
+        assert last is not None and last["exchanges"] > 0  # ran on its own, in replayed time
+    finally:
+        stop(proc)
+
+
+def test_detect_every_refuses_a_bad_duration(cli, tmp_path):
+    result = cli("proxy", "--upstream", "http://127.0.0.1:9", "--detect-every", "soon")
+    assert result.returncode != 0 and "--detect-every" in result.stderr

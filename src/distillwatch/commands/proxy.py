@@ -112,6 +112,13 @@ def proxy_command(
         "template and payment indicators, which bundles carry only as keyed hashes. Default: "
         "$DISTILLWATCH_SHARING_KEY.",
     ),
+    detect_every: str | None = typer.Option(
+        None,
+        "--detect-every",
+        help="Run micro-batch detection on the gateway's own log (--store) this often, e.g. 10m, "
+        "1h, 90s; in replayed time when --replay-time-header is set. Verdicts and indicators go "
+        "live without a restart. POST /admin/detect runs one on demand.",
+    ),
     store_fold_seconds: float = typer.Option(
         0.5,
         "--store-fold-seconds",
@@ -183,6 +190,7 @@ def proxy_command(
         max_body_bytes=max_body_bytes, body_timeout_s=body_timeout,
         upstream_timeout_s=upstream_timeout, spool_fsync=spool_fsync,
         store_fold_seconds=store_fold_seconds, indicators=list(indicators or []),
+        detect_every_s=_duration(detect_every) if detect_every else None,
         sharing_key=key,
         limits=ServerLimits(max_header_bytes=max_header_bytes, header_timeout_s=header_timeout,
                             max_pending=max_pending, max_in_flight=max_in_flight),
@@ -309,3 +317,16 @@ def _sharing_key(path: Path | None) -> SharingKey | None:
         return SharingKey.read(chosen)
     except SharingKeyError as exc:
         raise fail(str(exc)) from None
+
+
+def _duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit]
+    except ValueError:
+        raise fail(f"--detect-every: expected a duration like 10m, got {text!r}") from None
+    if not 1 <= seconds <= 7 * 86400:
+        raise fail("--detect-every: between 1 s and 7 days")
+    return seconds

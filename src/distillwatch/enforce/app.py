@@ -27,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,9 @@ class ProxyConfig:
     upstream_keepalive_s: float = 4.0
     limits: ServerLimits = field(default_factory=ServerLimits)
     spool_fsync: str = "interval"
+    #: Run micro-batch detection on the gateway's own log this often (seconds; replayed time
+    #: when a replay-time header is set, else wall time). None: only on POST /admin/detect.
+    detect_every_s: float | None = None
     #: STIX indicator bundles to link fresh accounts from (hot-reloaded), and the sharing
     #: group's key their private values are hashed with.
     indicators: list[Path] = field(default_factory=list)
@@ -242,6 +245,13 @@ class Proxy:
         self.upstream_base = config.upstream.rstrip("/")
         self.upstream_error: str | None = None
         self.protocol = guarded_protocol(config.limits)
+        #: Micro-batch detection (POST /admin/detect, --detect-every): one at a time.
+        self.latest_replayed: datetime | None = None
+        self._detect_lock = asyncio.Lock()
+        self._next_detect: datetime | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.detect_error: str | None = None
+        self.last_detect: dict[str, Any] | None = None
         self.metrics = Metrics(self)
         routes = [
             *(
@@ -252,6 +262,7 @@ class Proxy:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/metrics", self.metrics_endpoint, methods=["GET"]),
             Route("/admin/decisions", self._guard(self.admin_decisions), methods=["GET"]),
+            Route("/admin/detect", self._guard(self.admin_detect), methods=["POST"]),
             Route("/admin/lift", self._guard(self.admin_lift), methods=["POST"]),
             Route("/admin/extend", self._guard(self.admin_extend), methods=["POST"]),
             Route(
@@ -280,11 +291,27 @@ class Proxy:
             skip_auto_headers=("User-Agent",),
         )
         self.enforcer.start()
+        ticker = None
+        if self.config.detect_every_s and not self.config.replay_time_header and self.enforcer.sink:
+            ticker = asyncio.get_running_loop().create_task(self._detect_ticker())
         try:
             yield
         finally:
+            if ticker is not None:
+                ticker.cancel()
+            for task in list(self._background):
+                task.cancel()
             await self.client.close()
             await self.enforcer.close()
+
+    async def _detect_ticker(self) -> None:
+        """--detect-every in wall time. A failing micro-batch is reported, never fatal."""
+        while True:
+            await asyncio.sleep(self.config.detect_every_s or 60)
+            try:
+                await self._micro_batch()
+            except Exception as exc:
+                self.detect_error = f"{type(exc).__name__}: {str(exc)[:200]}"
 
     # -- errors -------------------------------------------------------------------------------
     async def _http_error(self, request: Request, exc: Exception) -> Response:
@@ -297,6 +324,7 @@ class Proxy:
 
     async def _crash(self, request: Request, exc: Exception) -> Response:
         self.metrics.internal_errors.labels(request.url.path[:64]).inc()
+        log.error("internal error on %s", request.url.path[:64], exc_info=exc)
         return openai_error(500, "Internal error in the gateway.", "server_error", "internal_error")
 
     def _guard(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:  # fmt: skip
@@ -360,9 +388,13 @@ class Proxy:
         name = self.config.replay_time_header
         if name and name.lower() in request.headers:
             try:
-                return parse_ts(request.headers[name.lower()], name)
+                when = parse_ts(request.headers[name.lower()], name)
             except RecordError as exc:
                 return openai_error(400, f"{name}: {exc.reason}", "invalid_request_error")
+            if self.latest_replayed is None or when > self.latest_replayed:
+                self.latest_replayed = when
+            self._maybe_detect(when)
+            return when
         return datetime.now(UTC).replace(tzinfo=None)
 
     async def _read(self, request: Request) -> bytes | JSONResponse:
@@ -651,6 +683,8 @@ class Proxy:
                            "bundle_key_ids": sorted(shared.key_ids),
                            "errors": self.enforcer.indicators.errors},
             "store": store,
+            "micro_batch": {"every_s": self.config.detect_every_s, "last": self.last_detect,
+                            "error": self.detect_error},
         })  # fmt: skip
 
     async def metrics_endpoint(self, request: Request) -> Response:
@@ -683,6 +717,39 @@ class Proxy:
         except StateError as exc:
             return openai_error(503, str(exc), "server_error", "state_unavailable")
         return JSONResponse({"standing": standing, "recent": list(self.recent)[-200:]})
+
+    async def admin_detect(self, request: Request) -> Response:
+        """Run one micro-batch over what the gateway has logged; answer once its verdicts and
+        indicators are live. In replay mode it detects up to the latest replayed time seen."""
+        if denied := self._admin_denied(request):
+            return denied
+        if self.enforcer.sink is None:
+            return openai_error(
+                409, "Micro-batch detection needs --store.", "invalid_request_error"
+            )
+        return JSONResponse(await self._micro_batch())
+
+    async def _micro_batch(self) -> dict[str, Any]:
+        async with self._detect_lock:
+            until = self.latest_replayed if self.config.replay_time_header else None
+            result = await asyncio.to_thread(self.enforcer.micro_batch, until)
+        self.last_detect, self.detect_error = result, None
+        if self.enforcer.sink is not None:
+            self.enforcer.sink.audit("proxy", "detect.micro_batch", result)
+        return result
+
+    def _maybe_detect(self, when: datetime) -> None:
+        """--detect-every in replayed time: start a micro-batch when a boundary is crossed."""
+        every = self.config.detect_every_s
+        if not every or self.enforcer.sink is None:
+            return
+        if self._next_detect is None:
+            self._next_detect = when + timedelta(seconds=every)
+        elif when >= self._next_detect and not self._detect_lock.locked():
+            self._next_detect = when + timedelta(seconds=every)
+            task = asyncio.get_running_loop().create_task(self._micro_batch())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def admin_lift(self, request: Request) -> Response:
         if denied := self._admin_denied(request):

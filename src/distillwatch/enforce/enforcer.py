@@ -35,6 +35,7 @@ from distillwatch.enforce.signals import (
     cot_elicitation,
     ip_prefix,
     template_signatures,
+    verdict_index,
 )
 from distillwatch.enforce.sink import FLUSH_SECONDS, StoreSink
 from distillwatch.enforce.state import WINDOW_SECONDS, MemoryState, RedisState, State
@@ -199,6 +200,42 @@ class Enforcer:
         if shared:
             found += request_artefacts(ip, tls, ua, prompt, payment, self.sharing_key)
         return [a for a in found if a]
+
+    def micro_batch(self, until: datetime | None) -> dict[str, Any]:
+        """Detect over what this gateway has logged (everything journaled is folded first),
+        incrementally, with the same code as batch detection, and put the verdicts and the
+        campaigns' indicators in force. Blocking: call it from a worker thread."""
+        from distillwatch.detection.pipeline import detect
+        from distillwatch.sharing.indicators import campaign_indicators
+        from distillwatch.sharing.stix import parse_bundle, to_bundle
+
+        if self.sink is None:
+            raise RuntimeError("micro-batch detection needs the gateway's store (--store)")
+        if self.sharing_key is None:
+            # Our own indicators only need a key this process holds.
+            self.sharing_key = SharingKey.generate("gateway")
+        key = self.sharing_key
+        started = time.perf_counter()
+
+        def run(store: Any) -> tuple[dict[str, Any], Any, Any]:
+            doc = detect(store, until)
+            index = verdict_index(doc, "micro-batch", store=store)
+            campaigns = campaign_indicators(store, doc, key, self.link_bound)
+            return doc, index, campaigns
+
+        doc, index, campaigns = self.sink.call(run, timeout=3600, fold_first=True)
+        found = parse_bundle(to_bundle(campaigns, "this gateway", key.key_id), "micro-batch")
+        self.verdicts.use(index)
+        if self.sharing_key is None:
+            found.links = {
+                k: v for k, v in found.links.items() if not k.startswith(("tpl:", "pay:"))
+            }
+        self.indicators.use_local(found)
+        flagged = sum(1 for a in doc["accounts"] if a["verdict"] == "distillation")
+        return {"until": until.isoformat() + "Z" if until else None, "exchanges": doc["exchanges"],
+                "accounts": len(doc["accounts"]), "flagged": flagged,
+                "campaigns": len(doc["campaigns"]), "indicators": len(found.links),
+                "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
 
     def _limit_key(self, account: str, decision: Decision) -> str:
         if decision.scope == "cluster" and decision.cluster_id:

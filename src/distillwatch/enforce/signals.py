@@ -86,6 +86,8 @@ class HotIndicators:
         self.paths = list(paths or [])
         self.index = IndicatorSet()
         self.errors: dict[str, str] = {}
+        #: Indicators of this gateway's own micro-batch detection (in memory, no file).
+        self.local = IndicatorSet()
         self._good: dict[Path, tuple[float, IndicatorSet]] = {}
         self._checked = 0.0
         self._lock = threading.Lock()
@@ -93,6 +95,19 @@ class HotIndicators:
 
     def _files(self) -> list[Path]:
         return bundle_files(self.paths)
+
+    def use_local(self, found: IndicatorSet) -> None:
+        """Replace this gateway's own indicators (from a micro-batch) and re-merge."""
+        self.local = found
+        self._remerge()
+
+    def _remerge(self) -> None:
+        merged = IndicatorSet()
+        merged.merge(self.local)
+        for _, bundle in self._good.values():
+            merged.merge(bundle)
+        with self._lock:
+            self.index = merged.without_disputed()
 
     def reload_if_changed(self, force: bool = False) -> IndicatorSet:
         if not self.paths:
@@ -121,11 +136,7 @@ class HotIndicators:
             except Exception as exc:  # a hostile bundle must never take the gateway down
                 self.errors[str(path)] = str(exc)[:300]
         if changed or force:
-            merged = IndicatorSet()
-            for _, bundle in self._good.values():
-                merged.merge(bundle)
-            with self._lock:
-                self.index = merged.without_disputed()
+            self._remerge()
         return self.index
 
 
@@ -141,13 +152,7 @@ def load_verdicts(
     connection while it runs); without one the store is opened read-only here.
     """
     doc = json.loads(path.read_text())
-    index = VerdictIndex(loaded_from=str(path), mtime=path.stat().st_mtime)
-    for account in doc.get("accounts", []):
-        index.accounts[account["account_id"]] = {
-            "score": float(account.get("score", 0.0)),
-            "verdict": account.get("verdict", "benign"),
-            "cluster_id": account.get("cluster_id"),
-        }
+    index = verdict_index(doc, str(path), path.stat().st_mtime)
     flagged = {a: v["cluster_id"] for a, v in index.accounts.items()
                if v["verdict"] == "distillation" and v["cluster_id"]}  # fmt: skip
     if flagged and reader is not None:
@@ -156,6 +161,24 @@ def load_verdicts(
         from distillwatch.store import Store
 
         with Store(store_path, read_only=True) as store:
+            index.artefacts = _flagged_artefacts(store, flagged)
+    return index
+
+
+def verdict_index(doc: dict[str, Any], source: str, mtime: float | None = None,
+                  store: Any | None = None) -> VerdictIndex:  # fmt: skip
+    """The index of a Contract-2 document; with an open ``store``, its clusters' artefacts too."""
+    index = VerdictIndex(loaded_from=source, mtime=mtime)
+    for account in doc.get("accounts", []):
+        index.accounts[account["account_id"]] = {
+            "score": float(account.get("score", 0.0)),
+            "verdict": account.get("verdict", "benign"),
+            "cluster_id": account.get("cluster_id"),
+        }
+    if store is not None:
+        flagged = {a: v["cluster_id"] for a, v in index.accounts.items()
+                   if v["verdict"] == "distillation" and v["cluster_id"]}  # fmt: skip
+        if flagged:
             index.artefacts = _flagged_artefacts(store, flagged)
     return index
 
@@ -231,6 +254,13 @@ class HotVerdicts:
         self._checked = 0.0
         self._lock = threading.Lock()
         self.reload_if_changed(force=True)
+
+    def use(self, index: VerdictIndex) -> None:
+        """Put verdicts computed in this process in force (a micro-batch); the file, if any,
+        takes over again the next time it changes."""
+        with self._lock:
+            index.mtime = self.index.mtime
+            self.index = index
 
     def reload_if_changed(self, force: bool = False) -> VerdictIndex:
         if self.path is None:

@@ -52,6 +52,7 @@ class StoreSink:
         self.audited = 0
         self.error: str | None = None  # the last fold failure, if the store is failing
         self.position: Position | None = None
+        self._first_segment = 0
         self._calls: queue.Queue[Any] = queue.Queue()
         self._stop = threading.Event()
         self._wake = threading.Event()  # a call is waiting, or the sink is closing
@@ -67,10 +68,11 @@ class StoreSink:
     def audit(self, actor: str, event: str, payload: dict[str, Any]) -> None:
         self.spool.append("audit", {"actor": actor, "event": event, "payload": payload})
 
-    def call(self, fn: Callable[[Store], T], timeout: float = 30.0) -> T:
-        """Run ``fn(store)`` on the sink's thread (the process's one DuckDB connection)."""
+    def call(self, fn: Callable[[Store], T], timeout: float = 30.0, fold_first: bool = False) -> T:
+        """Run ``fn(store)`` on the sink's thread (the process's one DuckDB connection); with
+        ``fold_first``, after folding everything journaled before the call."""
         future: Future[T] = Future()
-        self._calls.put((fn, future))
+        self._calls.put((fn, future, fold_first))
         self._wake.set()
         return future.result(timeout=timeout)
 
@@ -90,7 +92,7 @@ class StoreSink:
         try:
             rows = store.run("SELECT value FROM meta WHERE key = ?", [_META_KEY])
             self.position = self.spool.start_position(Position.parse(rows[0][0] if rows else None))
-            first_segment = self.spool.segment
+            first_segment = self._first_segment = self.spool.segment
             self._ready.set()
             while True:
                 self._serve_calls(store)
@@ -111,10 +113,14 @@ class StoreSink:
     def _serve_calls(self, store: Store) -> None:
         while True:
             try:
-                fn, future = self._calls.get_nowait()
+                fn, future, fold_first = self._calls.get_nowait()
             except queue.Empty:
                 return
             try:
+                if fold_first and self.position is not None:
+                    entries, end = self.spool.read(self.position)
+                    if entries:
+                        self._fold(store, entries, end, self.position.segment < self._first_segment)
                 future.set_result(fn(store))
             except Exception as exc:  # handed to the caller, not swallowed
                 future.set_exception(exc)
