@@ -170,7 +170,8 @@ class Enforcer:
         else:
             shared = self.indicators.reload_if_changed()
             if index.artefacts or shared.links:
-                artefacts = self._artefacts(account, ip, tls, ua, prompt, bool(shared.links))
+                artefacts = self._artefacts(account, ip, tls, ua, prompt, bool(index.artefacts),
+                                            bool(shared.links))  # fmt: skip
                 cluster, matched, source = index.linked_cluster(artefacts, shared, self.link_bound)
                 if cluster:
                     facts.update(linked_cluster=cluster, linked_artefacts=matched,
@@ -189,14 +190,15 @@ class Enforcer:
         return decision
 
     def _artefacts(self, account: str, ip: str | None, tls: str | None, ua: str | None,
-                   prompt: str, shared: bool) -> list[str]:  # fmt: skip
-        """This request's artefacts: as the store's own clusters index them, and (when bundles
-        are loaded) as indicators name them (:mod:`distillwatch.sharing.artefacts`)."""
+                   prompt: str, own: bool, shared: bool) -> list[str]:  # fmt: skip
+        """This request's artefacts: as the store's own clusters index them (``own``), and as
+        indicators from bundles name them (``shared``, :mod:`distillwatch.sharing.artefacts`)."""
         payment = self.payments.get(account)
-        found = [f"net:{ip_prefix(ip)}" if ip else "", f"tls:{tls}" if tls else ""]
-        found += [f"tpl:{sig}" for sig in template_signatures(prompt)]
-        if payment:
-            found.append(f"pay:{payment}")
+        found: list[str] = []
+        if own:
+            found += [f"net:{ip_prefix(ip)}" if ip else "", f"tls:{tls}" if tls else ""]
+            found += [f"tpl:{sig}" for sig in template_signatures(prompt)]
+            found.append(f"pay:{payment}" if payment else "")
         if shared:
             found += request_artefacts(ip, tls, ua, prompt, payment, self.sharing_key)
         return [a for a in found if a]
@@ -219,17 +221,15 @@ class Enforcer:
 
         def run(store: Any) -> tuple[dict[str, Any], Any, Any]:
             doc = detect(store, until)
-            index = verdict_index(doc, "micro-batch", store=store)
+            # Linking comes from the campaigns' indicators below, not from a second, sampled
+            # pass over raw exchanges.
+            index = verdict_index(doc, "micro-batch")
             campaigns = campaign_indicators(store, doc, key, self.link_bound)
             return doc, index, campaigns
 
         doc, index, campaigns = self.sink.call(run, timeout=3600, fold_first=True)
         found = parse_bundle(to_bundle(campaigns, "this gateway", key.key_id), "micro-batch")
         self.verdicts.use(index)
-        if self.sharing_key is None:
-            found.links = {
-                k: v for k, v in found.links.items() if not k.startswith(("tpl:", "pay:"))
-            }
         self.indicators.use_local(found)
         flagged = sum(1 for a in doc["accounts"] if a["verdict"] == "distillation")
         return {"until": until.isoformat() + "Z" if until else None, "exchanges": doc["exchanges"],

@@ -165,9 +165,9 @@ def load_verdicts(
     return index
 
 
-def verdict_index(doc: dict[str, Any], source: str, mtime: float | None = None,
-                  store: Any | None = None) -> VerdictIndex:  # fmt: skip
-    """The index of a Contract-2 document; with an open ``store``, its clusters' artefacts too."""
+def verdict_index(doc: dict[str, Any], source: str, mtime: float | None = None) -> VerdictIndex:
+    """The index of a Contract-2 document (accounts only; linking artefacts are added by
+    :func:`load_verdicts` from a store, or come from indicator bundles)."""
     index = VerdictIndex(loaded_from=source, mtime=mtime)
     for account in doc.get("accounts", []):
         index.accounts[account["account_id"]] = {
@@ -175,11 +175,6 @@ def verdict_index(doc: dict[str, Any], source: str, mtime: float | None = None,
             "verdict": account.get("verdict", "benign"),
             "cluster_id": account.get("cluster_id"),
         }
-    if store is not None:
-        flagged = {a: v["cluster_id"] for a, v in index.accounts.items()
-                   if v["verdict"] == "distillation" and v["cluster_id"]}  # fmt: skip
-        if flagged:
-            index.artefacts = _flagged_artefacts(store, flagged)
     return index
 
 

@@ -5,14 +5,15 @@ Stage: reads ``dw_kv``, ``dw_acct`` (detection state, :mod:`distillwatch.detecti
 as a STIX bundle, :mod:`.stix`).
 
 For every artefact a campaign's accounts used (exact IPs, /24 or /48 prefixes, user agents, TLS
-fingerprints, wrapper template grams, payment fingerprints) it measures, over every account the
-store knows: how many of the campaign's accounts used it, how many accounts *outside* the
-campaign did, the share of the campaign's traffic it covers, and first/last seen. Only
-artefacts that are rare outside qualify. A gateway links a new account to a campaign when one
-request matches artefacts of two families (network, TLS, user agent, template; a payment
-instrument counts alone) whose joint false-match rate, the product of each family's estimated
-rate ``(outside accounts + 1) / (population + 1)``, is below ``bound``; and the rule is then
-checked on the population itself: an outside account whose own artefacts would already link it
+fingerprints, wrapper template grams, payment fingerprints) it measures, over every account with
+traffic in the detected period: how many of the campaign's accounts used it, how many accounts
+*not flagged* did (the "outside" accounts: the people a link could hurt), the share of the
+campaign's traffic it covers, and first/last seen. Only artefacts that are rare outside qualify.
+A gateway links a new account to a campaign when one request matches artefacts of two families
+(network, client, template; a payment instrument nobody outside uses counts alone) whose joint
+false-match rate, the product of each family's estimated rate ``(outside accounts + 1) /
+(population + 1)``, is below ``bound``; and the rule is then checked on the population itself:
+an outside account whose own artefacts would already link it
 is a measured false match, and the artefacts behind it are dropped until at most
 ``floor(bound × population)`` remain.
 """
@@ -173,7 +174,7 @@ def campaign_indicators(store: Store, doc: dict[str, Any], key: SharingKey,
     for c in campaigns:
         found = by_campaign.get(c["campaign_id"], [])
         found.sort(key=lambda a: (-a.coverage, a.outside_accounts, a.key))
-        found = _dedupe(found)[:MAX_PER_CAMPAIGN]
+        found = found[:MAX_PER_CAMPAIGN]
         stable = earliest.get(c["campaign_id"]) or min(c["accounts"])
         result.append(CampaignIndicators(
             campaign_id=c["campaign_id"],
@@ -187,17 +188,6 @@ def campaign_indicators(store: Store, doc: dict[str, Any], key: SharingKey,
         store, result, key, {c["campaign_id"]: set(c["accounts"]) for c in campaigns}
     )
     return result
-
-
-def _dedupe(found: list[Artefact]) -> list[Artefact]:
-    """One entry per artefact key."""
-    seen: set[str] = set()
-    kept = []
-    for a in found:
-        if a.key not in seen:
-            seen.add(a.key)
-            kept.append(a)
-    return kept
 
 
 def _check_on_population(store: Store, result: list[CampaignIndicators], key: SharingKey,

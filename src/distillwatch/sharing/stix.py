@@ -308,7 +308,7 @@ def _artefact_value(kind: str, pattern: str) -> str | None:
     return pattern[len(prefix) :] if pattern.startswith(prefix) else None
 
 
-def read_bundle(path: Path, trusted: set[str] | None = None, own: set[str] | None = None,
+def read_bundle(path: Path, trusted: set[str] | None = None,
                 now: datetime | None = None) -> IndicatorSet:  # fmt: skip
     """Validate the bundle in ``path`` and return its indicators (see :func:`parse_bundle`)."""
     where = str(path)
@@ -319,11 +319,11 @@ def read_bundle(path: Path, trusted: set[str] | None = None, own: set[str] | Non
         raw = path.read_bytes()
     except OSError as exc:
         raise _fail(where, f"cannot read ({exc.strerror})") from None
-    return parse_bundle(raw, where, trusted, own, now)
+    return parse_bundle(raw, where, trusted, now)
 
 
 def parse_bundle(raw: bytes | dict[str, Any], where: str, trusted: set[str] | None = None,
-                 own: set[str] | None = None, now: datetime | None = None) -> IndicatorSet:  # fmt: skip
+                 now: datetime | None = None) -> IndicatorSet:  # fmt: skip
     """Validate a bundle and return its indicators; raise :class:`BundleError` (nothing used)
     when any part of it is unacceptable. ``where`` names it in messages.
 
@@ -368,7 +368,6 @@ def parse_bundle(raw: bytes | dict[str, Any], where: str, trusted: set[str] | No
             and trusted is not None
             and creator not in trusted
             and identities[creator] not in trusted
-            and creator not in (own or set())
         ):
             raise _fail(
                 f"{where}: {o.id}",
