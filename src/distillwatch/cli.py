@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "distillwatch.commands.bench_ingest",
     "distillwatch.commands.bench_detection",
     "distillwatch.commands.bench_sharing",
+    "distillwatch.commands.bench_hour",
     "distillwatch.commands.share",
 )
 

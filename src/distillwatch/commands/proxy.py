@@ -119,6 +119,13 @@ def proxy_command(
         "1h, 90s; in replayed time when --replay-time-header is set. Verdicts and indicators go "
         "live without a restart. POST /admin/detect runs one on demand.",
     ),
+    stream: bool = typer.Option(
+        False,
+        "--stream",
+        help="Streaming evidence: every request updates per-account and per-card counters and "
+        "sketches (in --redis when given, shared by replicas) and is scored with the batch rule "
+        "table; policy condition min_stream_score. Needs --accounts for sign-up evidence.",
+    ),
     store_fold_seconds: float = typer.Option(
         0.5,
         "--store-fold-seconds",
@@ -191,7 +198,7 @@ def proxy_command(
         upstream_timeout_s=upstream_timeout, spool_fsync=spool_fsync,
         store_fold_seconds=store_fold_seconds, indicators=list(indicators or []),
         detect_every_s=_duration(detect_every) if detect_every else None,
-        sharing_key=key,
+        sharing_key=key, stream=stream, accounts_file=accounts,
         limits=ServerLimits(max_header_bytes=max_header_bytes, header_timeout_s=header_timeout,
                             max_pending=max_pending, max_in_flight=max_in_flight),
     )  # fmt: skip

@@ -8,6 +8,7 @@ from the per-key sums of the folded state (``content``, ``near``, ``kv``), ``acc
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -75,9 +76,52 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
             FROM sem s LEFT JOIN sem_reach r USING (sig) GROUP BY s.account_id
         ), sem_sampled AS (
             SELECT account_id, sum(uses) / {_SEM_BANDS} AS prompts FROM sem GROUP BY account_id
-        ), registered AS (
+        ), {signup_ctes()}
+        , launch AS (
+            SELECT sum(new_model_requests) / nullif(sum(after_launch_requests), 0) AS share
+            FROM acct
+        )
+        SELECT a.account_id,
+               coalesce(s.share, 0) AS shared_template_share,
+               coalesce(s.templates, 0) AS shared_templates,
+               coalesce(s.reach, 0) AS template_reach,
+               coalesce(d.share, 0) AS duplicate_share,
+               coalesce(nd.share, 0) AS near_duplicate_share,
+               CASE WHEN coalesce(ss.prompts, 0) >= {MIN_SEMANTIC_PROMPTS} THEN coalesce(sd.share, 0)
+                    ELSE 0 END AS semantic_share,
+               coalesce(sg.payment_shared_with, 0) AS payment_shared_with,
+               coalesce(sg.created_near, 0) AS created_near,
+               coalesce(ls.partners, 0) AS lockstep_with,
+               coalesce(sg.created_burst, false) AS created_burst,
+               CASE WHEN a.after_launch_requests >= 5
+                    THEN a.new_model_requests / a.after_launch_requests END AS new_model_share,
+               (SELECT share FROM launch) AS population_new_model_share,
+               CASE WHEN a.created_at IS NOT NULL
+                    THEN epoch(a.first_ts - a.created_at) / 86400 END AS age_days
+        FROM acct a
+        LEFT JOIN shared_tmpl s USING (account_id)
+        LEFT JOIN dup d USING (account_id)
+        LEFT JOIN near_dup nd USING (account_id)
+        LEFT JOIN sem_dup sd USING (account_id)
+        LEFT JOIN sem_sampled ss USING (account_id)
+        LEFT JOIN signup sg USING (account_id)
+        LEFT JOIN (SELECT account_id, max(reach) - 1 AS partners FROM sync GROUP BY account_id) ls
+            USING (account_id)
+        """,
+        [until, until],
+    )
+
+
+def signup_ctes() -> str:
+    """SQL CTEs over the ``accounts`` table (two parameters: the cutoff, twice) ending in
+    ``signup`` (account_id, payment_shared_with, created_near, created_burst): the sign-up
+    evidence of every account registered by the cutoff. Batch detection joins it into ``evid``;
+    the gateway's streaming evidence runs it on the provider's account records
+    (:mod:`distillwatch.enforce.streaming`), so both read a card or a burst the same way."""
+    public = _sql_list(WEBMAIL_DOMAINS + DISPOSABLE_DOMAINS)
+    return f"""registered AS (
             SELECT account_id, created_at, payment_fingerprint,
-                   coalesce(email_domain IN ({_sql_list(WEBMAIL_DOMAINS + DISPOSABLE_DOMAINS)}), false)
+                   coalesce(email_domain IN ({public}), false)
                        AS public_email
             FROM accounts
             WHERE ?::TIMESTAMP IS NULL OR created_at IS NULL OR created_at <= ?
@@ -112,42 +156,32 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
             FROM registered r
             JOIN background b ON b.hour = time_bucket(INTERVAL 1 HOUR, r.created_at)
             WHERE r.created_at IS NOT NULL
-        ), launch AS (
-            SELECT sum(new_model_requests) / nullif(sum(after_launch_requests), 0) AS share
-            FROM acct
-        )
-        SELECT a.account_id,
-               coalesce(s.share, 0) AS shared_template_share,
-               coalesce(s.templates, 0) AS shared_templates,
-               coalesce(s.reach, 0) AS template_reach,
-               coalesce(d.share, 0) AS duplicate_share,
-               coalesce(nd.share, 0) AS near_duplicate_share,
-               CASE WHEN coalesce(ss.prompts, 0) >= {MIN_SEMANTIC_PROMPTS} THEN coalesce(sd.share, 0)
-                    ELSE 0 END AS semantic_share,
-               CASE WHEN a.public_email THEN coalesce(p.accounts, 1) - 1 ELSE 0 END
-                   AS payment_shared_with,
-               coalesce(b.created_near, 0) AS created_near,
-               coalesce(ls.partners, 0) AS lockstep_with,
-               coalesce(b.created_near >= 4 AND b.created_near >= 4 * b.hourly_background, false)
-                   AS created_burst,
-               CASE WHEN a.after_launch_requests >= 5
-                    THEN a.new_model_requests / a.after_launch_requests END AS new_model_share,
-               (SELECT share FROM launch) AS population_new_model_share,
-               CASE WHEN a.created_at IS NOT NULL
-                    THEN epoch(a.first_ts - a.created_at) / 86400 END AS age_days
-        FROM acct a
-        LEFT JOIN shared_tmpl s USING (account_id)
-        LEFT JOIN dup d USING (account_id)
-        LEFT JOIN near_dup nd USING (account_id)
-        LEFT JOIN sem_dup sd USING (account_id)
-        LEFT JOIN sem_sampled ss USING (account_id)
-        LEFT JOIN pay p ON a.payment_fingerprint = p.payment_fingerprint
-        LEFT JOIN bursts b USING (account_id)
-        LEFT JOIN (SELECT account_id, max(reach) - 1 AS partners FROM sync GROUP BY account_id) ls
-            USING (account_id)
-        """,
+        ), signup AS (
+            SELECT r.account_id,
+                   CASE WHEN r.public_email THEN coalesce(p.accounts, 1) - 1 ELSE 0 END
+                       AS payment_shared_with,
+                   coalesce(b.created_near, 0) AS created_near,
+                   coalesce(b.created_near >= 4 AND b.created_near >= 4 * b.hourly_background, false)
+                       AS created_burst
+            FROM registered r
+            LEFT JOIN pay p USING (payment_fingerprint)
+            LEFT JOIN bursts b USING (account_id)
+        )"""
+
+
+def signup_features(store: Store, until: datetime | None = None) -> dict[str, dict[str, Any]]:
+    """Per account registered by ``until``: its sign-up evidence (:func:`signup_ctes`) and the
+    record fields the rules read (``created_at``, ``email_domain``, ``disposable_email``)."""
+    rows = store.con.execute(
+        f"""WITH {signup_ctes()}
+            SELECT s.*, a.created_at, a.email_domain,
+                   coalesce(a.email_domain IN ({_sql_list(DISPOSABLE_DOMAINS)}), false)
+                       AS disposable_email
+            FROM signup s JOIN accounts a USING (account_id)""",
         [until, until],
     )
+    names = [d[0] for d in rows.description]
+    return {row[0]: dict(zip(names, row, strict=True)) for row in rows.fetchall()}
 
 
 #: Lockstep: MinHash over each account's set of active 10-minute slots, LSH-banded so accounts

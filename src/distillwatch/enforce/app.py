@@ -110,6 +110,10 @@ class ProxyConfig:
     sharing_key: SharingKey | None = None
     #: Seconds the store writer gathers journaled exchanges before one transaction folds them.
     store_fold_seconds: float = FLUSH_SECONDS
+    #: Streaming evidence on every request (per-account counters and sketches, scored with the
+    #: batch rule table); ``accounts_file`` gives it the sign-up records.
+    stream: bool = False
+    accounts_file: Path | None = None
     #: Extension point for provenance: called on every shaped JSON response (canaries, marks).
     response_hooks: list[ResponseHook] = field(default_factory=list)
 
@@ -237,7 +241,8 @@ class Proxy:
         self.enforcer = Enforcer(config.policy, config.verdicts, config.store, config.redis_url,
                                  config.shadow, config.payments, config.spool_fsync,
                                  config.store_fold_seconds, config.indicators,
-                                 config.sharing_key)  # fmt: skip
+                                 config.sharing_key, stream=config.stream,
+                                 accounts_file=config.accounts_file)  # fmt: skip
         self.state = self.enforcer.state
         self.verdicts = self.enforcer.verdicts
         self.recent = self.enforcer.recent
@@ -461,7 +466,17 @@ class Proxy:
 
         started = time.perf_counter()
         call.decision, refusal = await self.enforcer.evaluate(
-            call.account, call.ip, call.tls, messages.prompt[:8000], when, call.user_agent
+            call.account,
+            call.ip,
+            call.tls,
+            messages.prompt[:8000],
+            when,
+            call.user_agent,
+            # As batch detection counts it (several messages, or a conversation the request
+            # continues: the Responses API's previous response or conversation).
+            multi_turn=len(messages.messages) > 1
+            or bool(body.get("previous_response_id") or body.get("conversation")),
+            model=body["model"][:128] if isinstance(body.get("model"), str) else None,
         )
         self.metrics.decision_latency.observe(time.perf_counter() - started)
         self.metrics.decisions.labels(call.decision.action, str(self.config.shadow).lower()).inc()
@@ -667,6 +682,16 @@ class Proxy:
                 quarantine=str(sink.quarantine.path) if sink.quarantine.count else None,
                 spool=str(sink.spool.directory), fsync=sink.spool.fsync, error=sink.error,
             )  # fmt: skip
+        streaming = None
+        if self.enforcer.streaming is not None:
+            try:
+                tracked = await self.enforcer.streaming.store.accounts()
+            except StateError:
+                tracked = None
+            streaming = {"backend": "redis" if self.config.redis_url else "memory",
+                         "accounts": tracked,
+                         "median_output": self.enforcer.streaming.median_output_,
+                         "sign_up_records": self.config.accounts_file is not None}  # fmt: skip
         return JSONResponse({
             "status": "degraded" if degraded else "ok",
             "state": {"backend": "redis" if self.config.redis_url else "memory", "ok": redis_ok,
@@ -685,6 +710,7 @@ class Proxy:
             "store": store,
             "micro_batch": {"every_s": self.config.detect_every_s, "last": self.last_detect,
                             "error": self.detect_error},
+            "streaming": streaming,
         })  # fmt: skip
 
     async def metrics_endpoint(self, request: Request) -> Response:

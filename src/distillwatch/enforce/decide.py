@@ -58,6 +58,11 @@ def decide(
         )
     if facts.get("cot_elicitation"):
         reasons.append("request elicits chain-of-thought reasoning")
+    if facts.get("stream_score") is not None and facts["stream_score"] >= 0.1:
+        reasons.append(
+            f"streaming evidence {facts['stream_score']:.2f} after {facts.get('stream_requests', 0)} "
+            "requests: " + "; ".join(facts.get("stream_reasons", [])[:2])
+        )
     rule = policy.first_match(facts)
     cluster = facts.get("cluster_id")
     if rule is None:

@@ -39,6 +39,13 @@ from distillwatch.enforce.signals import (
 )
 from distillwatch.enforce.sink import FLUSH_SECONDS, StoreSink
 from distillwatch.enforce.state import WINDOW_SECONDS, MemoryState, RedisState, State
+from distillwatch.enforce.streaming import (
+    MemoryStream,
+    RedisStream,
+    SignupIndex,
+    StreamingEvidence,
+    StreamScore,
+)
 from distillwatch.errors import StateError
 from distillwatch.sharing.artefacts import request_artefacts
 from distillwatch.sharing.indicators import DEFAULT_BOUND
@@ -71,6 +78,8 @@ class Enforcer:
         indicators: list[Path] | None = None,
         sharing_key: SharingKey | None = None,
         link_bound: float = DEFAULT_BOUND,
+        stream: bool = False,
+        accounts_file: Path | None = None,
     ) -> None:
         self.policy = policy
         #: STIX bundles (ours, partners'): links fresh accounts without any store.
@@ -85,6 +94,14 @@ class Enforcer:
         self.verdicts = HotVerdicts(verdicts, store)
         self.state: State = RedisState(redis_url) if redis_url else MemoryState()
         self.backend = "redis" if redis_url else "memory"
+        #: Streaming evidence (``--stream``): per-request counters and sketches, in the same
+        #: Redis as the rest of the shared state when there is one.
+        self.streaming: StreamingEvidence | None = None
+        if stream:
+            backend = RedisStream(redis_url) if redis_url else MemoryStream()
+            self.streaming = StreamingEvidence(
+                backend, SignupIndex(accounts_file), payments=payments
+            )
         self.sink: StoreSink | None = None
         self.recent: deque[dict[str, Any]] = deque(maxlen=1000)
         self.state_error: str | None = None
@@ -101,6 +118,8 @@ class Enforcer:
 
     async def close(self) -> None:
         await self.state.close()
+        if self.streaming is not None:
+            await self.streaming.store.close()
         if self.sink is not None:
             self.sink.close()
 
@@ -112,15 +131,19 @@ class Enforcer:
         prompt: str,
         when: datetime,
         ua: str | None = None,
+        multi_turn: bool = False,
+        model: str | None = None,
     ) -> tuple[Decision, Refusal | None]:
         """Decide, count against limits, and say whether (and how) to refuse."""
+        stream = await self._stream(account, ip, ua, prompt, multi_turn, model, when)
         try:
-            decision = await self._decide(account, ip, tls, prompt, when, ua=ua)
+            decision = await self._decide(account, ip, tls, prompt, when, ua=ua, stream=stream)
             refusal = await self._refusal(account, decision, when)
             self.state_error = None
         except StateError as exc:
             self.state_error = str(exc)
-            decision, refusal = await self._decide_locally(account, ip, tls, prompt, when, ua)
+            decision, refusal = await self._decide_locally(account, ip, tls, prompt, when, ua,
+                                                           stream)  # fmt: skip
         if decision.action != "allow":
             self.record_decision(account, decision, when)
         return decision, (None if self.shadow else refusal)
@@ -133,6 +156,7 @@ class Enforcer:
         prompt: str,
         when: datetime,
         ua: str | None = None,
+        stream: StreamScore | None = None,
     ) -> tuple[Decision, Refusal | None]:
         """The decision when the shared state is down: see the module docstring."""
         allowed = account in self._allow_known or account in self.policy.allow_accounts
@@ -140,7 +164,8 @@ class Enforcer:
             return Decision("block", reasons=[f"fail-closed: {self.state_error}"]), Refusal(
                 503, "server_error", "fail_closed", "Enforcement state unavailable.", 1
             )
-        decision = await self._decide(account, ip, tls, prompt, when, self.local, allowed, ua)
+        decision = await self._decide(account, ip, tls, prompt, when, self.local, allowed, ua,
+                                      stream)  # fmt: skip
         decision.reasons = [*decision.reasons, f"shared state unavailable ({self.state_error})"]
         if decision.action == "throttle":
             # Only the shared counters know the fleet-wide rate: fail open on the throttle.
@@ -158,7 +183,7 @@ class Enforcer:
 
     async def _decide(self, account: str, ip: str | None, tls: str | None, prompt: str, when: datetime,
                       state: State | None = None, allowlisted: bool | None = None,
-                      ua: str | None = None) -> Decision:  # fmt: skip
+                      ua: str | None = None, stream: StreamScore | None = None) -> Decision:  # fmt: skip
         state = state or self.state
         index = self.verdicts.reload_if_changed()
         known = index.accounts.get(account)
@@ -176,6 +201,9 @@ class Enforcer:
                 if cluster:
                     facts.update(linked_cluster=cluster, linked_artefacts=matched,
                                  cluster_id=cluster, linked_source=source)  # fmt: skip
+        if stream is not None:
+            facts.update(stream_score=stream.score, stream_reasons=stream.reasons,
+                         stream_requests=stream.requests)  # fmt: skip
         if allowlisted is None:
             allowlisted = await self._allowlisted(account, state)
         sticky = None if allowlisted else await state.get_decision(account)
@@ -188,6 +216,18 @@ class Enforcer:
             stored["decided_at"] = when.isoformat() + "Z"
             await state.set_decision(account, stored, decision.ttl_seconds or 0)
         return decision
+
+    async def _stream(self, account: str, ip: str | None, ua: str | None, prompt: str,
+                      multi_turn: bool, model: str | None, when: datetime) -> StreamScore | None:  # fmt: skip
+        """Update the streaming state with this request and score the account (None when off,
+        or when the shared state is unreachable: streaming evidence then sits out)."""
+        if self.streaming is None:
+            return None
+        try:
+            return await self.streaming.assess(account, ip, ua, prompt, multi_turn, model, when)
+        except StateError as exc:
+            self.state_error = str(exc)
+            return None
 
     def _artefacts(self, account: str, ip: str | None, tls: str | None, ua: str | None,
                    prompt: str, own: bool, shared: bool) -> list[str]:  # fmt: skip
@@ -272,10 +312,16 @@ class Enforcer:
     async def record_usage(
         self, account: str, decision: Decision, when: datetime, completion_tokens: int | None
     ) -> None:
-        """Count output tokens against the account's (or its cluster's) token budget."""
+        """Count output tokens against the account's (or its cluster's) token budget, and in
+        the account's streaming state."""
         if not completion_tokens:
             return
         try:
+            if self.streaming is not None and not (
+                decision.action == "shape" and decision.max_tokens
+            ):
+                # A capped answer says what we allowed, not what the account asked for.
+                await self.streaming.add_output(account, completion_tokens, when)
             key = self._limit_key(account, decision)
             await self.state.hit(
                 f"tok:{key}", completion_tokens, when.replace(tzinfo=UTC).timestamp()

@@ -65,7 +65,7 @@ def create_app(delay_s: float = 0.0) -> Starlette:
         cap = body.get("max_completion_tokens") or body.get("max_tokens") or 64
         if not isinstance(cap, int):
             raise TypeError("max_tokens")
-        words = max(1, min(int(cap), 256))
+        words = max(1, min(int(cap), 4096))
         usage = {
             "prompt_tokens": len(last) // 4 + 1,
             "completion_tokens": words,

@@ -16,7 +16,8 @@ from distillwatch.errors import PolicyError
 from distillwatch.yamlfile import parse_yaml
 
 ACTIONS = ("allow", "throttle", "challenge", "shape", "block")
-CONDITIONS = ("verdict", "min_score", "linked_to_flagged_cluster", "cot_elicitation", "any")
+CONDITIONS = ("verdict", "min_score", "linked_to_flagged_cluster", "cot_elicitation",
+              "min_stream_score", "any")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class Rule:
         if "verdict" in when and facts.get("verdict") not in _as_list(when["verdict"]):
             return False
         if "min_score" in when and (facts.get("score") or 0.0) < float(when["min_score"]):
+            return False
+        if "min_stream_score" in when and (facts.get("stream_score") or 0.0) < float(
+            when["min_stream_score"]
+        ):
             return False
         if when.get("linked_to_flagged_cluster") and not facts.get("linked_cluster"):
             return False
@@ -99,6 +104,10 @@ def parse_policy(doc: Any, source: str = "<policy>") -> Policy:
                 raise PolicyError(
                     f"{where}.when.{key}: unknown condition ({', '.join(CONDITIONS)})"
                 )
+        if "min_stream_score" in when:
+            value = when["min_stream_score"]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise PolicyError(f"{where}.when.min_stream_score: a number from 0 to 1")
         for key in ("requests_per_minute", "output_tokens_per_minute", "max_tokens", "ttl_seconds"):
             if raw.get(key) is not None:
                 _positive_int(raw[key], f"{where}.{key}")
