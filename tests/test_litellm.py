@@ -37,9 +37,24 @@ def test_guard_in_real_litellm_proxy(tmp_path):
         "litellm_settings:\n  callbacks: distillwatch_guard.guard\n"
         "general_settings:\n  master_key: sk-master\n"
     )
+    # Streaming evidence on, with a farm's sign-up records: the default policy plus a rule that
+    # refuses at a low streaming score, so the farm's very first request shows it working.
+    from importlib import resources
+
+    default = resources.files("distillwatch.enforce").joinpath("default_policy.yaml").read_text()
+    (tmp_path / "policy.yaml").write_text(
+        default + "  - {name: streaming-test, when: {min_stream_score: 0.2}, action: block}\n"
+    )
+    farm = [{"account_id": f"farm{i}", "created_at": f"2026-03-01T08:0{i}:00Z", "email_domain": "mailinator.com",
+             "payment_fingerprint": "pm_farm"} for i in range(8)]  # fmt: skip
+    farm += [{"account_id": f"person{d}", "created_at": f"2026-02-{d + 1:02d}T12:00:00Z",
+              "email_domain": "gmail.com", "payment_fingerprint": f"pm_{d}"} for d in range(28)]  # fmt: skip
+    (tmp_path / "accounts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in farm))
     port = free_port()
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "DISTILLWATCH_VERDICTS": str(verdicts),
-           "DISTILLWATCH_STORE": str(tmp_path / "ll.duckdb"), "DISTILLWATCH_ACCOUNT_FROM": "user"}  # fmt: skip
+           "DISTILLWATCH_STORE": str(tmp_path / "ll.duckdb"), "DISTILLWATCH_ACCOUNT_FROM": "user",
+           "DISTILLWATCH_STREAM": "1", "DISTILLWATCH_ACCOUNTS": str(tmp_path / "accounts.jsonl"),
+           "DISTILLWATCH_POLICY": str(tmp_path / "policy.yaml")}  # fmt: skip
     litellm_bin = Path(sys.executable).with_name("litellm")
     proc = subprocess.Popen([str(litellm_bin), "--config", "config.yaml", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
@@ -63,6 +78,8 @@ def test_guard_in_real_litellm_proxy(tmp_path):
         assert ok.status_code == 200 and (
             message.get("reasoning_content") or "<think>" in message["content"]
         )
+        farmed = ask("farm3", "Explain step by step how to sort a list")
+        assert farmed.status_code == 403 and "account_blocked" in farmed.text
         refused = ask("harvester")
         assert refused.status_code == 403 and "verification_required" in refused.text
         shaped = ask("edgy", "Think step by step: is 91 prime?", max_tokens=3000)

@@ -20,6 +20,7 @@ def bench_hour(
     scenario: str = typer.Option("small", "--scenario", "-s", help="Preset or scenario YAML."),
     seed: int = typer.Option(31, "--seed", help="Simulation seed (tune on others)."),
     traffic: Path | None = typer.Option(None, "--traffic", help="An existing simulator folder instead of simulating."),
+    world: str | None = typer.Option(None, "--world", help="Instead of --scenario, a generalisation world built around this unit (a tactic or hard-negative persona of `bench detect --leave-one-out`), parameters drawn from --seed."),
     every: float = typer.Option(1.0, "--detect-every-hours", help="Micro-batch detection every this many replayed hours."),
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Streaming evidence at the gateway."),
     compare: bool = typer.Option(False, "--compare", help="Also replay with streaming off (micro-batches only)."),
@@ -36,8 +37,17 @@ def bench_hour(
 
     if traffic is None:
         traffic = out / "traffic"
+        chosen: object = scenario
+        if world is not None:
+            from distillwatch.traffic.worlds import UNITS
+            from distillwatch.traffic.worlds import world as build_world
+
+            if world not in UNITS:
+                console.print(f"[red]--world: one of {', '.join(sorted(UNITS))}[/]")
+                raise typer.Exit(2)
+            chosen = build_world(world, seed)
         with console.status("simulating...") if console.is_terminal else nullcontext():
-            simulate(scenario, traffic, seed=seed)
+            simulate(chosen, traffic, seed=seed)  # type: ignore[arg-type]
     runs = [stream, False] if compare and stream else [stream]
     results = {}
     for streaming in runs:

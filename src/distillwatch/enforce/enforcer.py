@@ -100,7 +100,7 @@ class Enforcer:
         if stream:
             backend = RedisStream(redis_url) if redis_url else MemoryStream()
             self.streaming = StreamingEvidence(
-                backend, SignupIndex(accounts_file), payments=payments
+                backend, SignupIndex(accounts_file), payments=payments or None
             )
         self.sink: StoreSink | None = None
         self.recent: deque[dict[str, Any]] = deque(maxlen=1000)

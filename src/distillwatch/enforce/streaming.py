@@ -98,7 +98,6 @@ class Snapshot:
     prefixes: int
     user_agents: int
     population: dict[str, float]
-    template_reach: int
 
 
 class StreamStore(Protocol):
@@ -156,14 +155,14 @@ class MemoryStream:
         if isinstance(population, set):
             population.add(obs.account)
             if len(population) > self.max_accounts:
+                # Bounded: beyond this many, the active count stays at the bound.
                 self._population = len(population)
         active = len(self._population) if isinstance(self._population, set) else self._population
-        reach, shared_reach = 0, 0
+        shared_reach = 0
         for gram in obs.grams:
             count = self._touch(self._reach, "t:" + gram, _CappedSet, self.max_sketch_keys).add(
                 obs.account, 10_000
             )
-            reach = max(reach, count)
             if _shared(count, active):
                 shared_reach = max(shared_reach, count)
         shared_tpl = shared_reach > 0
@@ -193,7 +192,7 @@ class MemoryStream:
         self._pop["post"] += float(obs.after_launch)
         self._pop["new"] += float(obs.new_model)
         return Snapshot(dict(counters), cohorts, len(state["pfx"].members),
-                        len(state["ua"].members), {"active": active, **self._pop}, reach)  # fmt: skip
+                        len(state["ua"].members), {"active": active, **self._pop})  # fmt: skip
 
     async def add_output(self, account: str, tokens: int) -> None:
         state = self._accounts.get(account)
@@ -237,13 +236,12 @@ redis.call('PFADD', KEYS[4], account)
 local active = redis.call('PFCOUNT', KEYS[4])
 local common = math.max(50, math.floor(active * 0.2))
 local first_gram = 6 + ncohorts
-local tpl, reach, shared_reach = 0, 0, 0
+local tpl, shared_reach = 0, 0
 for i = 0, ngrams - 1 do
   local key = KEYS[first_gram + i]
   redis.call('PFADD', key, account)
   redis.call('EXPIRE', key, sketch_ttl)
   local r = redis.call('PFCOUNT', key)
-  if r > reach then reach = r end
   if r >= 3 and r <= common then
     tpl = 1
     if r > shared_reach then shared_reach = r end
@@ -280,7 +278,7 @@ if incr.newm ~= 0 then redis.call('HINCRBY', KEYS[5], 'new', 1) end
 local cohorts = {}
 for i = 0, ncohorts - 1 do cohorts[i + 1] = redis.call('HGETALL', KEYS[6 + i]) end
 return {redis.call('HGETALL', KEYS[1]), cohorts, redis.call('PFCOUNT', KEYS[2]),
-        redis.call('PFCOUNT', KEYS[3]), active, redis.call('HGETALL', KEYS[5]), reach}
+        redis.call('PFCOUNT', KEYS[3]), active, redis.call('HGETALL', KEYS[5])}
 """
 
 
@@ -329,8 +327,7 @@ class RedisStream:
         result = await self._do(self._script(keys=keys, args=args))
         cohorts = {c: _pairs(flat) for c, flat in zip(obs.cohorts, result[1], strict=True)}
         population = {"active": float(result[4]), "new": 0.0, "post": 0.0, **_pairs(result[5])}
-        return Snapshot(_pairs(result[0]), cohorts, int(result[2]), int(result[3]), population,
-                        int(result[6]))  # fmt: skip
+        return Snapshot(_pairs(result[0]), cohorts, int(result[2]), int(result[3]), population)
 
     async def add_output(self, account: str, tokens: int) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -398,6 +395,15 @@ class SignupIndex:
             )
             self._created = [float(r[0]) for r in rows]
 
+    def payments(self) -> dict[str, str]:
+        """Account id -> payment fingerprint, from the records."""
+        if self._store is None:
+            return {}
+        rows = self._store.run(
+            "SELECT account_id, payment_fingerprint FROM accounts WHERE payment_fingerprint IS NOT NULL"
+        )
+        return {account: card for account, card in rows}
+
     def get(self, account: str, now: float) -> dict[str, Any] | None:
         if self._store is None:
             return None
@@ -433,7 +439,8 @@ class StreamingEvidence:
     """Per-request evidence: ``assess`` updates the streaming state and scores the account.
 
     Parameters: ``store`` (:class:`MemoryStream` or :class:`RedisStream`), ``signups`` (the
-    account records), ``prior`` (log-odds before evidence, batch's). State learned as it runs:
+    account records), ``prior`` (log-odds before evidence, batch's), ``payments`` (account ->
+    card; by default the records' own). State learned as it runs:
     ``median_output_`` (the population's typical output length, from a reservoir).
     """
 
@@ -442,7 +449,9 @@ class StreamingEvidence:
         self.store = store
         self.signups = signups
         self.prior = prior
-        self.payments = payments or {}
+        self.payments = (
+            payments if payments is not None else (signups.payments() if signups else {})
+        )
         self.median_output_ = 0.0
         self._outputs: list[int] = []
         self._seen_outputs = 0

@@ -18,7 +18,9 @@ Settings come from the environment: ``DISTILLWATCH_VERDICTS`` (Contract-2 file, 
 ``DISTILLWATCH_SHADOW=1``, ``DISTILLWATCH_ACCOUNT_FROM`` (``key``: the LiteLLM key's user, team
 or key hash, the default; ``user``: the request's ``user`` field, for platforms whose customers
 are end users), ``DISTILLWATCH_TLS_HEADER`` (default ``x-ja4``), ``DISTILLWATCH_INDICATORS`` (STIX bundles,
-``os.pathsep``-separated, hot-reloaded) and ``DISTILLWATCH_SHARING_KEY`` (their group key file).
+``os.pathsep``-separated, hot-reloaded), ``DISTILLWATCH_SHARING_KEY`` (their group key file),
+``DISTILLWATCH_STREAM=1`` (streaming evidence, in ``DISTILLWATCH_REDIS`` when set) and
+``DISTILLWATCH_ACCOUNTS`` (account records: sign-up evidence and cards for it).
 
 Hooks: ``async_pre_call_hook`` checks the request's shape (400 for malformed messages), decides
 and refuses (LiteLLM answers with the status and an OpenAI-shaped error) or caps ``max_tokens``;
@@ -113,6 +115,10 @@ class DistillwatchGuard(CustomLogger):
                 Path(p) for p in env.get("DISTILLWATCH_INDICATORS", "").split(os.pathsep) if p
             ],
             sharing_key=SharingKey.read(Path(env[ENV_KEY_FILE])) if env.get(ENV_KEY_FILE) else None,
+            stream=env.get("DISTILLWATCH_STREAM", "") in ("1", "true", "yes"),
+            accounts_file=Path(env["DISTILLWATCH_ACCOUNTS"])
+            if env.get("DISTILLWATCH_ACCOUNTS")
+            else None,
         )
         return cls(
             enforcer,
@@ -147,7 +153,8 @@ class DistillwatchGuard(CustomLogger):
         ip = metadata.get("requester_ip_address") or None
         when = datetime.now(UTC).replace(tzinfo=None)
         try:
-            prompt = _messages(data).prompt[:8000]
+            messages = _messages(data)
+            prompt = messages.prompt[:8000]
         except RecordError as exc:
             raise HTTPException(status_code=400, detail={"error": {
                 "message": f"Invalid request: {exc}", "type": "invalid_request_error",
@@ -160,6 +167,8 @@ class DistillwatchGuard(CustomLogger):
             prompt,
             when,
             str(agent)[:512] if agent else None,
+            multi_turn=len(messages.messages) > 1,
+            model=data["model"][:128] if isinstance(data.get("model"), str) else None,
         )
         if refusal is not None:
             raise HTTPException(status_code=refusal.status, detail={"error": {
