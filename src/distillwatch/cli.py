@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "distillwatch.commands.bench_sharing",
     "distillwatch.commands.bench_hour",
     "distillwatch.commands.share",
+    "distillwatch.commands.provenance",
 )
 
 for _module in COMMAND_MODULES:

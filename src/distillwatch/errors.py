@@ -14,7 +14,8 @@ that talks to the library, so callers catch distillwatch's own names::
         ├── StoreError                   the DuckDB store (version, not a store, locked)
         │   └── SqlPathUnavailable       the SQL ingest path ran out of memory (fall back)
         ├── StateError                   the enforcement state backend (Redis) is unreachable
-        └── SharingKeyError              a sharing group's key file is missing or malformed
+        ├── SharingKeyError              a sharing group's key file is missing or malformed
+        └── ProvenanceKeyError           a watermark key or keyring is missing or malformed
 
 Each module that raises one re-exports it (``from distillwatch.schema import RecordError`` keeps
 working); this file is where they are defined.
@@ -95,3 +96,7 @@ def type_name(value: Any) -> str:
         list: "list",
         dict: "object",
     }.get(type(value), type(value).__name__)
+
+
+class ProvenanceKeyError(ResourceError):
+    """A watermark key or keyring that cannot be used; the message names the key or file."""

@@ -212,6 +212,12 @@ def proxy_command(
 def mock_upstream_command(
     listen: str = typer.Option("127.0.0.1:8081", "--listen", help="HOST:PORT to serve on."),
     delay_ms: float = typer.Option(0.0, "--delay-ms", min=0.0, help="Fixed delay per request."),
+    watermark_keys: Path | None = typer.Option(
+        None,
+        "--watermark-keys",
+        help="A watermark keyring: answer in words, watermarked with its "
+        "active key when the gateway's shape action asks for it (x-distillwatch-watermark: on).",
+    ),
 ) -> None:
     """A small OpenAI-compatible stand-in model for demos, tests and benchmarks (not a model)."""
     import uvicorn
@@ -219,7 +225,8 @@ def mock_upstream_command(
     from distillwatch.enforce.mock_upstream import create_app
 
     host, port = _listen(listen)
-    uvicorn.run(create_app(delay_ms / 1000), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(delay_ms / 1000, watermark_keys), host=host, port=port,
+                log_level="warning")  # fmt: skip
 
 
 @app.command("demo-proxy")

@@ -66,6 +66,7 @@ from distillwatch.openai_api import (
     strip_reasoning,
     summarise_response,
 )
+from distillwatch.provenance.watermark import REQUEST_HEADER as WATERMARK_HEADER
 from distillwatch.schema import DEFAULT_MAX_TEXT_CHARS, parse_ts
 from distillwatch.sharing.keys import SharingKey
 
@@ -508,6 +509,8 @@ class Proxy:
         headers = {"content-type": "application/json"}
         if "authorization" in request.headers:
             headers["authorization"] = request.headers["authorization"]
+        if call.shaping and call.decision.watermark:
+            headers[WATERMARK_HEADER] = "on"  # clients' own headers never reach the upstream
         try:
             data = orjson.dumps(call.body) if call.modified else call.raw
         except orjson.JSONEncodeError:

@@ -25,6 +25,7 @@ class Decision:
     scope: str = "account"
     max_tokens: int | None = None
     strip_reasoning: bool = False
+    watermark: bool = False
     ttl_seconds: int | None = None
     cluster_id: str | None = None  # the cluster a throttle's scope refers to
 
@@ -81,6 +82,7 @@ def decide(
         scope=rule.scope,
         max_tokens=rule.max_tokens,
         strip_reasoning=rule.strip_reasoning,
+        watermark=rule.watermark,
         ttl_seconds=rule.ttl_seconds,
         cluster_id=cluster,
     )

@@ -11,13 +11,17 @@ text. Nothing here pretends to be a real model.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
+
+from distillwatch.provenance.watermark import REQUEST_HEADER
 
 #: How the mock streams its reasoning: tags cut mid-word, as a tokenizer would cut them.
 THINK_PIECES = ("<thi", "nk>hidden reas", "oning</th", "ink>")
@@ -56,7 +60,40 @@ def _tolerant(handler):  # type: ignore[no-untyped-def]
     return handle
 
 
-def create_app(delay_s: float = 0.0) -> Starlette:
+#: What the mock writes when it has a watermark keyring: common English words (our list).
+_WORD_LIST = (
+    "the of and to in is that it for was on are as with his they at be this have from or one had "
+    "by word but not what all were we when your can said there use an each which she do how their "
+    "if will up other about out many then them these so some her would make like him into time has "
+    "look two more write go see number no way could people my than first water been call who oil "
+    "its now find long down day did get come made may part over new sound take only little work "
+    "know place year live me back give most very after thing our just name good sentence man think "
+    "say great where help through much before line right too mean old any same tell boy follow came "
+    "want show also around form three small set put end does another well large must big even such "
+    "because turn here why ask went men read need land different home us move try kind hand picture "
+    "again change off play spell air away animal house point page letter mother answer found study "
+    "still learn should world high every near add food between own below country plant last school"
+)
+WORDS = tuple(_WORD_LIST.split(" "))
+
+
+def create_app(delay_s: float = 0.0, watermark_keys: Path | None = None) -> Starlette:
+    """``watermark_keys``: a keyring; answers are then words from :data:`WORDS`, watermarked
+    with the active key when the request carries the gateway's watermark header."""
+    writer, keyring = None, None
+    if watermark_keys is not None:
+        from distillwatch.provenance import Keyring, MarkedWriter
+
+        keyring = Keyring.read(watermark_keys)
+        writer = MarkedWriter(WORDS)
+
+    def text(request: Request, last: str, words: int) -> str:
+        if writer is None or keyring is None:
+            return " ".join(["word"] * words)
+        marked = request.headers.get(REQUEST_HEADER) == "on"
+        seed = int.from_bytes(hashlib.blake2b(last.encode(), digest_size=8).digest(), "little")
+        return writer.write(min(words, 400), keyring.active if marked else None, seed, last)
+
     async def chat(request: Request):  # type: ignore[no-untyped-def]
         body = await request.json()
         if delay_s:
@@ -101,9 +138,8 @@ def create_app(delay_s: float = 0.0) -> Starlette:
                 content=None, tool_calls=[{"id": "call_1", "type": "function", "function": TOOL}]
             )
         else:
-            message["content"] = (
-                f"<think>reasoning about {len(last)} characters</think>"
-                + " ".join(["word"] * words)
+            message["content"] = f"<think>reasoning about {len(last)} characters</think>" + text(
+                request, last, words
             )
         return JSONResponse({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": int(time.time()),

@@ -30,6 +30,7 @@ class Rule:
     scope: str = "account"  # throttle scope: account or cluster
     max_tokens: int | None = None  # shape: cap the request's max_tokens
     strip_reasoning: bool = False  # shape: remove reasoning sections from the response
+    watermark: bool = False  # shape: ask the upstream to watermark its answer (request header)
     message: str = "Additional verification is required for this account."
     verification_url: str | None = None
     ttl_seconds: int | None = None  # how long a challenge/block decision sticks
@@ -117,6 +118,10 @@ def parse_policy(doc: Any, source: str = "<policy>") -> Policy:
             raise PolicyError(
                 f"{where}: a throttle needs requests_per_minute or output_tokens_per_minute"
             )
+        if "watermark" in raw and not isinstance(raw["watermark"], bool):
+            raise PolicyError(f"{where}.watermark: expected true or false")
+        if raw.get("watermark") and raw["action"] != "shape":
+            raise PolicyError(f"{where}.watermark: only a shape action can ask for a watermark")
         if raw.get("scope", "account") not in ("account", "cluster"):
             raise PolicyError(f"{where}.scope: account or cluster")
         rules.append(Rule(**raw))

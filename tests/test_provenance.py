@@ -1,0 +1,174 @@
+"""The watermark: scheme, exact test, calibration on human text and wrong keys, and end to end
+through the gateway's shape action."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import httpx
+import numpy as np
+import pytest
+from scipy.stats import kstest
+
+from distillwatch.enforce.mock_upstream import WORDS
+from distillwatch.enforce.processes import free_port
+from distillwatch.errors import ProvenanceKeyError
+from distillwatch.provenance import (
+    Keyring,
+    MarkedWriter,
+    WatermarkKey,
+    WordTokenizer,
+    binomial_test,
+    detect,
+    detect_texts,
+    watermark_logits,
+)
+from tests.gateway import keys_file, start, stop, verdicts_file
+
+
+def _human_texts(shared_data) -> list[str]:
+    texts = []
+    for line in (shared_data / "oasst_prompt_lottery").rglob("*.jsonl"):
+        for row in line.read_text().splitlines():
+            value = json.loads(row)
+            texts.append(value if isinstance(value, str) else json.dumps(value))
+    plays = sorted((shared_data / "shakespeare_gutenberg").rglob("*_gut.txt"))
+    for play in plays[:3]:
+        words = play.read_text(errors="replace").split()
+        texts += [" ".join(words[i : i + 150]) for i in range(0, min(len(words), 150 * 100), 150)]
+    return [t for t in texts if len(t.split()) >= 40]
+
+
+def _randomised(detection) -> float:
+    """A p-value made continuous (uniform under the null exactly) for the KS test: the binomial
+    p-value is discrete, P[Binomial >= s+1] + U * P[Binomial = s]."""
+    from scipy.stats import binom
+
+    t, s, g = detection.tokens_scored, detection.green, detection.gamma
+    return float(binom.sf(s, t, g) + random.random() * binom.pmf(s, t, g))
+
+
+def test_exact_binomial_tail_matches_the_sum():
+    for t, s, g in ((10, 7, 0.25), (50, 20, 0.25), (200, 51, 0.5), (3, 0, 0.25)):
+        exact = sum(math.comb(t, k) * g**k * (1 - g) ** (t - k) for k in range(s, t + 1))
+        assert binomial_test(t, s, g)[0] == pytest.approx(exact, rel=1e-9)
+    assert binomial_test(0, 0, 0.25) == (1.0, 0.0)
+
+
+def test_logits_processor_biases_exactly_the_green_list():
+    key = WatermarkKey.generate("k")
+    logits = np.zeros((2, 5000))
+    out = watermark_logits(logits, [[11, 42], [7]], key)
+    for row, history in zip(out, [[11, 42], [7]], strict=True):
+        green = key.green_mask(history[-1:], 5000)
+        assert np.allclose(row[green], key.delta) and np.allclose(row[~green], 0.0)
+        assert abs(green.mean() - key.gamma) < 0.03
+    assert np.array_equal(watermark_logits(np.ones(10), [], key), np.ones(10))  # no context yet
+    # Device- and library-independent: a fixed key gives a fixed green list.
+    fixed = WatermarkKey("fixed", "00" * 31 + "01")
+    assert fixed.green_mask([1], 16).tolist() == fixed.green_mask([1], 16).tolist()
+    assert fixed.green_mask([1], 64).sum() != fixed.green_mask([2], 64).sum() or not np.array_equal(
+        fixed.green_mask([1], 64), fixed.green_mask([2], 64)
+    )
+
+
+def test_marked_text_is_detected_and_plain_text_is_not():
+    key = WatermarkKey.generate("k")
+    writer = MarkedWriter(list(WORDS))
+    tokenizer = WordTokenizer()
+    for seed in range(5):
+        marked = detect(tokenizer.tokens(writer.write(250, key, seed)), key)
+        plain = detect(tokenizer.tokens(writer.write(250, None, seed)), key)
+        assert marked.p_value < 1e-6 and marked.tokens_scored > 150
+        assert plain.p_value > 1e-4
+
+
+def test_each_context_token_pair_counts_once_and_prompt_text_not_at_all():
+    key = WatermarkKey.generate("k")
+    tokenizer = WordTokenizer()
+    repeated = tokenizer.tokens("the same green phrase again " * 100)
+    assert detect(repeated, key).tokens_scored <= 5
+    prompt = tokenizer.tokens("copy this sentence back to me word for word please")
+    assert detect(prompt, key, prompt=prompt).tokens_scored == 0
+
+
+def test_p_values_are_uniform_on_human_text_and_under_wrong_keys(shared_data):
+    random.seed(0)
+    key = WatermarkKey.generate("ours")
+    tokenizer = WordTokenizer()
+    human = _human_texts(shared_data)
+    assert len(human) >= 200
+    null = [_randomised(detect(tokenizer.tokens(t), key)) for t in human]
+    assert kstest(null, "uniform").pvalue > 0.01
+    writer = MarkedWriter(list(WORDS))
+    marked = [writer.write(120, key, seed) for seed in range(40)]
+    wrong = [_randomised(detect(tokenizer.tokens(t), WatermarkKey.generate(f"w{i}")))
+             for i, t in enumerate(marked) for _ in range(5)]  # fmt: skip
+    assert kstest(wrong, "uniform").pvalue > 0.01
+    # ...and the test has power: the right key finds every one of them.
+    assert max(detect(tokenizer.tokens(t), key).p_value for t in marked) < 1e-3
+
+
+def test_keyring_rotation_and_bad_files(tmp_path):
+    old, new = WatermarkKey.generate("2026-11"), WatermarkKey.generate("2026-12")
+    ring = Keyring([old, new])
+    ring.write(tmp_path / "ring.json")
+    assert Keyring.read(tmp_path / "ring.json").active.key_id == "2026-12"
+    text = MarkedWriter(list(WORDS)).write(200, old, 1)  # marked before the rotation
+    results, _ = detect_texts([("t", text, "")], ring)
+    assert results[0].best.key_id == "2026-11" and results[0].corrected_p < 1e-6
+    (tmp_path / "bad.json").write_text('{"keys": [{"key_id": "x", "secret": "abc"}]}')
+    with pytest.raises(ProvenanceKeyError, match="at least 16 bytes"):
+        Keyring.read(tmp_path / "bad.json")
+    (tmp_path / "junk.json").write_text("not json")
+    with pytest.raises(ProvenanceKeyError, match=r"junk\.json: not a watermark keyring"):
+        Keyring.read(tmp_path / "junk.json")
+
+
+def test_gateway_shape_asks_the_upstream_to_watermark_and_detect_finds_it(tmp_path, cli):
+    """A policy shapes suspicious accounts with ``watermark: true``; the mock upstream marks
+    what they get with its keyring's active key; ``provenance detect`` on the answers finds the
+    mark in theirs and not in a benign account's."""
+    keys = tmp_path / "wm.json"
+    assert cli("provenance", "keygen", "--keys", keys, "--key-id", "wm-1").returncode == 0
+    up = free_port()
+    upstream = start(["mock-upstream", "--listen", f"127.0.0.1:{up}", "--watermark-keys", str(keys)],
+                     f"http://127.0.0.1:{up}/v1/models")  # fmt: skip
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - {name: mark, when: {verdict: suspicious}, action: shape, "
+                      "max_tokens: 300, strip_reasoning: true, watermark: true}\n")  # fmt: skip
+    port = free_port()
+    verdicts = verdicts_file(tmp_path / "v.json", {"shady": ("suspicious", 0.6, "c-1"),
+                                                   "good": ("benign", 0.0, None)})  # fmt: skip
+    proxy = start(["proxy", "--upstream", f"http://127.0.0.1:{up}", "--listen", f"127.0.0.1:{port}",
+                   "--verdicts", str(verdicts), "--policy", str(policy),
+                   "--keys", str(keys_file(tmp_path / "k.jsonl", ["shady", "good"]))],
+                  f"http://127.0.0.1:{port}/healthz")  # fmt: skip
+    try:
+        answers = {}
+        for account in ("shady", "good"):
+            rows = []
+            for i in range(4):
+                body = {"model": "atlas-2", "max_tokens": 300,
+                        "messages": [{"role": "user", "content": f"tell me about topic {i}"}]}  # fmt: skip
+                r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body,
+                               headers={"Authorization": f"Bearer sk-{account}",
+                                        "X-Distillwatch-Watermark": "on"}, timeout=10)  # fmt: skip
+                assert r.status_code == 200
+                rows.append({"response": r.json()["choices"][0]["message"]["content"],
+                             "prompt": body["messages"][0]["content"]})  # fmt: skip
+            path = tmp_path / f"{account}.jsonl"
+            path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+            result = cli("provenance", "detect", path, "--keys", keys, "--json")
+            assert result.returncode == 0, result.stderr
+            answers[account] = json.loads(result.stdout)["texts"]
+    finally:
+        stop(proxy)
+        stop(upstream)
+    pooled = {a: texts[-1] for a, texts in answers.items()}
+    assert pooled["shady"]["name"] == "pooled" and pooled["shady"]["corrected_p_value"] < 1e-9
+    # The benign account sent the same header itself: the gateway never forwards it.
+    assert pooled["good"]["corrected_p_value"] > 1e-3
+    assert pooled["shady"]["per_key"][0]["tokens_scored"] > 500
