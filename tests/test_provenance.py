@@ -172,3 +172,92 @@ def test_gateway_shape_asks_the_upstream_to_watermark_and_detect_finds_it(tmp_pa
     # The benign account sent the same header itself: the gateway never forwards it.
     assert pooled["good"]["corrected_p_value"] > 1e-3
     assert pooled["shady"]["per_key"][0]["tokens_scored"] > 500
+
+
+def _git(repo, *args):
+    import subprocess
+
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "Dev", "GIT_AUTHOR_EMAIL": "dev@example.com",
+                        "GIT_COMMITTER_NAME": "Dev", "GIT_COMMITTER_EMAIL": "dev@example.com",
+                        "HOME": str(repo), "PATH": "/usr/bin:/bin"})  # fmt: skip
+
+
+def test_scan_finds_assistant_markers_our_watermark_and_vendor_copies(tmp_path, cli, shared_data):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    key = WatermarkKey.generate("wm")
+    Keyring([key]).write(tmp_path / "keys.json")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.py").write_text("def add(a, b):\n    return a + b\n")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "Initial commit")
+    (repo / "b.py").write_text(
+        "import os\n\n\n# Generated with [Claude Code](https://claude.ai/code)\nX = 1\n"
+    )
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "Add b\n\nCo-Authored-By: Claude <noreply@anthropic.com>")
+    (repo / "notes.txt").write_text(MarkedWriter(list(WORDS)).write(300, key, 3))
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "Notes")
+    head = __import__("subprocess").run(["git", "-C", str(repo), "rev-parse", "HEAD"],
+                                        capture_output=True, text=True).stdout.strip()  # fmt: skip
+    # A vendor's outputs (real GPT-4 answers from GPTeacher), and a corpus with one lightly edited copy.
+    sample = _gpteacher_responses(shared_data, 50)
+    (tmp_path / "vendor.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in sample))
+    copied = sample[7].replace("the ", "a ", 1) + " Thanks."
+    corpus = [
+        {"text": "An ordinary human sentence about gardening in spring and what to plant."},
+        {"text": copied},
+    ]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    pq.write_table(pa.table({"text": ["fine text", "As an AI language model, I cannot do that."]}),
+                   tmp_path / "chat.parquet")  # fmt: skip
+    out = tmp_path / "findings.jsonl"
+    result = cli("provenance", "scan", repo, tmp_path / "corpus.jsonl", tmp_path / "chat.parquet",
+                 "--keys", tmp_path / "keys.json", "--reference", tmp_path / "vendor.jsonl", "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    findings = [json.loads(line) for line in out.read_text().splitlines()]
+    by_kind = {}
+    for f in findings:
+        by_kind.setdefault(f["kind"], []).append(f)
+    markers = by_kind["assistant_marker"]
+    trailer = [f for f in markers if "commit trailer" in f["reason"]]
+    assert trailer and trailer[0]["path"].endswith("<commit message>") and trailer[0]["line"] == 3
+    footer = [f for f in markers if "footer" in f["reason"] and f["path"].endswith("b.py")]
+    assert footer and footer[0]["line"] == 4 and len(footer[0]["commit"]) == 40
+    assert any(f["path"].endswith("chat.parquet") and f["line"] == 2 for f in markers)
+    assert [
+        f["path"].endswith("notes.txt") and f["commit"] == head for f in by_kind["watermark"]
+    ] == [True]
+    near = by_kind["near_duplicate"]
+    assert [f["line"] for f in near] == [2] and "ref-8" in near[0]["reason"]
+    assert not any(f["path"].endswith("a.py") for f in findings)  # plain code, plain commit
+
+
+def _gpteacher_responses(shared_data, n):
+    texts = []
+    for path in sorted((shared_data / "gpteacher").rglob("*.json")):
+        rows = json.loads(path.read_text())
+        texts += [r["response"] for r in rows if len(r.get("response", "").split()) > 60]
+        if len(texts) >= n:
+            break
+    return texts[:n]
+
+
+def test_vectorised_count_equals_the_reference_count():
+    from distillwatch.provenance.watermark import count_green, count_green_fast, scored_pairs
+
+    rng = random.Random(3)
+    for context in (1, 2, 3):
+        key = WatermarkKey.generate("k", context=context)
+        for trial in range(40):
+            tokens = [rng.randrange(60) for _ in range(rng.randrange(0, 300))]
+            tokens += [2**40 + 5] if trial == 7 else []  # ids beyond 32 bits take the general path
+            prompt = tokens[: rng.randrange(0, 25)] if trial % 2 else []
+            assert count_green_fast(tokens, key, prompt) == count_green(
+                scored_pairs(tokens, key, prompt), key
+            )

@@ -112,3 +112,52 @@ def detect_command(
     console.print("A small p-value says the text is far greener than chance under that key; it "
                   "does not say who sent it, and text shorter than ~50 tokens rarely decides.",
                   highlight=False)  # fmt: skip
+
+
+@provenance_app.command("scan")
+def scan_command(
+    paths: list[Path] = typer.Argument(..., help="Files, folders, JSONL/Parquet corpora or git repositories (every commit)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write one JSON line per finding here (a quarantine list)."),
+    keyring: Path | None = typer.Option(None, "--keys", help="Also look for our own watermark (provenance keygen)."),
+    reference: list[Path] = typer.Option([], "--reference", help="A sample of a vendor's outputs (JSONL --field, or text files): report near-duplicates of it."),
+    field: str = typer.Option("text", "--field", help="JSONL / Parquet: the text field."),
+    alpha: float = typer.Option(1e-6, "--alpha", help="Watermark findings need a corrected p-value below this."),
+) -> None:  # fmt: skip
+    """Scan a corpus for other models' outputs before training on it: assistant markers (commit
+    trailers, 'Generated with' footers, bot e-mails, chat boilerplate), our own watermark, and
+    near-duplicates of a vendor's reference sample. Streams in bounded memory."""
+    import time
+
+    from distillwatch.provenance import Keyring
+    from distillwatch.provenance.scan import documents, scan
+
+    for path in paths:
+        if not path.exists():
+            err_console.print(f"[red]{path}: no such file or folder[/]")
+            raise typer.Exit(2)
+    ring = None
+    if keyring is not None:
+        try:
+            ring = Keyring.read(keyring)
+        except ProvenanceKeyError as exc:
+            err_console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from None
+    references = [doc.text for ref in reference for doc in documents(ref, field)]
+    started = time.perf_counter()
+    counts: dict[str, int] = {}
+    handle = out.open("w") if out else None
+    try:
+        for finding in scan(paths, ring, references, field, alpha):
+            counts[finding.kind] = counts.get(finding.kind, 0) + 1
+            line = json.dumps(finding.as_dict())
+            if handle is not None:
+                handle.write(line + "\n")
+            elif sum(counts.values()) <= 200:
+                console.print(safe_text(line))
+    finally:
+        if handle is not None:
+            handle.close()
+    seconds = time.perf_counter() - started
+    summary = ", ".join(f"{n:,} {kind}" for kind, n in sorted(counts.items())) or "no findings"
+    console.print(f"{summary} in {seconds:.1f} s" + (f"; written to {out}" if out else ""),
+                  highlight=False)  # fmt: skip
