@@ -122,3 +122,13 @@ def template_grams(prompt: str) -> tuple[str | None, str | None]:
 
 def elicits_reasoning(prompt: str) -> bool:
     return bool(_COT.search(normalise(prompt)))
+
+
+_CAPABILITIES = {name: re.compile(pattern) for name, pattern in CAPABILITIES.items()}
+
+
+def capability_tags(prompt: str) -> tuple[str, ...]:
+    """The :data:`CAPABILITIES` the prompt exercises, as batch detection tags it in SQL
+    (``regexp_matches`` on the normalised prompt; the online path of the gateway)."""
+    norm = normalise(prompt)
+    return tuple(name for name, pattern in _CAPABILITIES.items() if pattern.search(norm))

@@ -54,7 +54,12 @@ from distillwatch.detection.rules import (
     evaluate,
 )
 from distillwatch.detection.scoring import PRIOR_LOG_ODDS, sigmoid
-from distillwatch.detection.text import elicits_reasoning, normalise, template_grams
+from distillwatch.detection.text import (
+    capability_tags,
+    elicits_reasoning,
+    normalise,
+    template_grams,
+)
 from distillwatch.errors import StateError
 from distillwatch.sharing.artefacts import ip_prefix
 
@@ -87,6 +92,7 @@ class Observation:
     new_model: bool
     after_launch: bool
     cohorts: tuple[str, ...] = ()  # "pay:<card>" (an operator card), "burst:<sign-up hour>"
+    tags: tuple[str, ...] = ()  # capability areas (detection.text.CAPABILITIES)
 
 
 @dataclass
@@ -176,6 +182,8 @@ class MemoryStream:
         counters = state["c"]
         for name, amount in increments.items():
             counters[name] += amount
+        for tag in obs.tags:
+            counters[f"tag:{tag}"] = counters.get(f"tag:{tag}", 0.0) + 1
         counters.setdefault("first", obs.ts)
         counters["reach"] = max(counters.get("reach", 0.0), float(shared_reach))
         if obs.prefix:
@@ -227,7 +235,7 @@ def _increments(obs: Observation, shared_tpl: bool, dup: bool) -> dict[str, floa
 #: KEYS: account hash, account prefix HLL, account UA HLL, population HLL, population hash, then
 #: one hash per cohort, one HLL per template gram, and the prompt's HLL.
 #: ARGV: account, ts, prefix, ua, cohorts, grams, has prompt, account TTL, sketch TTL, cot,
-#: multi, newm, post.
+#: multi, newm, post, then the request's capability tags.
 _OBSERVE = """
 local account = ARGV[1]
 local ncohorts, ngrams, has_prompt = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -265,6 +273,7 @@ for _, key in ipairs(targets) do
   end
   redis.call('EXPIRE', key, ttl)
 end
+for i = 14, #ARGV do redis.call('HINCRBY', KEYS[1], 'tag:' .. ARGV[i], 1) end
 redis.call('HSETNX', KEYS[1], 'first', ARGV[2])
 if shared_reach > tonumber(redis.call('HGET', KEYS[1], 'reach') or '0') then
   redis.call('HSET', KEYS[1], 'reach', shared_reach)
@@ -323,7 +332,7 @@ class RedisStream:
         args = [obs.account, repr(obs.ts), obs.prefix or "", obs.user_agent or "",
                 len(obs.cohorts), len(obs.grams), int(bool(obs.prompt_hash)), self.idle_seconds,
                 self.sketch_seconds, int(obs.cot), int(obs.multi_turn), int(obs.new_model),
-                int(obs.after_launch)]  # fmt: skip
+                int(obs.after_launch), *obs.tags]  # fmt: skip
         result = await self._do(self._script(keys=keys, args=args))
         cohorts = {c: _pairs(flat) for c, flat in zip(obs.cohorts, result[1], strict=True)}
         population = {"active": float(result[4]), "new": 0.0, "post": 0.0, **_pairs(result[5])}
@@ -495,12 +504,12 @@ class StreamingEvidence:
         obs = Observation(account, ts, ip_prefix(ip) if ip else None,
                           (user_agent or "")[:256] or None, grams,
                           _digest(norm) if norm else None, elicits_reasoning(prompt), multi_turn,
-                          new_model, after_launch, cohorts)  # fmt: skip
+                          new_model, after_launch, cohorts, capability_tags(prompt))  # fmt: skip
         snap = await self.store.observe(obs)
         return self.score(snap, signup, ts)
 
     def score(self, snap: Snapshot, signup: dict[str, Any] | None, ts: float) -> StreamScore:
-        row = _row(snap.account, snap, signup, ts)
+        row = online_row(snap.account, snap, signup, ts)
         derived = derive(row, self.median_output_)
         evidence = evaluate(ACCOUNT_RULES, derived)
         behaviour = sum(e.points for e in evidence if not e.content)
@@ -511,7 +520,7 @@ class StreamingEvidence:
             kind = key.split(":", 1)[0]
             if kind == "burst" and 1 - counters.get("dup", 0.0) / n < YIELD_SHARE_OF_VOLUME:
                 continue  # most of its prompts are shared ones: not a harvest's yield
-            pooled = evaluate(CONTENT_RULES, derive(_row(counters, snap, None, ts), 0.0,
+            pooled = evaluate(CONTENT_RULES, derive(online_row(counters, snap, None, ts), 0.0,
                                                     volume_aware=False))  # fmt: skip
             points = sum(e.points for e in pooled)
             if points > content:
@@ -537,7 +546,7 @@ class StreamingEvidence:
         await self.store.add_output(account, tokens)
 
 
-def _row(counters: dict[str, float], snap: Snapshot, signup: dict[str, Any] | None,
+def online_row(counters: dict[str, float], snap: Snapshot, signup: dict[str, Any] | None,
          ts: float) -> dict[str, Any]:  # fmt: skip
     """A row with the batch feature names (:mod:`distillwatch.detection.features`)."""
     n = max(counters.get("n", 0.0), 1.0)
@@ -553,7 +562,10 @@ def _row(counters: dict[str, float], snap: Snapshot, signup: dict[str, Any] | No
         "prefixes": snap.prefixes,
         "user_agents": snap.user_agents,
         "mean_output": counters["out"] / counters["outn"] if counters.get("outn") else None,
-    }
+        # Capability areas used at least twice and by 5% of its requests (batch: features.py).
+        "capabilities": sum(1 for k, v in counters.items()
+                            if k.startswith("tag:") and v >= max(2.0, 0.05 * n)),
+    }  # fmt: skip
     post = counters.get("post", 0.0)
     population = snap.population
     if post >= 5:
