@@ -232,17 +232,19 @@ campaigns:
 """
 
 
-def test_replay_through_the_gateway_streaming_shapes_a_farm_before_any_micro_batch(tmp_path):
-    """bench hour end to end on a small world: the real proxy, the mock upstream, micro-batches
-    every 12 replayed hours. Streaming evidence shapes the farm from its first requests; without
-    it the farm is served in full until the first micro-batch flags it."""
-    from distillwatch.bench.hour import replay_hour
-
+def test_replay_through_the_gateway_streaming_shapes_a_farm_before_any_micro_batch(tmp_path, cli):
+    """``bench hour --compare`` end to end on a small world: the real proxy, the mock upstream,
+    micro-batches every 12 replayed hours. Streaming evidence shapes the farm from its first
+    requests; without it the farm is served in full until the first micro-batch flags it."""
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(SCENARIO)
     simulate(scenario, tmp_path / "traffic", seed=4)
-    on = replay_hour(tmp_path / "traffic", tmp_path / "on", detect_every_hours=12, stream=True)
-    off = replay_hour(tmp_path / "traffic", tmp_path / "off", detect_every_hours=12, stream=False)
+    result = cli("bench", "hour", "--traffic", tmp_path / "traffic", "--detect-every-hours", "12",
+                 "--compare", "--out", tmp_path / "hour")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "camp-farm" in result.stdout and "served in full" in result.stdout
+    report = json.loads((tmp_path / "hour" / "hour.json").read_text())
+    on, off = report["stream"], report["micro_batch_only"]
     for result in (on, off):
         rows = [*result["per_campaign"].values(), *result["per_persona"].values()]
         assert sum(r["requests"] for r in rows) == result["requests"]

@@ -70,7 +70,7 @@ def _print(name: str, result: dict) -> None:
                         f"{result['detect_every_hours']:g} h)")  # fmt: skip
     for column in ("campaign", "accounts", "requests", "served in full", "before first action",
                    "h to first action", "h to half refused"):  # fmt: skip
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "campaign")
     for campaign, row in result["per_campaign"].items():
 
         def hours(value: float | None) -> str:
@@ -90,7 +90,7 @@ def _print(name: str, result: dict) -> None:
         "refused",
         "accounts refused",
     ):
-        personas.add_column(column)
+        personas.add_column(column, no_wrap=column == "persona")
     for persona, row in result["per_persona"].items():
         personas.add_row(safe(persona), str(row["accounts"]), f"{row['requests']:,}",
                          f"{row['shaped_share']:.2%}", f"{row['throttled_share']:.2%}",
