@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from distillwatch.enforce.processes import CLI, free_port, wait_http
+from distillwatch.enforce.processes import CLI, free_port, redis_server, wait_http
 
 
 async def load(rate: float, seconds: float, direct: str, proxied: str,
@@ -95,11 +95,8 @@ def main() -> None:
     extra = ["--stream"] if args.stream else []
     redis_proc = None
     if args.redis:
-        rport = free_port()
-        redis_proc = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1",
-                                       "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-                                      stdout=subprocess.DEVNULL)  # fmt: skip
-        extra += ["--redis", f"redis://127.0.0.1:{rport}/0"]
+        redis_proc, redis_url = redis_server("redis-server", tmp)
+        extra += ["--redis", redis_url]
     proxy = subprocess.Popen([*cli, "proxy", "--upstream", f"http://127.0.0.1:{up}", "--listen",
                               f"127.0.0.1:{px}", "--verdicts", str(verdicts), *store, *extra],
                              stdout=subprocess.DEVNULL)  # fmt: skip

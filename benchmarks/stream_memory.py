@@ -18,14 +18,13 @@ import argparse
 import asyncio
 import gc
 import shutil
-import socket
-import subprocess
 import tempfile
 import time
 import tracemalloc
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from distillwatch.enforce.processes import free_port
+from distillwatch.enforce.processes import redis_server
 from distillwatch.enforce.streaming import MemoryStream, RedisStream, StreamingEvidence
 
 T0 = datetime(2026, 3, 2)
@@ -65,24 +64,13 @@ def in_redis(accounts: int, requests: int) -> None:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server not installed")
-    port = free_port()
     workdir = tempfile.mkdtemp()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", workdir],
-                            stdout=subprocess.DEVNULL)  # fmt: skip
+    proc, url = redis_server(binary, Path(workdir))
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         import redis
 
-        client = redis.Redis(port=port)
+        client = redis.Redis.from_url(url)
         before = client.info("memory")["used_memory"]
-        url = f"redis://127.0.0.1:{port}/0"
 
         async def run() -> None:
             store = RedisStream(url)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from distillwatch.enforce.processes import free_port
+from distillwatch.enforce.processes import free_port, redis_server
 from distillwatch.paths import shared_data_dir
 from tests.gateway import ACCOUNTS, ADMIN, keys_file, start, stop, verdicts_file
 
@@ -63,19 +61,8 @@ def redis_url(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail("redis-server is required in CI (.ci/run installs it)")
         pytest.skip("redis-server not installed (apt-get install redis-server)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0", proc
+    proc, url = redis_server(binary, tmp_path_factory.mktemp("redis"))
+    yield url, proc
     proc.terminate()
     proc.wait(timeout=10)
 
