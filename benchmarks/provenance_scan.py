@@ -23,13 +23,19 @@ from distillwatch.provenance import Keyring, WatermarkKey
 from distillwatch.provenance.scan import scan
 
 
-def corpus(path: Path, megabytes: float) -> int:
+def gpteacher_responses() -> list[str]:
+    """Every GPTeacher answer in ../shared/data (real GPT-4 outputs)."""
     data = shared_data_dir()
     if data is None:
         raise SystemExit("../shared/data is needed")
     texts = []
     for source in sorted((data / "gpteacher").glob("*.json")):
         texts += [r["response"] for r in json.loads(source.read_text()) if r.get("response")]
+    return texts
+
+
+def corpus(path: Path, megabytes: float) -> int:
+    texts = gpteacher_responses()
     size = 0
     with path.open("w") as handle:
         i = 0

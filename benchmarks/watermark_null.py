@@ -11,9 +11,9 @@ conservative).
 from __future__ import annotations
 
 import argparse
-import json
 
-from distillwatch.paths import shared_data_dir
+from provenance_scan import gpteacher_responses  # this folder: run as a script
+
 from distillwatch.provenance import WatermarkKey, WordTokenizer
 from distillwatch.provenance.watermark import binomial_test, count_green_fast
 
@@ -23,12 +23,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=20)
     parser.add_argument("--below", type=float, default=1e-4)
     args = parser.parse_args()
-    data = shared_data_dir()
-    if data is None:
-        raise SystemExit("../shared/data is needed")
-    texts = []
-    for source in sorted((data / "gpteacher").glob("*.json")):
-        texts += [r["response"] for r in json.loads(source.read_text()) if r.get("response")]
+    texts = gpteacher_responses()
     tokenizer = WordTokenizer()
     docs = [tokenizer.tokens(t) for t in texts]
     low = 0

@@ -261,3 +261,17 @@ def test_vectorised_count_equals_the_reference_count():
             assert count_green_fast(tokens, key, prompt) == count_green(
                 scored_pairs(tokens, key, prompt), key
             )
+
+
+def test_scan_and_detect_name_every_record_they_skip(tmp_path, cli):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "fine"}\nnot json\n{"other": 1}\n')
+    Keyring([WatermarkKey("k", "7e" * 32)]).write(tmp_path / "k.json")
+    for args in (
+        ("scan", corpus),
+        ("detect", corpus, "--keys", tmp_path / "k.json", "--field", "text"),
+    ):
+        result = cli("provenance", *args)
+        assert result.returncode == 0, result.stderr
+        assert "c.jsonl:2: not JSON, skipped" in result.stderr
+        assert "c.jsonl:3: no string field 'text', skipped" in result.stderr

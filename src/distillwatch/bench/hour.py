@@ -24,6 +24,7 @@ import asyncio
 import json
 import random
 import shutil
+import statistics
 import subprocess
 import time
 from collections import defaultdict
@@ -133,20 +134,14 @@ def replay_hour(
         detect_every_hours=detect_every_hours,
         account_share=account_share,
         micro_batches=len(detects),
-        micro_batch_seconds_median=_median([d["seconds"] for d in detects]),
+        micro_batch_seconds_median=statistics.median(d["seconds"] for d in detects)
+        if detects
+        else None,
         micro_batch_seconds_max=max((d["seconds"] for d in detects), default=None),
         wall_seconds=round(time.perf_counter() - started, 1),
         streaming=health.get("streaming"),
     )
     return result
-
-
-def _median(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _rounds(records: list[dict[str, Any]], hours: float) -> list[list[dict[str, Any]]]:

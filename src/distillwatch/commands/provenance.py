@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -17,9 +16,6 @@ provenance_app = typer.Typer(
     help="Provenance: watermark keys, and testing texts for our watermark.", no_args_is_help=True
 )
 app.add_typer(provenance_app, name="provenance")
-
-#: A record's text is cut here (a watermark is decided well before; bounds memory and time).
-MAX_TEXT_CHARS = 1_000_000
 
 
 @provenance_app.command("keygen")
@@ -45,27 +41,8 @@ def keygen(
     console.print(f"{keyring}: {len(ring.keys)} key(s), active {key_id!r}", highlight=False)
 
 
-def _texts(path: Path, field: str, prompt_field: str) -> Iterator[tuple[str, str, str]]:
-    """(name, text, prompt) from a plain-text file (one text) or a JSONL file (one per line)."""
-    if path.suffix not in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            yield path.name, handle.read(MAX_TEXT_CHARS), ""
-        return
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                err_console.print(f"{path}:{number}: not JSON, skipped", highlight=False)
-                continue
-            text = record.get(field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                err_console.print(f"{path}:{number}: no string field {field!r}, skipped",
-                                  highlight=False)  # fmt: skip
-                continue
-            prompt = record.get(prompt_field)
-            yield (f"{path.name}:{number}", text[:MAX_TEXT_CHARS],
-                   prompt[:MAX_TEXT_CHARS] if isinstance(prompt, str) else "")  # fmt: skip
+def _report_skip(path: str, line: int, reason: str) -> None:
+    err_console.print(f"{path}:{line}: {reason}, skipped", highlight=False)
 
 
 @provenance_app.command("detect")
@@ -79,6 +56,7 @@ def detect_command(
     """Test texts for our watermark: per text and pooled, the tokens scored, the green ones and
     the exact binomial p-value under each key (small = very unlikely this green by chance)."""
     from distillwatch.provenance import Keyring, detect_texts
+    from distillwatch.provenance.scan import documents
 
     try:
         ring = Keyring.read(keyring)
@@ -90,7 +68,11 @@ def detect_command(
         if not path.is_file():
             err_console.print(f"[red]{path}: no such file[/]")
             raise typer.Exit(2)
-        texts.extend(_texts(path, field, prompt_field))
+        for doc in documents(path, field, prompt_field, _report_skip):
+            name = Path(doc.path).name + (
+                f":{doc.line}" if path.suffix in (".jsonl", ".ndjson") else ""
+            )
+            texts.append((name, doc.text, doc.prompt))
     results, pooled = detect_texts(texts, ring)
     rows = [*results, pooled] if len(results) > 1 else results
     if as_json:
@@ -142,12 +124,14 @@ def scan_command(
         except ProvenanceKeyError as exc:
             err_console.print(f"[red]{exc}[/]")
             raise typer.Exit(2) from None
-    references = [doc.text for ref in reference for doc in documents(ref, field)]
+    references = [
+        doc.text for ref in reference for doc in documents(ref, field, on_skip=_report_skip)
+    ]
     started = time.perf_counter()
     counts: dict[str, int] = {}
     handle = out.open("w") if out else None
     try:
-        for finding in scan(paths, ring, references, field, alpha):
+        for finding in scan(paths, ring, references, field, alpha, on_skip=_report_skip):
             counts[finding.kind] = counts.get(finding.kind, 0) + 1
             line = json.dumps(finding.as_dict())
             if handle is not None:

@@ -381,7 +381,6 @@ class SignupIndex:
     def __init__(self, accounts_file: Path | None, refresh_seconds: float = 60.0) -> None:
         self.refresh_seconds = refresh_seconds
         self.features: dict[str, dict[str, Any]] = {}
-        self.recomputed = 0
         self._computed_at: float | None = None
         self._registered = -1
         self._created: list[float] = []
@@ -441,7 +440,6 @@ class SignupIndex:
             until = datetime.fromtimestamp(now, UTC).replace(tzinfo=None)
             self.features = signup_features(self._store, until)  # type: ignore[arg-type]
             self._computed_at, self._registered = now, registered
-            self.recomputed += 1
 
 
 class StreamingEvidence:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,11 @@ class Document:
     text: str
     line: int = 1  # the line the text starts at
     commit: str | None = None
+    prompt: str = ""  # JSONL with a prompt field: the prompt the text answered
+
+
+#: Called for a record that yields no document: (path, line, reason). Nothing is dropped unsaid.
+Skipped = Callable[[str, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -77,14 +82,17 @@ class Finding:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def documents(path: Path, field: str = "text") -> Iterator[Document]:
-    """The documents of one path (a file, a folder of files, or a git repository)."""
+def documents(path: Path, field: str = "text", prompt_field: str | None = None,
+              on_skip: Skipped | None = None) -> Iterator[Document]:  # fmt: skip
+    """The documents of one path (a file, a folder of files, or a git repository). JSONL
+    records that are not JSON or lack a string ``field`` go to ``on_skip``."""
+    skip = on_skip or (lambda path, line, reason: None)
     if (path / ".git").exists():
         yield from _git_documents(path)
     elif path.is_dir():
         for child in sorted(path.rglob("*")):
             if child.is_file() and ".git" not in child.parts:
-                yield from documents(child, field)
+                yield from documents(child, field, prompt_field, on_skip)
     elif path.suffix == ".parquet":
         yield from _parquet_documents(path, field)
     elif path.suffix in (".jsonl", ".ndjson"):
@@ -93,15 +101,22 @@ def documents(path: Path, field: str = "text") -> Iterator[Document]:
                 try:
                     record = orjson.loads(line)
                 except orjson.JSONDecodeError:
+                    skip(str(path), number, "not JSON")
                     continue
                 value = record.get(field) if isinstance(record, dict) else record
-                if isinstance(value, str):
-                    yield Document(str(path), value[:MAX_DOCUMENT_CHARS], number)
+                if not isinstance(value, str):
+                    skip(str(path), number, f"no string field {field!r}")
+                    continue
+                prompt = (
+                    record.get(prompt_field) if prompt_field and isinstance(record, dict) else None
+                )
+                yield Document(str(path), value[:MAX_DOCUMENT_CHARS], number,
+                               prompt=prompt[:MAX_DOCUMENT_CHARS] if isinstance(prompt, str) else "")  # fmt: skip
     else:
         with path.open(encoding="utf-8", errors="replace") as handle:
-            while chunk := handle.read(MAX_DOCUMENT_CHARS):
-                yield Document(str(path), chunk)
-                break  # one document per file, bounded
+            chunk = handle.read(MAX_DOCUMENT_CHARS)  # one document per file, bounded
+        if chunk:
+            yield Document(str(path), chunk)
 
 
 def _parquet_documents(path: Path, field: str) -> Iterator[Document]:
@@ -179,7 +194,7 @@ def marker_findings(doc: Document) -> Iterator[Finding]:
 
 def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = None,
          field: str = "text", alpha: float = 1e-6, min_tokens: int = 50,
-         threshold: float = 0.7) -> Iterator[Finding]:  # fmt: skip
+         threshold: float = 0.7, on_skip: Skipped | None = None) -> Iterator[Finding]:  # fmt: skip
     """Findings over every document of ``paths`` (see the module docstring)."""
     from distillwatch.provenance.tokens import WordTokenizer
     from distillwatch.provenance.watermark import binomial_test, count_green_fast
@@ -187,7 +202,7 @@ def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = 
     tokenizer = WordTokenizer()
     lsh, shingles = _reference_index(references, threshold) if references else (None, None)
     for path in paths:
-        for doc in documents(path, field):
+        for doc in documents(path, field, on_skip=on_skip):
             yield from marker_findings(doc)
             if keyring is not None and keyring.keys:
                 tokens = tokenizer.tokens(doc.text)
