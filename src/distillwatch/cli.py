@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "distillwatch.commands.bench_hour",
     "distillwatch.commands.share",
     "distillwatch.commands.provenance",
+    "distillwatch.commands.workspace",
 )
 
 for _module in COMMAND_MODULES:

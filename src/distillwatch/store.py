@@ -22,7 +22,7 @@ import pyarrow as pa
 from distillwatch import __version__
 from distillwatch.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_STORE = "distillwatch.duckdb"
 #: DuckDB's buffer-pool cap. Override with DISTILLWATCH_MEMORY_LIMIT (e.g. "8GB") for big jobs.
 DEFAULT_MEMORY_LIMIT = os.environ.get("DISTILLWATCH_MEMORY_LIMIT", "1GB")
@@ -169,10 +169,42 @@ def _migrate_2_to_3(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE ingest_runs ADD COLUMN IF NOT EXISTS flagged BIGINT")
 
 
+def _migrate_3_to_4(con: duckdb.DuckDBPyConnection) -> None:
+    # v4 adds the analyst workspace (``distillwatch serve``): users and their sessions, cases with
+    # notes, and analysts' labels (a false positive marked in review feeds back into detection).
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS ws_users (
+            username VARCHAR PRIMARY KEY, password_hash VARCHAR NOT NULL, role VARCHAR NOT NULL,
+            created_at TIMESTAMP, disabled BOOLEAN DEFAULT false)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS ws_sessions (
+            token_hash VARCHAR PRIMARY KEY, username VARCHAR NOT NULL, csrf VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL, expires_at TIMESTAMP NOT NULL)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS ws_cases (
+            case_id VARCHAR PRIMARY KEY, subject_kind VARCHAR NOT NULL, subject VARCHAR NOT NULL,
+            title VARCHAR, status VARCHAR NOT NULL, assignee VARCHAR, opened_at TIMESTAMP,
+            updated_at TIMESTAMP)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS ws_notes (
+            case_id VARCHAR NOT NULL, ts TIMESTAMP NOT NULL, author VARCHAR NOT NULL,
+            body VARCHAR NOT NULL)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS labels (
+            account_id VARCHAR NOT NULL, label VARCHAR NOT NULL, reason VARCHAR,
+            actor VARCHAR NOT NULL, ts TIMESTAMP NOT NULL)"""
+    )
+
+
 #: ``MIGRATIONS[n]`` upgrades a store from schema ``n`` to ``n + 1``.
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
+    3: _migrate_3_to_4,
 }
 
 
@@ -388,6 +420,8 @@ class Store:
             "verdicts",
             "audit_log",
             "actions",
+            "labels",
+            "ws_cases",
         }:
             raise ValueError(f"unknown table {table}")
         return int(self.run(f"SELECT count(*) FROM {table}")[0][0])

@@ -24,6 +24,10 @@ def demo(
     scenario: str = typer.Option("small", "--scenario", help="Simulator preset or YAML file."),
     seed: int = typer.Option(7, "--seed", help="Simulation seed."),
     keep: bool = typer.Option(False, "--keep", help="Keep an existing --out folder's contents."),
+    serve: bool = typer.Option(
+        False, "--serve", help="Then serve the analyst workspace on the demo store (Ctrl-C stops)."
+    ),
+    listen: str = typer.Option("127.0.0.1:8765", "--listen", help="HOST:PORT for --serve."),
 ) -> None:
     """Simulate traffic from real prompts, ingest it, detect campaigns, and summarise.
 
@@ -77,6 +81,7 @@ def demo(
             bundle = write_indicators(store, verdicts, out / "detect" / "indicators.json", key,
                                       "distillwatch-demo")  # fmt: skip
     _summarise(verdicts, traffic / "labels.json", out, store_path)
+    login = _demo_login(store_path, out)
     indicators = sum(len(c.artefacts) for c in bundle.campaigns)
     console.print(
         f"indicators: {indicators:,} artefacts of {len(bundle.campaigns)} campaigns, each rare "
@@ -85,6 +90,45 @@ def demo(
         f"{out / 'detect' / 'sharing.key'})",
         highlight=False,
     )
+    host, _, port = listen.rpartition(":")
+    console.print(
+        Panel(
+            f"dashboard: http://{host}:{port}/\n"
+            f"login:     demo / {login}   (also in {out / 'demo-login.txt'})\n"
+            + (
+                "serving now; Ctrl-C stops"
+                if serve
+                else f"start it:  distillwatch serve --store {store_path} --listen {listen}"
+            ),
+            title="analyst workspace",
+            expand=False,
+        ),
+        highlight=False,
+    )
+    if serve:
+        from distillwatch.commands.workspace import serve as serve_command
+
+        serve_command(
+            store=store_path,
+            listen=listen,
+            redis=None,
+            proxy_url=None,
+            token_file=None,
+            insecure_cookies=False,
+        )
+
+
+def _demo_login(store_path: Path, out: Path) -> str:
+    """A demo admin login with a fresh random password (printed, and kept in the out folder)."""
+    import secrets
+
+    from distillwatch.workspace import Users
+
+    password = secrets.token_urlsafe(12)
+    with Store(store_path) as store:
+        Users(store).add("demo", password, "admin")
+    (out / "demo-login.txt").write_text(f"user: demo\npassword: {password}\n")
+    return password
 
 
 def _summarise(verdicts: dict, labels_path: Path, out: Path, store_path: Path) -> None:

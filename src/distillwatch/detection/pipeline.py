@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import time
 import uuid
 from datetime import UTC, datetime
@@ -204,18 +205,42 @@ def _yields(store: Store, membership: dict[str, int]) -> dict[int, int]:
     return {int(c): int(n) for c, n in rows}
 
 
-_NUMBERS = re.compile(r"\d[\d,.]*%?")
+_NUMBERS = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def _figure(values: list[float]) -> str:
+    """Members' values at one place in a reason: the value if all agree, else the median and
+    range (``61 (32-77)``)."""
+
+    def show(v: float) -> str:
+        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.2f}"
+
+    low, high = min(values), max(values)
+    if low == high:
+        return show(low)
+    return f"{show(statistics.median(values))} (range {show(low)}-{show(high)})"
 
 
 def _top_reasons(members: list[str], scores: dict[str, AccountScore]) -> list[str]:
-    """The kinds of evidence most members share (numbers masked so like reasons group)."""
-    counts: dict[str, int] = {}
+    """The kinds of evidence most members share, with the members' figures summarised (median
+    and range at each place a number stands), so "N of N prompts" never reaches a reader."""
+    groups: dict[str, list[list[float]]] = {}
     for member in members:
         for evidence in scores[member].evidence[:3]:
-            key = _NUMBERS.sub("N", evidence.reason.split(":")[0])
-            counts[key] = counts.get(key, 0) + 1
-    top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
-    return [f"{n} of {len(members)} members: {reason}" for reason, n in top]
+            head = evidence.reason.split(":")[0]
+            key = _NUMBERS.sub("\x00", head)
+            values = [float(v.replace(",", "")) for v in _NUMBERS.findall(head)]
+            groups.setdefault(key, []).append(values)
+    top = sorted(groups.items(), key=lambda kv: -len(kv[1]))[:3]
+    lines = []
+    for key, samples in top:
+        parts = key.split("\x00")
+        text = parts[0]
+        for place, tail in enumerate(parts[1:]):
+            values = [s[place] for s in samples if len(s) > place]
+            text += (_figure(values) if values else "N") + tail
+        lines.append(f"{len(samples)} of {len(members)} members: {text}")
+    return lines
 
 
 def store_verdicts(store: Store, doc: dict[str, Any]) -> str:

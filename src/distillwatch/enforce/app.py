@@ -812,10 +812,13 @@ class Proxy:
         valid_ttl = (
             isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl <= MAX_ADMIN_TTL_SECONDS
         )
-        if not valid_ttl or action not in ("challenge", "block"):
+        params = _standing_params(action, body)
+        if not valid_ttl or params is None:
             return openai_error(
                 400,
-                f"ttl_seconds: integer from 1 to {MAX_ADMIN_TTL_SECONDS}; action: challenge or block",
+                f"ttl_seconds: integer from 1 to {MAX_ADMIN_TTL_SECONDS}; action: challenge, "
+                "block, throttle (requests_per_minute 1-100000) or shape (max_tokens 1-100000, "
+                "strip_reasoning true/false)",
                 "invalid_request_error",
             )
         try:
@@ -823,6 +826,9 @@ class Proxy:
                 "action": action,
                 "rule": "admin",
             }
+            for stale in ("requests_per_minute", "max_tokens", "strip_reasoning"):
+                current.pop(stale, None)
+            current.update(params)
             current["action"] = action
             current["reasons"] = [
                 *current.get("reasons", []),
@@ -865,6 +871,23 @@ class Proxy:
     def _count(self, route: str, response: Response) -> Response:
         self.metrics.requests.labels(route, str(response.status_code)).inc()
         return response
+
+
+def _standing_params(action: Any, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields a standing decision set by an admin carries, or None if they are invalid."""
+
+    def bounded(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 100_000
+
+    if action in ("challenge", "block"):
+        return {}
+    if action == "throttle" and bounded(body.get("requests_per_minute")):
+        return {"requests_per_minute": body["requests_per_minute"]}
+    if action == "shape" and bounded(body.get("max_tokens")):
+        strip = body.get("strip_reasoning", True)
+        if isinstance(strip, bool):
+            return {"max_tokens": body["max_tokens"], "strip_reasoning": strip}
+    return None
 
 
 def _bearer(header: str) -> str | None:
