@@ -329,6 +329,18 @@ def test_actions_cases_and_false_positive_are_recorded_and_audited(world, client
     ]
     audit = store.run("SELECT payload FROM audit_log WHERE event = 'workspace.action.shape'")
     assert json.loads(audit[0][0])["accounts"] == size
+    # The label feeds back: the next detection run scores the account benign, out of campaigns.
+    before = next(a for a in world["verdicts"]["accounts"] if a["account_id"] == member)
+    assert before["verdict"] == "distillation" and before["cluster_id"]
+    path = store.path
+    store.close()
+    result = run_cli("detect", "--store", path, "--out", path.parent / "again")
+    assert result.returncode == 0, result.stderr
+    again = json.loads((path.parent / "again" / "verdicts.json").read_text())
+    after = next(a for a in again["accounts"] if a["account_id"] == member)
+    assert after["verdict"] == "benign" and after["cluster_id"] is None
+    assert "false positive (customer showed a classroom licence)" in after["reasons"][0]
+    assert all(member not in c["accounts"] for c in again["campaigns"])
 
 
 def test_evidence_report_hash_is_reproducible_by_the_documented_command(world, client, tmp_path):
@@ -587,3 +599,17 @@ def test_browser_xss_corpus_never_executes(world, served, browser):
             }
         )
     )
+
+
+def test_members_reasons_are_summarised_with_median_and_range():
+    from distillwatch.detection.pipeline import summarise_reasons
+
+    reasons = [
+        ["62% of 40 prompts ask for step-by-step reasoning", "created within 30 minutes of 5"],
+        ["80% of 20 prompts ask for step-by-step reasoning", "created within 30 minutes of 9"],
+        ["70% of 30 prompts ask for step-by-step reasoning: e.g. 'show your work'"],
+    ]
+    assert summarise_reasons(reasons) == [
+        (3, "70% [62%-80%] of 30 [20-40] prompts ask for step-by-step reasoning"),
+        (2, "created within 30 minutes of 7 [5-9]"),
+    ]

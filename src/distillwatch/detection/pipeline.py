@@ -113,6 +113,11 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
             # is bounded so that an innocent caught in a campaign's proxy pool stays benign.
             log_odds = min(cluster.log_odds, log_odds + MAX_CLUSTER_UPLIFT)
         final[account] = sigmoid(log_odds)
+    reviewed = reviewed_false_positives(store)
+    for account in reviewed.keys() & final.keys():
+        # A reviewer's decision stands until restored: scored as benign, so the account
+        # is benign and out of every campaign (and so out of the indicators shared).
+        final[account] = min(final[account], REVIEWED_SCORE_CAP)
 
     campaigns = []
     campaign_of: dict[str, str] = {}
@@ -144,6 +149,8 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     for account_id in sorted(scores):
         score = final[account_id]
         reasons = [e.reason for e in scores[account_id].evidence[:MAX_REASONS]]
+        if account_id in reviewed:
+            reasons.insert(0, reviewed[account_id])
         if account_id in campaign_of:
             reasons.insert(0, f"member of campaign {campaign_of[account_id]}")
         accounts.append(
@@ -205,42 +212,74 @@ def _yields(store: Store, membership: dict[str, int]) -> dict[int, int]:
     return {int(c): int(n) for c, n in rows}
 
 
-_NUMBERS = re.compile(r"\d[\d,]*(?:\.\d+)?")
+_NUMBERS = re.compile(r"\d[\d,]*(?:\.\d+)?%?")
 
 
-def _figure(values: list[float]) -> str:
-    """Members' values at one place in a reason: the value if all agree, else the median and
-    range (``61 (32-77)``)."""
+def _figure(values: list[float], unit: str = "") -> str:
+    """Members' values at one place in a reason: the value if all agree, else the median with
+    the range across members in brackets (``61% [32-77%]``)."""
 
     def show(v: float) -> str:
-        return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.2f}"
+        return f"{v:,.0f}{unit}" if integral else f"{v:,.2f}{unit}"
 
+    integral = all(float(v).is_integer() for v in values)
     low, high = min(values), max(values)
     if low == high:
         return show(low)
-    return f"{show(statistics.median(values))} (range {show(low)}-{show(high)})"
+    return f"{show(statistics.median(values))} [{show(low)}-{show(high)}]"
 
 
-def _top_reasons(members: list[str], scores: dict[str, AccountScore]) -> list[str]:
-    """The kinds of evidence most members share, with the members' figures summarised (median
-    and range at each place a number stands), so "N of N prompts" never reaches a reader."""
+def summarise_reasons(reasons: list[list[str]], per_member: int = 3,
+                      top: int = 3) -> list[tuple[int, str]]:  # fmt: skip
+    """The kinds of reason most members share, with the members' figures summarised.
+
+    ``reasons`` holds each member's reasons; the first ``per_member`` of each are grouped by
+    their wording with the numbers taken out (the part before any ``:``), and every number is
+    put back as the median across members with the range in brackets, so "N of N prompts" never
+    reaches a reader. Returns (members with that reason, text), most shared first."""
     groups: dict[str, list[list[float]]] = {}
-    for member in members:
-        for evidence in scores[member].evidence[:3]:
-            head = evidence.reason.split(":")[0]
+    units: dict[str, list[str]] = {}
+    for member in reasons:
+        for reason in member[:per_member]:
+            head = reason.split(":")[0]
             key = _NUMBERS.sub("\x00", head)
-            values = [float(v.replace(",", "")) for v in _NUMBERS.findall(head)]
-            groups.setdefault(key, []).append(values)
-    top = sorted(groups.items(), key=lambda kv: -len(kv[1]))[:3]
+            found = _NUMBERS.findall(head)
+            groups.setdefault(key, []).append(
+                [float(v.rstrip("%").replace(",", "")) for v in found]
+            )
+            units.setdefault(key, ["%" if v.endswith("%") else "" for v in found])
     lines = []
-    for key, samples in top:
+    for key, samples in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:top]:
         parts = key.split("\x00")
         text = parts[0]
         for place, tail in enumerate(parts[1:]):
             values = [s[place] for s in samples if len(s) > place]
-            text += (_figure(values) if values else "N") + tail
-        lines.append(f"{len(samples)} of {len(members)} members: {text}")
+            text += (_figure(values, units[key][place]) if values else "N") + tail
+        lines.append((len(samples), text))
     return lines
+
+
+def _top_reasons(members: list[str], scores: dict[str, AccountScore]) -> list[str]:
+    summary = summarise_reasons([[e.reason for e in scores[m].evidence] for m in members])
+    return [f"{n} of {len(members)} members: {text}" for n, text in summary]
+
+
+#: The most a reviewed false positive can score (benign: below SUSPICIOUS_THRESHOLD).
+REVIEWED_SCORE_CAP = 0.1
+
+
+def reviewed_false_positives(store: Store) -> dict[str, str]:
+    """Accounts whose latest reviewer label (``labels``, written by the analyst workspace) is
+    ``false_positive``, each with the reason to show. A later ``restored`` label undoes it."""
+    rows = store.run(
+        """SELECT account_id, actor, reason, ts FROM labels
+           QUALIFY row_number() OVER (PARTITION BY account_id ORDER BY ts DESC) = 1
+               AND label = 'false_positive'"""
+    )
+    return {
+        str(a): f"reviewed by {who} on {ts:%Y-%m-%d}: false positive ({(why or '')[:200]})"
+        for a, who, why, ts in rows
+    }
 
 
 def store_verdicts(store: Store, doc: dict[str, Any]) -> str:

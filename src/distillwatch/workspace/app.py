@@ -285,7 +285,7 @@ class WorkspaceApp:
             return user
         data = await self._db(self.ws.overview)
         chart = charts.time_bars([data.traffic, data.flagged_traffic], markers=data.launches)
-        actions = charts.time_bars([data.actions], height=90)
+        actions = charts.time_bars([data.refusals, data.actions], height=110)
         return self._render(
             "overview.html",
             user,

@@ -16,7 +16,6 @@ workspace's own writes live in :mod:`distillwatch.workspace.cases`).
 from __future__ import annotations
 
 import re
-import statistics
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from distillwatch.detection.pipeline import summarise_reasons
 from distillwatch.detection.text import COT_PATTERN, TEMPLATE_WORDS, skeleton_words
 from distillwatch.store import Store
 
@@ -102,6 +102,7 @@ class Overview:
     traffic: Series
     flagged_traffic: Series
     actions: Series
+    refusals: Series
     launches: list[tuple[str, datetime]]
     campaigns: list[CampaignRow]
     changes: dict[str, list[str]]
@@ -146,13 +147,10 @@ class Member:
 
 @dataclass
 class Figure:
-    """One evidence figure across a campaign's members: median and range, never 'N'."""
+    """A reason members share; its numbers are medians with ranges across members."""
 
     text: str
     members: int
-    median: float | None = None
-    low: float | None = None
-    high: float | None = None
 
 
 @dataclass
@@ -352,11 +350,19 @@ class Workspace:
                     )
                 ],
             )
-            prevented = self.store.run(
-                """SELECT count(*) FROM audit_log
-                   WHERE event IN ('decision.block', 'decision.challenge', 'decision.shape',
-                                   'decision.throttle')"""
-            )[0][0]
+            refusals = Series(
+                "gateway decisions (block, challenge, shape, throttle)",
+                [
+                    (d, float(n))
+                    for d, n in self.store.run(
+                        """SELECT date_trunc('day', ts) AS d, count(*) FROM audit_log
+                           WHERE event IN ('decision.block', 'decision.challenge',
+                                           'decision.shape', 'decision.throttle')
+                           GROUP BY 1 ORDER BY 1"""
+                    )
+                ],
+            )
+            prevented = sum(v for _, v in refusals.points)
             open_cases = self.store.run(
                 "SELECT count(*) FROM ws_cases WHERE status NOT IN ('closed', 'false_positive')"
             )[0][0]
@@ -369,6 +375,7 @@ class Workspace:
                 traffic=traffic,
                 flagged_traffic=flagged,
                 actions=actions,
+                refusals=refusals,
                 launches=self.launches(),
                 campaigns=self.campaigns(limit=10),
                 changes=self._changes(),
@@ -521,30 +528,16 @@ class Workspace:
             self.store.con.unregister("_ws_members_arrow")
 
     def _figures(self) -> list[Figure]:
-        """Members' own reasons grouped by their wording with the numbers taken out, and the
-        numbers summarised as median and range (in the reason's first numeric position)."""
+        """Members' own reasons grouped by wording, each number given as the median across
+        members with the range in brackets (detection's own summary, over more reasons)."""
         rows = self.store.run(
             "SELECT l.reasons FROM _ws_members m JOIN ws_latest l USING (account_id)"
         )
-        groups: dict[str, list[list[float]]] = {}
-        number = re.compile(r"\d[\d,]*(?:\.\d+)?")
-        for (reasons,) in rows:
-            for reason in _json_list(reasons)[:6]:
-                text = str(reason)
-                if text.startswith("member of campaign"):
-                    continue
-                key = number.sub("#", text.split(":")[0])
-                values = [float(v.replace(",", "")) for v in number.findall(text.split(":")[0])]
-                groups.setdefault(key, []).append(values)
-        figures = []
-        for key, samples in sorted(groups.items(), key=lambda kv: -len(kv[1]))[:8]:
-            first = [s[0] for s in samples if s]
-            if first:
-                low, high, median = min(first), max(first), statistics.median(first)
-                figures.append(Figure(key, len(samples), median, low, high))
-            else:
-                figures.append(Figure(key, len(samples)))
-        return figures
+        reasons = [
+            [str(r) for r in _json_list(text) if not str(r).startswith("member of campaign")]
+            for (text,) in rows
+        ]
+        return [Figure(text, n) for n, text in summarise_reasons(reasons, per_member=6, top=8)]
 
     def shared_artefacts(self, limit: int = 200) -> list[Artefact]:
         """Artefacts two or more members share, most specific first (specificity = share of
@@ -810,10 +803,16 @@ class Workspace:
                    FROM accounts WHERE account_id = ?""",
                 [account_id],
             )
+            # The folded counter when detection has one (a scan of every exchange otherwise).
+            counted = self.store.run(
+                "SELECT requests FROM ws_stats WHERE account_id = ?", [account_id]
+            )
             total = int(
-                self.store.run("SELECT count(*) FROM exchanges WHERE account_id = ?", [account_id])[
-                    0
-                ][0]
+                counted[0][0]
+                if counted
+                else self.store.run(
+                    "SELECT count(*) FROM exchanges WHERE account_id = ?", [account_id]
+                )[0][0]
             )
             templates = (
                 {
