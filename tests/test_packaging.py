@@ -9,9 +9,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: Distribution name -> the module it provides, where the two differ.
 MODULES = {"scikit-learn": "sklearn", "python-igraph": "igraph", "pyyaml": "yaml",
-           "prometheus-client": "prometheus_client", "taxii2-client": "taxii2client"}  # fmt: skip
+           "prometheus-client": "prometheus_client", "taxii2-client": "taxii2client",
+           "argon2-cffi": "argon2"}  # fmt: skip
 #: Installed for what they bring along, not imported by name.
-INDIRECT = {"uvicorn": "its [standard] extra brings uvloop and httptools, which uvicorn loads"}
+INDIRECT = {
+    "uvicorn": "its [standard] extra brings uvloop and httptools, which uvicorn loads",
+    "python-multipart": "Starlette's form parser (the workspace's POSTs) imports it",
+}
 NOT_RUNTIME = {"test"}
 
 

@@ -145,3 +145,132 @@ def scan_command(
     summary = ", ".join(f"{n:,} {kind}" for kind, n in sorted(counts.items())) or "no findings"
     console.print(f"{summary} in {seconds:.1f} s" + (f"; written to {out}" if out else ""),
                   highlight=False)  # fmt: skip
+
+
+@provenance_app.command("radioactivity")
+def radioactivity_command(
+    keyring: Path = typer.Option(..., "--keys", help="Watermark keyring (provenance keygen)."),
+    key_id: str | None = typer.Option(None, "--key-id", help="The key to test for (default: every key, corrected)."),
+    suspect: str | None = typer.Option(None, "--suspect", help="Closed mode: the suspect's OpenAI-compatible base URL."),
+    model: str = typer.Option("default", "--model", help="Closed mode: the model name to ask for."),
+    prompts: Path | None = typer.Option(None, "--prompts", help="Closed mode: prompts (text, one per line, or JSONL with --field)."),
+    max_tokens: int = typer.Option(200, "--max-tokens", min=1, max=4096, help="Closed mode: tokens per answer."),
+    api_key_env: str | None = typer.Option(None, "--api-key-env", help="Closed mode: environment variable holding the suspect's API key."),
+    suspect_model: Path | None = typer.Option(None, "--suspect-model", help="Open mode: the suspect's weights (a distillwatch n-gram model file)."),
+    texts: Path | None = typer.Option(None, "--texts", help="Open mode: our watermarked texts whose contexts the suspect is run on."),
+    field: str = typer.Option("text", "--field", help="JSONL: the field holding each prompt or text."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
+) -> None:  # fmt: skip
+    """Did a suspect model train on our watermarked outputs? Closed mode samples the suspect
+    through its API; open mode runs its weights on our texts. Prints the exact p-value, the
+    tokens scored and what the result can and cannot show."""
+    import os
+
+    from distillwatch.provenance import Keyring
+    from distillwatch.provenance.radioactivity import (
+        EXPLANATION,
+        NgramLM,
+        closed_test,
+        open_test,
+        sample_endpoint,
+    )
+    from distillwatch.provenance.scan import documents
+    from distillwatch.provenance.tokens import WordTokenizer
+
+    def stop(message: str) -> typer.Exit:
+        err_console.print(f"[red]{safe_text(message)}[/]")
+        return typer.Exit(2)
+
+    if (suspect is None) == (suspect_model is None):
+        raise stop("give --suspect URL (closed mode) or --suspect-model FILE (open mode)")
+    try:
+        ring = Keyring.read(keyring)
+    except ProvenanceKeyError as exc:
+        raise stop(str(exc)) from None
+    keys = [k for k in ring.keys if key_id in (None, k.key_id)]
+    if not keys:
+        raise stop(f"{keyring}: no key {key_id!r}")
+    source = prompts if suspect is not None else texts
+    if source is None or not source.is_file():
+        raise stop(f"{'--prompts' if suspect else '--texts'}: no such file")
+    items = [d.text for d in documents(source, field, on_skip=_report_skip)]
+    if source.suffix not in (".jsonl", ".ndjson") and len(items) == 1:
+        items = [line for line in items[0].splitlines() if line.strip()]
+    if not items:
+        raise stop(f"{source}: nothing to use")
+    tokenizer = WordTokenizer()
+    if suspect is not None:
+        import httpx
+
+        api_key = os.environ.get(api_key_env) if api_key_env else None
+        try:
+            answers = sample_endpoint(suspect, model, items, max_tokens, api_key)
+        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
+            raise stop(f"{suspect}: {type(exc).__name__}: {exc}"[:300]) from None
+        samples = [(tokenizer.tokens(p), tokenizer.tokens(a)) for p, a in answers]
+        results = [closed_test(samples, k) for k in keys]
+        detail = f"{len(samples)} answers sampled from {suspect} ({model})"
+    else:
+        try:
+            lm = NgramLM.load(suspect_model)  # type: ignore[arg-type]
+        except (OSError, ValueError, KeyError) as exc:
+            raise stop(f"{suspect_model}: {exc}") from None
+        ids = [tokenizer.tokens(t) for t in items]
+        results = [open_test(lm, ids, k) for k in keys]
+        detail = f"{suspect_model} run on {len(ids)} of our texts"
+    best = min(results, key=lambda r: r.p_value)
+    corrected = min(1.0, best.p_value * len(results))
+    if as_json:
+        print(json.dumps({"mode": best.mode, "detail": detail, "corrected_p_value": corrected,
+                          "per_key": [r.as_dict() for r in results],
+                          "explanation": EXPLANATION}, indent=1))  # fmt: skip
+        return
+    console.print(
+        f"{best.mode} mode: {safe_text(detail)}\n"
+        f"key {safe_text(best.key_id)}: {best.tokens_scored:,} tokens scored, {best.green:,} green "
+        f"({best.green_share:.1%}; {best.gamma:.0%} expected by chance)\n"
+        f"p-value {best.p_value:.3g}" + (f" (corrected for {len(results)} keys: {corrected:.3g})"
+                                         if len(results) > 1 else "")
+        + f"\n\n{EXPLANATION}",
+        highlight=False,
+    )  # fmt: skip
+
+
+@provenance_app.command("experiment")
+def experiment_command(
+    profile: str = typer.Option("smoke", "--profile", help="smoke (under 2 minutes) or full (under 40 minutes on 2 cores)."),
+    out: Path = typer.Option(Path("radioactivity-out"), "--out", "-o", help="Folder for results.json and the plots."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Plays to train on (default ../shared/data/shakespeare_gutenberg)."),
+) -> None:  # fmt: skip
+    """The radioactivity experiment on CPU: a tiny teacher trained from scratch watermarks its
+    answers, students fine-tuned on a share rho of them are tested in open and closed mode."""
+    from distillwatch.paths import shared_data_dir
+    from distillwatch.provenance.experiment import PROFILES, run
+
+    if profile not in PROFILES:
+        err_console.print(f"[red]--profile: one of {', '.join(PROFILES)}[/]")
+        raise typer.Exit(2)
+    if corpus is None:
+        data = shared_data_dir()
+        corpus = data / "shakespeare_gutenberg" if data else None
+    if corpus is None or not corpus.is_dir():
+        err_console.print("[red]--corpus: the Shakespeare plays folder was not found[/]")
+        raise typer.Exit(2)
+    doc = run(corpus, PROFILES[profile], out, log=lambda m: console.print(m, highlight=False))
+    table = Table(title=f"Radioactivity, profile {profile} ({doc['seconds']:.0f} s)")
+    for column in ("rho", "test", "seeds", "median p-value", "median tokens scored"):
+        table.add_column(column)
+    groups: dict[tuple[float, str], list[dict]] = {}
+    for r in doc["runs"]:
+        if "-control-" not in r["key"]:
+            groups.setdefault((r["rho"], r["test"]), []).append(r)
+    for (rho, test), rows in sorted(groups.items()):
+        ps = sorted(r["p_value"] for r in rows)
+        ts = sorted(r["tokens_scored"] for r in rows)
+        table.add_row(f"{rho:g}", test, str(len(rows)), f"{ps[len(ps) // 2]:.3g}",
+                      f"{ts[len(ts) // 2]:,}")  # fmt: skip
+    console.print(table)
+    controls = [r["p_value"] for r in doc["runs"] if r["mode"] == "control"]
+    console.print(f"controls (students that never saw the key): {len(controls)} p-values, "
+                  f"smallest {min(controls):.3g}; results and plots in {safe_text(str(out))}",
+                  highlight=False)  # fmt: skip

@@ -25,7 +25,7 @@ from distillwatch.workspace.queries import Workspace
 ACTIONS = ("block", "challenge", "throttle", "shape", "allowlist", "lift")
 #: Actions that stand for a time and so need an expiry.
 EXPIRING = ("block", "challenge", "throttle", "shape")
-STATUSES = ("open", "investigating", "actioned", "false_positive", "closed")
+STATUSES = ("open", "investigating", "actioned", "appealed", "upheld", "false_positive", "closed")
 MAX_EXPIRY = timedelta(days=90)
 MAX_REASON_CHARS = 500
 MAX_NOTE_CHARS = 5_000

@@ -141,6 +141,37 @@ def graph_layout(graph: dict[str, Any], size: int = 640) -> dict[str, Any]:
     return {"size": size, "nodes": placed, "edges": lines}
 
 
+def detector_configuration(ws: Workspace, run_id: str) -> dict[str, Any]:
+    """What decided: the run's completion record from the audit log, the verdict thresholds and
+    the account rule table (feature, threshold, weight) of this distillwatch version."""
+    from distillwatch.detection.pipeline import DISTILLATION_THRESHOLD, SUSPICIOUS_THRESHOLD
+    from distillwatch.detection.rules import ACCOUNT_RULES
+
+    with ws.lock:
+        rows = ws.store.run(
+            """SELECT ts, payload FROM audit_log WHERE event = 'detect.completed'
+               AND json_extract_string(payload, '$.run_id') = ? ORDER BY seq LIMIT 1""",
+            [run_id],
+        )
+    return {
+        "run_id": run_id,
+        "completed_at": rows[0][0].isoformat() + "Z" if rows else None,
+        "run": orjson.loads(rows[0][1]) if rows else None,
+        "distillwatch": __version__,
+        "thresholds": {"distillation": DISTILLATION_THRESHOLD, "suspicious": SUSPICIOUS_THRESHOLD},
+        "account_rules": [
+            {
+                "name": r.name,
+                "feature": r.feature,
+                "op": "<=" if r.below else ">=",
+                "threshold": r.threshold,
+                "weight": r.weight,
+            }
+            for r in ACCOUNT_RULES
+        ],
+    }
+
+
 def report_context(ws: Workspace, campaign: Campaign, detector: dict[str, Any]) -> dict[str, Any]:
     """Everything the evidence template needs: facts, graph drawing, samples, hash."""
     graph = ws.campaign_graph(campaign.campaign_id, max_accounts=60, max_artefacts=30)
@@ -160,7 +191,7 @@ def report_context(ws: Workspace, campaign: Campaign, detector: dict[str, Any]) 
         "digest": digest,
         "records": count,
         "record_fields": RECORD_FIELDS,
-        "detector": detector,
+        "detector": {**detector_configuration(ws, campaign.run_id), **detector},
         "version": __version__,
     }
 

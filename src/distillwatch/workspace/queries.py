@@ -46,6 +46,8 @@ PLURAL = {
     "suf": "template endings",
     "pay": "payment instruments",
 }
+#: Satellites labelled on the drawing (the strongest hubs; the rest show their label on tap).
+LABELLED_HUBS = 12
 #: Kinds that describe the same thing are one family (as for indicators: an IP and its prefix).
 FAMILY = {
     "ip": "network",
@@ -682,7 +684,7 @@ class Workspace:
             for a, s, v in drawn
         ]
         edges: list[dict[str, Any]] = []
-        for (family, users), members in ordered:
+        for rank, ((family, users), members) in enumerate(ordered):
             key = keys[id(members)]
             lead = members[0]
             node = f"x|{key}"
@@ -704,6 +706,7 @@ class Workspace:
                         "inside": lead.inside,
                         "outside": max(m.outside for m in members),
                         "specificity": round(specificity, 3),
+                        "hub": rank < LABELLED_HUBS,
                         "examples": [m.value[:120] for m in members[:5]],
                     }
                 }

@@ -31,8 +31,10 @@
         { selector: "node", style: { "background-color": function (n) { return colours[n.data("kind")] || "#555"; },
           "label": "data(label)", "font-size": 7, "min-zoomed-font-size": 10, "color": "#333", "width": 10, "height": 10,
           "text-valign": "bottom", "text-halign": "center", "text-max-width": 120, "text-wrap": "ellipsis" } },
+        { selector: "node[kind != 'fold'][!hub]", style: { "label": "" } },
         { selector: "node[kind = 'account']", style: { "label": "", "width": 7, "height": 7 } },
         { selector: "node[kind = 'fold']", style: { "shape": "round-rectangle", "width": 16, "height": 16 } },
+        { selector: "node:selected", style: { "label": "data(label)", "border-width": 2, "border-color": "#111" } },
         { selector: "edge", style: { "width": function (e) { return 0.4 + 2.5 * e.data("weight"); },
           "line-color": "#b3b9c2", "opacity": 0.7 } }
       ],

@@ -1,0 +1,272 @@
+"""The reproducible radioactivity experiment: one command, CPU only, no model hub.
+
+``distillwatch provenance experiment --profile smoke|full --out DIR``:
+
+1. Split ``../shared/data/shakespeare_gutenberg`` into two halves by play (alternate plays).
+2. Train a tiny **teacher** LM (:class:`~.radioactivity.NgramLM`) from scratch on half A; let it
+   write answers to prompts drawn from half A, watermarked with a fresh key per seed, and the same
+   number of plain (unwatermarked) answers.
+3. For each ``rho``: a **student** pretrained on half B, then fine-tuned (counts weighted by
+   ``finetune_weight``) on teacher answers of which a share ``rho`` is watermarked.
+4. Test each student in **open** mode (its predictions after contexts from fresh watermarked
+   answers it never saw) and **closed** mode (answers sampled from it over HTTP, through an
+   OpenAI-compatible endpoint this module serves). **Controls**: the ``rho = 0`` student tested
+   with ``control_keys`` keys it never saw (a null distribution to check for uniformity).
+5. Write ``DIR/results.json`` (``{"runs": [{"rho", "mode", "seed", "p_value", "tokens_scored"}]}``)
+   and plots of p-value against ``rho`` and against the number of suspect tokens scored.
+
+What limits it: the student is an n-gram model, and its fine-tuning is weighted counting, so
+what it "learns" from a watermarked token is exactly the count of that (context, token) pair;
+a neural student generalises the green preference across contexts, which is why the paper reaches
+smaller ``rho`` with fewer tokens. The p-values here are as exact as the test: binomial tails on
+distinct (window, token) pairs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distillwatch.provenance.radioactivity import (
+    NgramLM,
+    RadioactivityResult,
+    closed_test,
+    open_test,
+    sample_endpoint,
+)
+from distillwatch.provenance.watermark import WatermarkKey
+
+
+@dataclass
+class Profile:
+    name: str
+    plays: int | None  # plays per half (None: all)
+    answers_tokens: int  # teacher tokens in the fine-tuning set of each student
+    answer_length: int
+    test_tokens: int  # fresh watermarked tokens whose contexts the open test uses
+    closed_prompts: int
+    closed_length: int
+    rhos: tuple[float, ...]
+    seeds: tuple[int, ...]
+    control_keys: int
+    finetune_weight: float = 2.0
+    order: int = 3
+    gamma: float = 0.25
+    delta: float = 2.0
+    token_grid: tuple[int, ...] = field(default=(1_000, 3_000, 10_000, 30_000, 100_000))
+
+
+PROFILES = {
+    # Under 2 minutes on 2 cores: the same code on a few plays, two rhos, one seed.
+    "smoke": Profile("smoke", plays=6, answers_tokens=40_000, answer_length=80,
+                     test_tokens=8_000, closed_prompts=60, closed_length=80, rhos=(0.0, 0.5),
+                     seeds=(1,), control_keys=5, token_grid=(1_000, 3_000)),
+    "full": Profile("full", plays=None, answers_tokens=300_000, answer_length=100,
+                    test_tokens=40_000, closed_prompts=600, closed_length=100,
+                    rhos=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), seeds=(1, 2, 3),
+                    control_keys=20),
+}  # fmt: skip
+
+
+def halves(corpus: Path, plays: int | None) -> tuple[list[str], list[str]]:
+    files = sorted(corpus.glob("*.txt"))
+    if not files:
+        raise FileNotFoundError(f"{corpus}: no .txt plays")
+    a = [f.read_text(errors="replace") for f in files[0::2]]
+    b = [f.read_text(errors="replace") for f in files[1::2]]
+    return (a[:plays], b[:plays]) if plays else (a, b)
+
+
+def experiment_key(seed: int, profile: Profile, salt: str = "") -> WatermarkKey:
+    """A fixed key per seed (reproducible runs; never a production key)."""
+    secret = hashlib.sha256(f"distillwatch-radioactivity-{seed}-{salt}".encode()).hexdigest()
+    return WatermarkKey(f"experiment-{seed}{salt}", secret, gamma=profile.gamma,
+                        delta=profile.delta, context=1)  # fmt: skip
+
+
+def _prompts(model: NgramLM, texts: list[str], count: int, words: int,
+             rng: np.random.Generator) -> list[list[int]]:  # fmt: skip
+    ids = [model.tokenizer.tokens(t) for t in texts]
+    flat = [t for seq in ids for t in seq]
+    starts = rng.integers(0, max(1, len(flat) - words), size=count)
+    return [flat[s : s + words] for s in starts]
+
+
+def _answers(teacher: NgramLM, prompts: list[list[int]], length: int, key: WatermarkKey | None,
+             rng: np.random.Generator) -> list[list[int]]:  # fmt: skip
+    return [teacher.generate(p, length, rng, key) for p in prompts]
+
+
+# -- a suspect behind an OpenAI-compatible endpoint ---------------------------------------------
+def suspect_app(model: NgramLM, seed: int = 0) -> Any:
+    """A Starlette app answering ``/v1/chat/completions`` with the model's continuation of the
+    last user message (the closed-mode suspect)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    rng = np.random.default_rng(seed)
+    lock = threading.Lock()
+
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        prompt = str(body["messages"][-1]["content"])
+        length = min(int(body.get("max_tokens") or 100), 2000)
+        with lock:
+            ids = model.generate(model.tokenizer.tokens(prompt), length, rng,
+                                 temperature=float(body.get("temperature") or 1.0))  # fmt: skip
+        return JSONResponse({"object": "chat.completion", "model": body.get("model", "suspect"),
+                             "choices": [{"index": 0, "finish_reason": "length",
+                                          "message": {"role": "assistant",
+                                                      "content": model.text(ids)}}]})  # fmt: skip
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        if time.time() > deadline:
+            raise RuntimeError("suspect endpoint did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+# -- the experiment -----------------------------------------------------------------------------
+def run(corpus: Path, profile: Profile, out: Path, log: Any = print) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    text_a, text_b = halves(corpus, profile.plays)
+    runs: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
+    for seed in profile.seeds:
+        rng = np.random.default_rng(seed)
+        key = experiment_key(seed, profile)
+        teacher = NgramLM(profile.order).fit(text_a)
+        n_answers = profile.answers_tokens // profile.answer_length
+        prompts = _prompts(teacher, text_a, 2 * n_answers + profile.test_tokens // profile.answer_length, 8, rng)  # fmt: skip
+        plain = _answers(teacher, prompts[:n_answers], profile.answer_length, None, rng)
+        marked_n = round(max(profile.rhos) * n_answers)
+        marked = _answers(teacher, prompts[n_answers : n_answers + marked_n],
+                          profile.answer_length, key, rng)  # fmt: skip
+        test = _answers(teacher, prompts[2 * n_answers :], profile.answer_length, key, rng)
+        log(f"seed {seed}: teacher wrote {len(plain)} plain and {len(marked) + len(test)} "
+            f"watermarked answers ({time.perf_counter() - started:.0f} s)")  # fmt: skip
+        pretrained = NgramLM(profile.order).fit(text_b)
+        closed_prompts = _prompts(pretrained, text_b, profile.closed_prompts, 8, rng)
+        for rho in profile.rhos:
+            student = NgramLM(profile.order).fit(text_b)
+            k = round(rho * n_answers)
+            for ids in marked[:k] + plain[: n_answers - k]:
+                student.fit_ids(ids, profile.finetune_weight)
+            opened = open_test(student, test, key)
+            closed, samples = _closed(student, closed_prompts, profile, key, seed)
+            for result in (opened, closed):
+                runs.append({"rho": rho, "mode": result.mode if rho > 0 else "control",
+                             "test": result.mode, "seed": seed, "key": key.key_id,
+                             "p_value": result.p_value, "tokens_scored": result.tokens_scored,
+                             "green_share": round(result.green_share, 4)})  # fmt: skip
+            if rho > 0:
+                for tokens in profile.token_grid:
+                    for mode, result in (("open", open_test(student, test, key, tokens)),
+                                         ("closed", closed_test(samples, key, tokens))):  # fmt: skip
+                        curves.append({"rho": rho, "mode": mode, "seed": seed,
+                                       "tokens_scored": result.tokens_scored,
+                                       "p_value": result.p_value})  # fmt: skip
+            else:  # the rho = 0 student under keys it never saw: the null distribution
+                for i in range(profile.control_keys):
+                    other = experiment_key(seed, profile, salt=f"-control-{i}")
+                    result = open_test(student, test, other)
+                    runs.append({"rho": 0.0, "mode": "control", "test": "open", "seed": seed,
+                                 "key": other.key_id, "p_value": result.p_value,
+                                 "tokens_scored": result.tokens_scored,
+                                 "green_share": round(result.green_share, 4)})  # fmt: skip
+            log(f"seed {seed} rho {rho:.2f}: open p={opened.p_value:.3g} "
+                f"({opened.tokens_scored:,} tokens), closed p={closed.p_value:.3g} "
+                f"({closed.tokens_scored:,} tokens)  [{time.perf_counter() - started:.0f} s]")  # fmt: skip
+    doc = {"profile": asdict(profile), "corpus": str(corpus), "runs": runs, "curves": curves,
+           "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(doc, indent=1))
+    plot(doc, out)
+    return doc
+
+
+def _closed(student: NgramLM, prompts: list[list[int]], profile: Profile, key: WatermarkKey,
+            seed: int) -> tuple[RadioactivityResult, list[tuple[list[int], list[int]]]]:  # fmt: skip
+    """Sample the student through its OpenAI-compatible endpoint and run the closed test; also
+    returns the samples (re-tokenised with our tokenizer) so prefixes can be re-scored."""
+    texts = [student.text(p) for p in prompts]
+    with serving(suspect_app(student, seed)) as url:
+        answers = sample_endpoint(url, "suspect", texts, max_tokens=profile.closed_length)
+    tok = student.tokenizer
+    samples = [(tok.tokens(p), tok.tokens(a)) for p, a in answers]
+    return closed_test(samples, key), samples
+
+
+def plot(doc: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = doc["runs"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode, marker in (("open", "o"), ("closed", "s")):
+        by_rho: dict[float, list[float]] = {}
+        for r in runs:
+            if r["test"] == mode and "-control-" not in r["key"]:
+                by_rho.setdefault(r["rho"], []).append(max(r["p_value"], 1e-300))
+        rhos = sorted(by_rho)
+        ax.plot(rhos, [float(np.median(by_rho[x])) for x in rhos], marker=marker, label=mode)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_yscale("log")
+    ax.axhline(1e-3, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("share of watermarked text in the student's fine-tuning data (rho)")
+    ax.set_ylabel("p-value (median over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "p_vs_rho.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rho in sorted({c["rho"] for c in doc["curves"]}):
+        for mode, style in (("open", "-"), ("closed", "--")):
+            points = sorted((c["tokens_scored"], c["p_value"]) for c in doc["curves"]
+                            if c["rho"] == rho and c["mode"] == mode and c["seed"] == doc["profile"]["seeds"][0])  # fmt: skip
+            if points:
+                ax.plot([p[0] for p in points], [max(p[1], 1e-300) for p in points], style,
+                        marker=".", label=f"{mode}, rho={rho:g}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.axhline(1e-3, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("suspect tokens scored")
+    ax.set_ylabel("p-value")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "p_vs_tokens.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,275 @@
+"""Radioactivity: did a suspect model train on our watermarked outputs? (Sander et al., 2024)
+
+A model fine-tuned on text carrying our green-list watermark learns, a little, to prefer the
+green tokens after each context. Two tests look for that preference, each an exact binomial
+test against the green share ``gamma`` a model that never saw our watermark would show:
+
+- **open mode** (:func:`open_test`): we can run the suspect. Over contexts taken from our own
+  watermarked texts, take the suspect's most likely next token and ask whether it is green for
+  that context. Each (watermark window, predicted token) pair counts once, globally.
+- **closed mode** (:func:`closed_test`): we can only call the suspect's API. Sample its answers
+  (through any OpenAI-compatible endpoint), re-tokenise them with our tokenizer, and score them as
+  watermark detection does: each (window, token) pair once across all samples, and no window that
+  occurs in the prompt (copied, not generated).
+
+What the test can show, and what it cannot, is in :data:`EXPLANATION`, which the CLI prints.
+
+:class:`NgramLM` is the tiny word-level language model the reproducible CPU experiment
+(:mod:`distillwatch.provenance.experiment`) trains from scratch: interpolated n-gram counts over
+:class:`~distillwatch.provenance.tokens.WordTokenizer` ids. It stands in for a neural model (no
+PyTorch, no model hub) and is honest about being one: its "fine-tuning" is weighted counting.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distillwatch.provenance.tokens import WordTokenizer
+from distillwatch.provenance.watermark import WatermarkKey, _uniform, binomial_test
+
+EXPLANATION = (
+    "How to read this: the p-value is the chance that a model which never learned from text "
+    "carrying this watermark key would prefer the key's 'green' tokens at least this often. "
+    "A tiny p-value (say below 1e-6) is strong evidence that the suspect was trained, directly "
+    "or indirectly, on text we watermarked with this key. What it cannot show: who collected the "
+    "text, when, or through which accounts (that is what the gateway's logs and the detection "
+    "report establish); whether the suspect learned from our outputs directly or from a third "
+    "party's data that contains them. A large p-value is not proof of innocence: a small share "
+    "of our text in the training data, few tokens scored, heavy paraphrasing or a different "
+    "tokenizer all weaken the signal."
+)
+
+
+@dataclass
+class RadioactivityResult:
+    mode: str  # "open" | "closed"
+    key_id: str
+    tokens_scored: int
+    green: int
+    gamma: float
+    p_value: float
+    z: float
+
+    @property
+    def green_share(self) -> float:
+        return self.green / self.tokens_scored if self.tokens_scored else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "key_id": self.key_id, "tokens_scored": self.tokens_scored,
+                "green": self.green, "green_share": round(self.green_share, 5),
+                "gamma": self.gamma, "p_value": self.p_value, "z": round(self.z, 3)}  # fmt: skip
+
+
+class NgramLM:
+    """A word-level n-gram LM over :class:`WordTokenizer` ids (interpolated, Witten-Bell).
+
+    Parameters: ``order`` (context length + 1), ``top_unigrams`` (how many frequent words the
+    unigram level offers as candidates). :meth:`fit` adds counts (``weight`` scales them, which
+    is how the experiment fine-tunes a pretrained model); :meth:`distribution` gives candidates
+    and probabilities for the next token; :meth:`generate` samples, optionally watermarking
+    with a key exactly as :func:`~distillwatch.provenance.watermark.watermark_logits` does.
+    """
+
+    def __init__(self, order: int = 3, top_unigrams: int = 500) -> None:
+        if order < 2:
+            raise ValueError("order: at least 2")
+        self.order = order
+        self.top_unigrams = top_unigrams
+        self.tokenizer = WordTokenizer()
+        self.counts: list[dict[tuple[int, ...], dict[int, float]]] = [
+            defaultdict(lambda: defaultdict(float)) for _ in range(order)
+        ]
+        self.words: dict[int, str] = {}
+        self._cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._unigram: tuple[np.ndarray, np.ndarray] | None = None
+
+    # -- training -------------------------------------------------------------------------------
+    def fit(self, texts: Iterable[str], weight: float = 1.0) -> NgramLM:
+        for text in texts:
+            words = self.tokenizer.words(text)
+            ids = [self.tokenizer.id(w) for w in words]
+            for w, i in zip(words, ids, strict=True):
+                self.words.setdefault(i, w)
+            self.fit_ids(ids, weight)
+        return self
+
+    def fit_ids(self, ids: Sequence[int], weight: float = 1.0) -> None:
+        for t in range(len(ids)):
+            for k in range(self.order):
+                if t - k < 0:
+                    break
+                self.counts[k][tuple(ids[t - k : t])][ids[t]] += weight
+        self._cache.clear()
+        self._unigram = None
+
+    # -- prediction -----------------------------------------------------------------------------
+    def _unigrams(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._unigram is None:
+            table = self.counts[0][()]
+            top = sorted(table.items(), key=lambda kv: -kv[1])[: self.top_unigrams]
+            ids = np.array([t for t, _ in top], dtype=np.uint64)
+            probs = np.array([c for _, c in top], dtype=np.float64)
+            self._unigram = ids, probs / probs.sum()
+        return self._unigram
+
+    def distribution(self, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(candidate ids, probabilities) for the token after ``history``."""
+        context = (
+            tuple(int(t) for t in history[len(history) - (self.order - 1) :]) if history else ()
+        )
+        found = self._cache.get(context)
+        if found is not None:
+            return found
+        ids, probs = self._unigrams()
+        mixed = dict(zip(ids.tolist(), probs.tolist(), strict=True))
+        for k in range(1, min(self.order, len(context) + 1)):
+            table = self.counts[k].get(context[len(context) - k :])
+            if not table:
+                continue
+            total = sum(table.values())
+            distinct = len(table)
+            keep = total / (total + distinct)  # Witten-Bell weight of this level
+            mixed = {t: p * (1 - keep) for t, p in mixed.items()}
+            for t, c in table.items():
+                mixed[t] = mixed.get(t, 0.0) + keep * c / total
+        out_ids = np.fromiter(mixed.keys(), dtype=np.uint64, count=len(mixed))
+        out_probs = np.fromiter(mixed.values(), dtype=np.float64, count=len(mixed))
+        result = out_ids, out_probs / out_probs.sum()
+        if len(self._cache) < 200_000:
+            self._cache[context] = result
+        return result
+
+    def argmax(self, history: Sequence[int]) -> int:
+        ids, probs = self.distribution(history)
+        return int(ids[int(np.argmax(probs))])
+
+    def generate(self, prompt: Sequence[int], length: int, rng: np.random.Generator,
+                 key: WatermarkKey | None = None, temperature: float = 1.0) -> list[int]:  # fmt: skip
+        """``length`` sampled token ids after ``prompt`` (green-list bias from ``key``)."""
+        history = [int(t) for t in prompt]
+        out = []
+        for _ in range(length):
+            ids, probs = self.distribution(history)
+            logits = np.log(probs) / temperature
+            if key is not None and len(history) >= key.context:
+                seed = key.context_seed(history[-key.context :])
+                logits = logits + key.delta * (_uniform(seed, ids) < key.gamma)
+            weights = np.exp(logits - logits.max())
+            choice = int(ids[rng.choice(len(ids), p=weights / weights.sum())])
+            out.append(choice)
+            history.append(choice)
+        return out
+
+    def text(self, ids: Sequence[int]) -> str:
+        return " ".join(self.words.get(int(t), "?") for t in ids)
+
+    # -- files ----------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """A JSON model file (counts per level, the id-to-word map)."""
+        doc = {
+            "format": "distillwatch-ngram-1",
+            "order": self.order,
+            "top_unigrams": self.top_unigrams,
+            "words": {str(k): v for k, v in self.words.items()},
+            "counts": [
+                [[list(ctx), list(map(list, table.items()))] for ctx, table in level.items()]
+                for level in self.counts
+            ],
+        }
+        path.write_text(json.dumps(doc))
+
+    @classmethod
+    def load(cls, path: Path) -> NgramLM:
+        doc = json.loads(path.read_text())
+        if doc.get("format") != "distillwatch-ngram-1":
+            raise ValueError(f"{path}: not a distillwatch n-gram model file")
+        model = cls(int(doc["order"]), int(doc["top_unigrams"]))
+        model.words = {int(k): str(v) for k, v in doc["words"].items()}
+        for k, level in enumerate(doc["counts"]):
+            for ctx, items in level:
+                table = model.counts[k][tuple(int(t) for t in ctx)]
+                for t, c in items:
+                    table[int(t)] = float(c)
+        return model
+
+
+def _green(key: WatermarkKey, windows: np.ndarray) -> int:
+    """How many (context..., token) rows are green (h = key.context)."""
+    seeds = np.array([key.context_seed(tuple(int(t) for t in row[:-1])) for row in windows],
+                     dtype=np.uint64)  # fmt: skip
+    return int((_uniform(seeds, windows[:, -1]) < key.gamma).sum())
+
+
+def open_test(model: NgramLM, texts: Iterable[Sequence[int]], key: WatermarkKey,
+              max_tokens: int | None = None) -> RadioactivityResult:  # fmt: skip
+    """Open mode: the suspect's most likely next token after each context of our texts, each
+    distinct (watermark window, prediction) pair scored once."""
+    h = key.context
+    seen: set[tuple[int, ...]] = set()
+    rows = []
+    for ids in texts:
+        for t in range(max(h, 1), len(ids)):
+            window = (*(int(x) for x in ids[t - h : t]), model.argmax(ids[:t]))
+            if window not in seen:
+                seen.add(window)
+                rows.append(window)
+            if max_tokens and len(rows) >= max_tokens:
+                break
+        if max_tokens and len(rows) >= max_tokens:
+            break
+    return _result("open", key, rows)
+
+
+def closed_test(samples: Iterable[tuple[Sequence[int], Sequence[int]]],
+                key: WatermarkKey, max_tokens: int | None = None) -> RadioactivityResult:  # fmt: skip
+    """Closed mode: (prompt ids, answer ids) pairs sampled from the suspect. Each distinct
+    (window, token) of the answers is scored once across all samples; windows occurring in the
+    prompt are left out (the answer may have copied them)."""
+    h = key.context
+    seen: set[tuple[int, ...]] = set()
+    rows = []
+    for prompt, answer in samples:
+        full = [*map(int, prompt), *map(int, answer)]
+        copied = {tuple(full[i - h : i + 1]) for i in range(h, len(prompt))}
+        for t in range(max(len(prompt), h), len(full)):
+            window = tuple(full[t - h : t + 1])
+            if window in seen or window in copied:
+                continue
+            seen.add(window)
+            rows.append(window)
+            if max_tokens and len(rows) >= max_tokens:
+                return _result("closed", key, rows)
+    return _result("closed", key, rows)
+
+
+def _result(mode: str, key: WatermarkKey, rows: list[tuple[int, ...]]) -> RadioactivityResult:
+    windows = np.array(rows, dtype=np.uint64).reshape(-1, key.context + 1)
+    green = _green(key, windows) if len(windows) else 0
+    p, z = binomial_test(len(windows), green, key.gamma)
+    return RadioactivityResult(mode, key.key_id, len(windows), green, key.gamma, p, z)
+
+
+def sample_endpoint(url: str, model: str, prompts: Sequence[str], max_tokens: int = 200,
+                    api_key: str | None = None, timeout: float = 60.0,
+                    temperature: float = 1.0) -> list[tuple[str, str]]:  # fmt: skip
+    """(prompt, answer) from an OpenAI-compatible ``/v1/chat/completions`` at ``url``."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    out = []
+    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout, headers=headers) as client:
+        for prompt in prompts:
+            response = client.post("/v1/chat/completions", json={
+                "model": model, "max_tokens": max_tokens, "temperature": temperature,
+                "messages": [{"role": "user", "content": prompt}]})  # fmt: skip
+            response.raise_for_status()
+            content = response.json()["choices"][0]["message"]["content"]
+            out.append((prompt, content if isinstance(content, str) else ""))
+    return out

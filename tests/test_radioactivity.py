@@ -1,0 +1,133 @@
+"""Radioactivity: a suspect that trained on our watermarked text is told apart from one that
+did not, in open mode (its weights) and closed mode (its OpenAI-compatible API, served for real
+over loopback), and the CPU experiment's smoke profile runs end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from distillwatch.provenance import Keyring
+from distillwatch.provenance.experiment import (
+    PROFILES,
+    experiment_key,
+    halves,
+    serving,
+    suspect_app,
+)
+from distillwatch.provenance.radioactivity import NgramLM, closed_test
+from distillwatch.provenance.watermark import detect
+
+
+@pytest.fixture(scope="module")
+def models(shared_data):
+    """A teacher on half the plays, and two students on the other half: one fine-tuned on the
+    teacher's watermarked answers, one on its plain answers."""
+    a, b = halves(shared_data / "shakespeare_gutenberg", plays=3)
+    key = experiment_key(7, PROFILES["smoke"])
+    teacher = NgramLM().fit(a)
+    rng = np.random.default_rng(0)
+    prompts = [teacher.tokenizer.tokens(t)[i : i + 6] for t in a for i in range(0, 12_000, 400)]
+    marked = [teacher.generate(p, 80, rng, key) for p in prompts]
+    plain = [teacher.generate(p, 80, rng) for p in prompts]
+    tainted, clean = NgramLM().fit(b), NgramLM().fit(b)
+    for ids in marked:
+        tainted.fit_ids(ids, 2.0)
+    for ids in plain:
+        clean.fit_ids(ids, 2.0)
+    fresh = [teacher.generate(p, 80, rng, key) for p in prompts[:40]]
+    return {
+        "key": key,
+        "teacher": teacher,
+        "marked": marked,
+        "plain": plain,
+        "tainted": tainted,
+        "clean": clean,
+        "fresh": fresh,
+        "b": b,
+    }
+
+
+def test_teacher_output_carries_the_watermark(models):
+    key = models["key"]
+    marked = detect([t for ids in models["marked"][:20] for t in ids], key)
+    plain = detect([t for ids in models["plain"][:20] for t in ids], key)
+    assert marked.p_value < 1e-10 and plain.p_value > 1e-3
+
+
+def test_model_file_round_trip(models, tmp_path):
+    path = tmp_path / "m.json"
+    models["clean"].save(path)
+    loaded = NgramLM.load(path)
+    history = models["fresh"][0][:5]
+    ids, probs = models["clean"].distribution(history)
+    ids2, probs2 = loaded.distribution(history)
+    order, order2 = np.argsort(ids), np.argsort(ids2)
+    assert np.array_equal(ids[order], ids2[order2])
+    assert np.allclose(probs[order], probs2[order2])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a distillwatch n-gram model"):
+        NgramLM.load(tmp_path / "bad.json")
+
+
+def test_closed_test_scores_each_window_once_and_never_the_prompt(models):
+    key = models["key"]
+    answer = models["fresh"][0]
+    once = closed_test([([], answer)], key)
+    twice = closed_test([([], answer), ([], answer)], key)
+    assert once.tokens_scored == twice.tokens_scored  # the repeat adds nothing
+    copied = closed_test([(answer, answer)], key)  # an answer that only copies its prompt
+    assert copied.tokens_scored == 1  # only the window across the join is new
+
+
+def test_open_mode_tells_the_tainted_student_from_the_clean_one(models, tmp_path, cli):
+    ring = tmp_path / "keys.json"
+    Keyring([models["key"]]).write(ring)
+    texts = tmp_path / "ours.txt"
+    texts.write_text("\n".join(models["teacher"].text(ids) for ids in models["fresh"]))
+    verdict = {}
+    for name in ("tainted", "clean"):
+        models[name].save(tmp_path / f"{name}.json")
+        result = cli("provenance", "radioactivity", "--keys", ring, "--suspect-model",
+                     tmp_path / f"{name}.json", "--texts", texts, "--json")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        verdict[name] = json.loads(result.stdout)
+    assert verdict["tainted"]["per_key"][0]["p_value"] < 1e-6
+    assert verdict["clean"]["per_key"][0]["p_value"] > 1e-3
+    assert (
+        verdict["tainted"]["mode"] == "open" and "cannot show" in verdict["tainted"]["explanation"]
+    )
+
+
+def test_closed_mode_through_an_openai_compatible_endpoint(models, tmp_path, cli):
+    ring = tmp_path / "keys.json"
+    Keyring([models["key"]]).write(ring)
+    prompts = tmp_path / "prompts.txt"
+    words = [w for text in models["b"] for w in text.split()][:20_000]
+    prompts.write_text("\n".join(" ".join(words[i : i + 8]) for i in range(0, 16_000, 80)))
+    p = {}
+    for name in ("tainted", "clean"):
+        with serving(suspect_app(models[name], seed=1)) as url:
+            result = cli("provenance", "radioactivity", "--keys", ring, "--suspect", url,
+                         "--model", "suspect", "--prompts", prompts, "--max-tokens", "120")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "closed mode" in result.stdout and "What it cannot show" in result.stdout
+        p[name] = float(result.stdout.split("p-value ")[1].split()[0])
+    assert p["tainted"] < 1e-3 < p["clean"]
+
+
+def test_experiment_smoke_profile_end_to_end(shared_data, tmp_path, cli):
+    out = tmp_path / "exp"
+    result = cli("provenance", "experiment", "--profile", "smoke", "--out", out, timeout=300)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((out / "results.json").read_text())
+    for run in doc["runs"]:
+        assert {"rho", "mode", "seed", "p_value", "tokens_scored"} <= run.keys()
+        assert run["mode"] in ("open", "closed", "control") and 0 <= run["p_value"] <= 1
+    controls = [r["p_value"] for r in doc["runs"] if r["mode"] == "control"]
+    assert len(controls) >= 5 and min(controls) > 1e-3
+    half = [r for r in doc["runs"] if r["rho"] == 0.5 and r["mode"] == "open"]
+    assert half and all(r["p_value"] < 1e-10 for r in half)
+    assert (out / "p_vs_rho.png").stat().st_size > 1000 and (out / "p_vs_tokens.png").exists()
