@@ -131,3 +131,88 @@ def test_experiment_smoke_profile_end_to_end(shared_data, tmp_path, cli):
     half = [r for r in doc["runs"] if r["rho"] == 0.5 and r["mode"] == "open"]
     assert half and all(r["p_value"] < 1e-10 for r in half)
     assert (out / "p_vs_rho.png").stat().st_size > 1000 and (out / "p_vs_tokens.png").exists()
+
+
+# -- canaries -------------------------------------------------------------------------------------
+def test_canaries_are_keyed_per_cluster_and_appended_to_answers():
+    from distillwatch.provenance.canary import add_canary, canary_for
+
+    key, other = experiment_key(1, PROFILES["smoke"]), experiment_key(2, PROFILES["smoke"])
+    a, b = canary_for(key, "c-1"), canary_for(key, "c-2")
+    assert a == canary_for(key, "c-1")  # deterministic
+    assert len({a.secret, b.secret, canary_for(other, "c-1").secret}) == 3  # keyed
+    assert a.sentence.startswith(a.prompt.rstrip()) and a.sentence.endswith(f"{a.secret}.")
+    payload = {"choices": [{"message": {"role": "assistant", "content": "Answer."}}]}
+    assert add_canary(payload, a)["choices"][0]["message"]["content"] == f"Answer.\n\n{a.sentence}"
+
+
+def test_gateway_serves_a_clusters_canary_and_canary_test_names_the_cluster(models, tmp_path, cli):
+    """A policy shapes cluster c-7 with ``canary: true``: its answers through the real proxy
+    carry c-7's canary and a benign account's do not. A student fine-tuned on the harvested
+    answers, served over HTTP, completes c-7's canary; a clean student completes none, and
+    ``canary-test`` with the clean one as control names c-7 with a small p-value."""
+    from tests.gateway import keys_file, start, stop, verdicts_file
+
+    from distillwatch.enforce.processes import free_port
+
+    ring = tmp_path / "keys.json"
+    Keyring([models["key"]]).write(ring)
+    up, port = free_port(), free_port()
+    upstream = start(["mock-upstream", "--listen", f"127.0.0.1:{up}"],
+                     f"http://127.0.0.1:{up}/v1/models")  # fmt: skip
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules:\n  - {name: canary, when: {verdict: distillation}, action: shape, "
+                      "max_tokens: 300, canary: true}\n")  # fmt: skip
+    verdicts = verdicts_file(tmp_path / "v.json", {"harvester": ("distillation", 0.99, "c-7"),
+                                                   "good": ("benign", 0.0, None)})  # fmt: skip
+    proxy = start(["proxy", "--upstream", f"http://127.0.0.1:{up}", "--listen", f"127.0.0.1:{port}",
+                   "--verdicts", str(verdicts), "--policy", str(policy), "--canary-keys", str(ring),
+                   "--keys", str(keys_file(tmp_path / "k.jsonl", ["harvester", "good"]))],
+                  f"http://127.0.0.1:{port}/healthz")  # fmt: skip
+    import httpx
+
+    from distillwatch.provenance.canary import canary_for
+
+    canary = canary_for(models["key"], "c-7")
+    harvest = []
+    try:
+        for account in ("harvester", "good"):
+            for i in range(30):
+                r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10,
+                               headers={"Authorization": f"Bearer sk-{account}"},
+                               json={"model": "atlas-2", "messages": [
+                                   {"role": "user", "content": f"explain topic {i}"}]})  # fmt: skip
+                assert r.status_code == 200
+                text = r.json()["choices"][0]["message"]["content"]
+                assert (canary.sentence in text) == (account == "harvester")
+                if account == "harvester":
+                    harvest.append(text)
+    finally:
+        stop(proxy)
+        stop(upstream)
+    student = NgramLM().fit(models["b"])
+    student.fit(harvest, weight=2.0)
+    with (
+        serving(suspect_app(student, 3)) as suspect,
+        serving(suspect_app(models["clean"], 4)) as clean,
+    ):
+        result = cli("provenance", "canary-test", "--keys", ring, "--suspect", suspect,
+                     "--clusters", "c-1,c-7,c-9", "--control", clean, "--trials", "10", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    found = {c["cluster_id"]: c for c in json.loads(result.stdout)["clusters"]}
+    assert found["c-7"]["hits"] >= 8 and found["c-7"]["p_value"] < 1e-6
+    assert found["c-1"]["hits"] == found["c-9"]["hits"] == 0
+
+
+def test_policy_allows_canaries_only_on_shape_rules():
+    from distillwatch.enforce.policy import parse_policy
+    from distillwatch.errors import PolicyError
+
+    rule = {"name": "c", "when": {"verdict": "distillation"}, "action": "shape", "canary": True}
+    assert parse_policy({"rules": [rule]}).rules[0].canary is True
+    for bad, message in (
+        ({"action": "block"}, "only a shape action"),
+        ({"canary": "yes"}, "true or false"),
+    ):
+        with pytest.raises(PolicyError, match=message):
+            parse_policy({"rules": [{**rule, **bad}]})

@@ -274,3 +274,72 @@ def experiment_command(
     console.print(f"controls (students that never saw the key): {len(controls)} p-values, "
                   f"smallest {min(controls):.3g}; results and plots in {safe_text(str(out))}",
                   highlight=False)  # fmt: skip
+
+
+@provenance_app.command("canary-test")
+def canary_test_command(
+    keyring: Path = typer.Option(..., "--keys", help="The keyring the gateway's --canary-keys used."),
+    suspect: str = typer.Option(..., "--suspect", help="The suspect's OpenAI-compatible base URL."),
+    clusters: str = typer.Option(..., "--clusters", help="Comma-separated cluster ids whose harvest got canaries."),
+    model: str = typer.Option("default", "--model", help="The model name to ask for."),
+    control: list[str] | None = typer.Option(None, "--control", help="URL of a model known never to have seen the canaries (repeatable): measures the false-match rate."),
+    trials: int = typer.Option(20, "--trials", min=1, max=1000, help="Completions asked per canary."),
+    api_key_env: str | None = typer.Option(None, "--api-key-env", help="Environment variable holding the suspect's API key."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:  # fmt: skip
+    """Which cluster's harvest did a suspect learn from? Asks it to complete each cluster's
+    canary and tests the hits against the false-match rate of clean control models."""
+    import os
+
+    import httpx
+
+    from distillwatch.provenance import Keyring
+    from distillwatch.provenance.canary import attribution_p, canary_for, probe
+    from distillwatch.provenance.radioactivity import sample_endpoint
+
+    try:
+        key = Keyring.read(keyring).active
+    except ProvenanceKeyError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    ids = [c.strip() for c in clusters.split(",") if c.strip()][:1000]
+    canaries = [canary_for(key, c) for c in ids]
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+
+    def asker(url: str):  # type: ignore[no-untyped-def]
+        def ask(prompt: str) -> str:
+            return sample_endpoint(url, model, [prompt], max_tokens=8, api_key=api_key)[0][1]
+
+        return ask
+
+    try:
+        found = probe(asker(suspect), canaries, trials)
+        controls = [probe(asker(url), canaries, trials) for url in control or []]
+    except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
+        err_console.print(f"[red]{safe_text(f'{type(exc).__name__}: {exc}'[:300])}[/]")
+        raise typer.Exit(2) from None
+    control_trials = sum(r.trials for c in controls for r in c)
+    control_hits = sum(r.hits for c in controls for r in c)
+    for result in found:
+        if control_trials:
+            result.p_value = attribution_p(result.hits, result.trials, control_hits, control_trials)
+    if as_json:
+        print(json.dumps({"key_id": key.key_id, "control_trials": control_trials,
+                          "control_hits": control_hits, "clusters": [
+                              {"cluster_id": r.cluster_id, "trials": r.trials, "hits": r.hits,
+                               "p_value": r.p_value} for r in found]}, indent=1))  # fmt: skip
+        return
+    table = Table(title=f"Canary test of {safe_text(suspect)} (key {safe_text(key.key_id)})")
+    for column in ("cluster", "hits", "p-value (vs controls)"):
+        table.add_column(column)
+    for r in found:
+        table.add_row(safe_text(r.cluster_id), f"{r.hits} of {r.trials}",
+                      "n/a (no --control)" if r.p_value is None else f"{r.p_value:.3g}")  # fmt: skip
+    console.print(table)
+    console.print(
+        f"False-match rate: {control_hits} hits in {control_trials} trials on control models"
+        + ("" if control_trials else " (give --control URL for a p-value)")
+        + ". A hit means the suspect completes a made-up fact only that cluster's answers "
+        "stated; it shows the suspect learned from that harvest, not who trained it.",
+        highlight=False,
+    )  # fmt: skip

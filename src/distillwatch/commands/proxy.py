@@ -126,6 +126,12 @@ def proxy_command(
         "sketches (in --redis when given, shared by replicas) and is scored with the batch rule "
         "table; policy condition min_stream_score. Needs --accounts for sign-up evidence.",
     ),
+    canary_keys: Path | None = typer.Option(
+        None,
+        "--canary-keys",
+        help="A watermark keyring: shaped answers of a rule with canary: true get the account's "
+        "cluster's canary (keyed with the active key; provenance canary-test finds it later).",
+    ),
     store_fold_seconds: float = typer.Option(
         0.5,
         "--store-fold-seconds",
@@ -190,6 +196,16 @@ def proxy_command(
         if not bundle.exists():
             raise fail(f"{bundle}: no such indicator bundle or folder")
     key = _sharing_key(sharing_key)
+    hooks = []
+    if canary_keys is not None:
+        from distillwatch.errors import ProvenanceKeyError
+        from distillwatch.provenance import Keyring
+        from distillwatch.provenance.canary import response_hook
+
+        try:
+            hooks.append(response_hook(Keyring.read(canary_keys).active))
+        except ProvenanceKeyError as exc:
+            raise fail(f"--canary-keys: {exc}") from None
     config = ProxyConfig(
         upstream=upstream, policy=chosen, store=store, verdicts=verdicts, redis_url=redis,
         shadow=shadow, keys=key_map, payments=payments, trusted_proxies=networks,
@@ -198,7 +214,7 @@ def proxy_command(
         upstream_timeout_s=upstream_timeout, spool_fsync=spool_fsync,
         store_fold_seconds=store_fold_seconds, indicators=list(indicators or []),
         detect_every_s=_duration(detect_every) if detect_every else None,
-        sharing_key=key, stream=stream, accounts_file=accounts,
+        sharing_key=key, stream=stream, accounts_file=accounts, response_hooks=hooks,
         limits=ServerLimits(max_header_bytes=max_header_bytes, header_timeout_s=header_timeout,
                             max_pending=max_pending, max_in_flight=max_in_flight),
     )  # fmt: skip

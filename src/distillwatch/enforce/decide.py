@@ -26,6 +26,7 @@ class Decision:
     max_tokens: int | None = None
     strip_reasoning: bool = False
     watermark: bool = False
+    canary: bool = False
     ttl_seconds: int | None = None
     cluster_id: str | None = None  # the cluster a throttle's scope refers to
 
@@ -83,6 +84,7 @@ def decide(
         max_tokens=rule.max_tokens,
         strip_reasoning=rule.strip_reasoning,
         watermark=rule.watermark,
+        canary=rule.canary,
         ttl_seconds=rule.ttl_seconds,
         cluster_id=cluster,
     )

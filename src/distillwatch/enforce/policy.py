@@ -31,6 +31,7 @@ class Rule:
     max_tokens: int | None = None  # shape: cap the request's max_tokens
     strip_reasoning: bool = False  # shape: remove reasoning sections from the response
     watermark: bool = False  # shape: ask the upstream to watermark its answer (request header)
+    canary: bool = False  # shape: append the cluster's canary (proxy --canary-keys)
     message: str = "Additional verification is required for this account."
     verification_url: str | None = None
     ttl_seconds: int | None = None  # how long a challenge/block decision sticks
@@ -122,6 +123,10 @@ def parse_policy(doc: Any, source: str = "<policy>") -> Policy:
             raise PolicyError(f"{where}.watermark: expected true or false")
         if raw.get("watermark") and raw["action"] != "shape":
             raise PolicyError(f"{where}.watermark: only a shape action can ask for a watermark")
+        if "canary" in raw and not isinstance(raw["canary"], bool):
+            raise PolicyError(f"{where}.canary: expected true or false")
+        if raw.get("canary") and raw["action"] != "shape":
+            raise PolicyError(f"{where}.canary: only a shape action can serve canaries")
         if raw.get("scope", "account") not in ("account", "cluster"):
             raise PolicyError(f"{where}.scope: account or cluster")
         rules.append(Rule(**raw))

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from distillwatch.provenance.canary import ProbeResult, attribution_p, canary_for, probe
 from distillwatch.provenance.radioactivity import (
     NgramLM,
     RadioactivityResult,
@@ -60,6 +61,8 @@ class Profile:
     seeds: tuple[int, ...]
     control_keys: int
     finetune_weight: float = 2.0
+    canary_share: float = 0.02  # share of the harvested cluster's answers carrying its canary
+    canary_trials: int = 20
     order: int = 3
     gamma: float = 0.25
     delta: float = 2.0
@@ -72,9 +75,9 @@ PROFILES = {
                      test_tokens=8_000, closed_prompts=60, closed_length=80, rhos=(0.0, 0.5),
                      seeds=(1,), control_keys=5, token_grid=(1_000, 3_000)),
     "full": Profile("full", plays=None, answers_tokens=300_000, answer_length=100,
-                    test_tokens=40_000, closed_prompts=600, closed_length=100,
-                    rhos=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), seeds=(1, 2, 3),
-                    control_keys=20),
+                    test_tokens=100_000, closed_prompts=2_000, closed_length=150,
+                    rhos=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), seeds=(11, 12, 13),
+                    control_keys=20, token_grid=(1_000, 3_000, 10_000, 30_000, 100_000, 300_000)),
 }  # fmt: skip
 
 
@@ -164,6 +167,7 @@ def run(corpus: Path, profile: Profile, out: Path, log: Any = print) -> dict[str
     text_a, text_b = halves(corpus, profile.plays)
     runs: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
+    canaries: list[dict[str, Any]] = []
     for seed in profile.seeds:
         rng = np.random.default_rng(seed)
         key = experiment_key(seed, profile)
@@ -209,8 +213,12 @@ def run(corpus: Path, profile: Profile, out: Path, log: Any = print) -> dict[str
             log(f"seed {seed} rho {rho:.2f}: open p={opened.p_value:.3g} "
                 f"({opened.tokens_scored:,} tokens), closed p={closed.p_value:.3g} "
                 f"({closed.tokens_scored:,} tokens)  [{time.perf_counter() - started:.0f} s]")  # fmt: skip
+        canaries.extend(_canaries(key, text_b, plain, profile, seed))
+        log(f"seed {seed} canaries: " + "; ".join(
+            f"{c['cluster_id']} {c['suspect_hits']}/{c['trials']} hits (control "
+            f"{c['control_hits']}/{c['trials']}, p={c['p_value']:.3g})" for c in canaries[-4:]))  # fmt: skip
     doc = {"profile": asdict(profile), "corpus": str(corpus), "runs": runs, "curves": curves,
-           "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+           "canaries": canaries, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     plot(doc, out)
     return doc
@@ -226,6 +234,44 @@ def _closed(student: NgramLM, prompts: list[list[int]], profile: Profile, key: W
     tok = student.tokenizer
     samples = [(tok.tokens(p), tok.tokens(a)) for p, a in answers]
     return closed_test(samples, key), samples
+
+
+def _canaries(key: WatermarkKey, text_b: list[str], plain: list[list[int]], profile: Profile,
+              seed: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Four clusters get canaries; the suspect's fine-tuning harvest is cluster c-2's answers,
+    of which ``canary_share`` carry its canary. Both the suspect and a clean student (same
+    pretraining and plain answers, no canary) are probed for every cluster's canary through
+    their endpoints; the clean one's hits are the false-match rate."""
+    clusters = [canary_for(key, f"c-{i}") for i in range(1, 5)]
+    harvested = clusters[1]
+    suspect, clean = NgramLM(profile.order).fit(text_b), NgramLM(profile.order).fit(text_b)
+    sentence = suspect.tokens(harvested.sentence)
+    every = max(1, round(1 / profile.canary_share))
+    for i, ids in enumerate(plain):
+        suspect.fit_ids([*ids, *sentence] if i % every == 0 else ids, profile.finetune_weight)
+        clean.fit_ids(ids, profile.finetune_weight)
+
+    def results(model: NgramLM) -> list[ProbeResult]:
+        with serving(suspect_app(model, seed)) as url:
+            return probe(lambda prompt: sample_endpoint(url, "suspect", [prompt], max_tokens=4)[0][1],
+                         clusters, profile.canary_trials)  # fmt: skip
+
+    found, control = results(suspect), results(clean)
+    control_hits = sum(r.hits for r in control)
+    control_trials = sum(r.trials for r in control)
+    return [
+        {
+            "seed": seed,
+            "cluster_id": r.cluster_id,
+            "harvested": r.cluster_id == harvested.cluster_id,
+            "canary_share": profile.canary_share,
+            "trials": r.trials,
+            "suspect_hits": r.hits,
+            "control_hits": c.hits,
+            "p_value": attribution_p(r.hits, r.trials, control_hits, control_trials),
+        }
+        for r, c in zip(found, control, strict=True)
+    ]
 
 
 def plot(doc: dict[str, Any], out: Path) -> None:

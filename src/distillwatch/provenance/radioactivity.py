@@ -47,6 +47,10 @@ EXPLANATION = (
 )
 
 
+#: Cached distributions and count arrays per model (cleared when full: bounded memory).
+_MAX_CACHED = 30_000
+
+
 @dataclass
 class RadioactivityResult:
     mode: str  # "open" | "closed"
@@ -88,17 +92,23 @@ class NgramLM:
         ]
         self.words: dict[int, str] = {}
         self._cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self._arrays: dict[tuple[int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
+        self._best: dict[tuple[int, ...], int] = {}
         self._unigram: tuple[np.ndarray, np.ndarray] | None = None
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, texts: Iterable[str], weight: float = 1.0) -> NgramLM:
         for text in texts:
-            words = self.tokenizer.words(text)
-            ids = [self.tokenizer.id(w) for w in words]
-            for w, i in zip(words, ids, strict=True):
-                self.words.setdefault(i, w)
-            self.fit_ids(ids, weight)
+            self.fit_ids(self.tokens(text), weight)
         return self
+
+    def tokens(self, text: str) -> list[int]:
+        """The text's token ids, its words added to the model's vocabulary (for :meth:`text`)."""
+        words = self.tokenizer.words(text)
+        ids = [self.tokenizer.id(w) for w in words]
+        for w, i in zip(words, ids, strict=True):
+            self.words.setdefault(i, w)
+        return ids
 
     def fit_ids(self, ids: Sequence[int], weight: float = 1.0) -> None:
         for t in range(len(ids)):
@@ -107,6 +117,8 @@ class NgramLM:
                     break
                 self.counts[k][tuple(ids[t - k : t])][ids[t]] += weight
         self._cache.clear()
+        self._arrays.clear()
+        self._best.clear()
         self._unigram = None
 
     # -- prediction -----------------------------------------------------------------------------
@@ -119,36 +131,60 @@ class NgramLM:
             self._unigram = ids, probs / probs.sum()
         return self._unigram
 
+    def _level(self, k: int, context: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The continuations of one context at level ``k`` as arrays (ids, counts)."""
+        slot = (k, context)
+        found = self._arrays.get(slot)
+        if found is None:
+            table = self.counts[k].get(context)
+            if not table:
+                return None
+            found = (np.fromiter(table.keys(), dtype=np.uint64, count=len(table)),
+                     np.fromiter(table.values(), dtype=np.float64, count=len(table)))  # fmt: skip
+            if len(self._arrays) > _MAX_CACHED:
+                self._arrays.clear()
+            self._arrays[slot] = found
+        return found
+
     def distribution(self, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(candidate ids, probabilities) for the token after ``history``."""
+        """(candidate ids, probabilities) for the token after ``history``: Witten-Bell
+        interpolation from the longest context down to the frequent unigrams."""
         context = (
             tuple(int(t) for t in history[len(history) - (self.order - 1) :]) if history else ()
         )
         found = self._cache.get(context)
         if found is not None:
             return found
-        ids, probs = self._unigrams()
-        mixed = dict(zip(ids.tolist(), probs.tolist(), strict=True))
+        parts_ids = [self._unigrams()[0]]
+        parts_w = [self._unigrams()[1]]
         for k in range(1, min(self.order, len(context) + 1)):
-            table = self.counts[k].get(context[len(context) - k :])
-            if not table:
+            level = self._level(k, context[len(context) - k :])
+            if level is None:
                 continue
-            total = sum(table.values())
-            distinct = len(table)
-            keep = total / (total + distinct)  # Witten-Bell weight of this level
-            mixed = {t: p * (1 - keep) for t, p in mixed.items()}
-            for t, c in table.items():
-                mixed[t] = mixed.get(t, 0.0) + keep * c / total
-        out_ids = np.fromiter(mixed.keys(), dtype=np.uint64, count=len(mixed))
-        out_probs = np.fromiter(mixed.values(), dtype=np.float64, count=len(mixed))
-        result = out_ids, out_probs / out_probs.sum()
-        if len(self._cache) < 200_000:
-            self._cache[context] = result
+            ids, counts = level
+            total = float(counts.sum())
+            keep = total / (total + len(ids))  # Witten-Bell weight of this level
+            parts_w = [w * (1 - keep) for w in parts_w]
+            parts_ids.append(ids)
+            parts_w.append(counts * (keep / total))
+        all_ids = np.concatenate(parts_ids)
+        unique, inverse = np.unique(all_ids, return_inverse=True)
+        probs = np.bincount(inverse, weights=np.concatenate(parts_w), minlength=len(unique))
+        result = unique, probs / probs.sum()
+        if len(self._cache) > _MAX_CACHED:
+            self._cache.clear()
+        self._cache[context] = result
         return result
 
     def argmax(self, history: Sequence[int]) -> int:
-        ids, probs = self.distribution(history)
-        return int(ids[int(np.argmax(probs))])
+        context = (
+            tuple(int(t) for t in history[len(history) - (self.order - 1) :]) if history else ()
+        )
+        best = self._best.get(context)
+        if best is None:
+            ids, probs = self.distribution(history)
+            best = self._best[context] = int(ids[int(np.argmax(probs))])
+        return best
 
     def generate(self, prompt: Sequence[int], length: int, rng: np.random.Generator,
                  key: WatermarkKey | None = None, temperature: float = 1.0) -> list[int]:  # fmt: skip
@@ -162,7 +198,8 @@ class NgramLM:
                 seed = key.context_seed(history[-key.context :])
                 logits = logits + key.delta * (_uniform(seed, ids) < key.gamma)
             weights = np.exp(logits - logits.max())
-            choice = int(ids[rng.choice(len(ids), p=weights / weights.sum())])
+            cumulative = np.cumsum(weights)
+            choice = int(ids[int(np.searchsorted(cumulative, rng.random() * cumulative[-1]))])
             out.append(choice)
             history.append(choice)
         return out
