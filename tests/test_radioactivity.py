@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import numpy as np
 import pytest
 
+from distillwatch.enforce.processes import free_port
 from distillwatch.provenance import Keyring
+from distillwatch.provenance.canary import add_canary, canary_for
 from distillwatch.provenance.experiment import (
     PROFILES,
     experiment_key,
@@ -19,6 +22,7 @@ from distillwatch.provenance.experiment import (
 )
 from distillwatch.provenance.radioactivity import NgramLM, closed_test
 from distillwatch.provenance.watermark import detect
+from tests.gateway import keys_file, start, stop, verdicts_file
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +139,6 @@ def test_experiment_smoke_profile_end_to_end(shared_data, tmp_path, cli):
 
 # -- canaries -------------------------------------------------------------------------------------
 def test_canaries_are_keyed_per_cluster_and_appended_to_answers():
-    from distillwatch.provenance.canary import add_canary, canary_for
-
     key, other = experiment_key(1, PROFILES["smoke"]), experiment_key(2, PROFILES["smoke"])
     a, b = canary_for(key, "c-1"), canary_for(key, "c-2")
     assert a == canary_for(key, "c-1")  # deterministic
@@ -151,10 +153,6 @@ def test_gateway_serves_a_clusters_canary_and_canary_test_names_the_cluster(mode
     carry c-7's canary and a benign account's do not. A student fine-tuned on the harvested
     answers, served over HTTP, completes c-7's canary; a clean student completes none, and
     ``canary-test`` with the clean one as control names c-7 with a small p-value."""
-    from tests.gateway import keys_file, start, stop, verdicts_file
-
-    from distillwatch.enforce.processes import free_port
-
     ring = tmp_path / "keys.json"
     Keyring([models["key"]]).write(ring)
     up, port = free_port(), free_port()
@@ -169,10 +167,6 @@ def test_gateway_serves_a_clusters_canary_and_canary_test_names_the_cluster(mode
                    "--verdicts", str(verdicts), "--policy", str(policy), "--canary-keys", str(ring),
                    "--keys", str(keys_file(tmp_path / "k.jsonl", ["harvester", "good"]))],
                   f"http://127.0.0.1:{port}/healthz")  # fmt: skip
-    import httpx
-
-    from distillwatch.provenance.canary import canary_for
-
     canary = canary_for(models["key"], "c-7")
     harvest = []
     try:
