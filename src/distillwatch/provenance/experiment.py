@@ -199,9 +199,15 @@ def run(corpus: Path, profile: Profile, out: Path, log: Any = print) -> dict[str
                 for tokens in profile.token_grid:
                     for mode, result in (("open", open_test(student, test, key, tokens)),
                                          ("closed", closed_test(samples, key, tokens))):  # fmt: skip
+                        if result.tokens_scored < tokens and tokens != profile.token_grid[0]:
+                            continue  # the grid went past what there is to score
                         curves.append({"rho": rho, "mode": mode, "seed": seed,
                                        "tokens_scored": result.tokens_scored,
                                        "p_value": result.p_value})  # fmt: skip
+                for result in (opened, closed):  # and everything there is
+                    curves.append({"rho": rho, "mode": result.mode, "seed": seed,
+                                   "tokens_scored": result.tokens_scored,
+                                   "p_value": result.p_value})  # fmt: skip
             else:  # the rho = 0 student under keys it never saw: the null distribution
                 for i in range(profile.control_keys):
                     other = experiment_key(seed, profile, salt=f"-control-{i}")
@@ -274,45 +280,60 @@ def _canaries(key: WatermarkKey, text_b: list[str], plain: list[list[int]], prof
     ]
 
 
+def _significance(p: float) -> float:
+    """-log10 p, capped where float precision ends (p = 0 reads as 1e-300)."""
+    return -float(np.log10(max(p, 1e-300)))
+
+
 def plot(doc: dict[str, Any], out: Path) -> None:
+    """Significance (-log10 p) against rho, and against suspect tokens scored."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = doc["runs"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for mode, marker in (("open", "o"), ("closed", "s")):
         by_rho: dict[float, list[float]] = {}
         for r in runs:
             if r["test"] == mode and "-control-" not in r["key"]:
-                by_rho.setdefault(r["rho"], []).append(max(r["p_value"], 1e-300))
+                by_rho.setdefault(r["rho"], []).append(_significance(r["p_value"]))
         rhos = sorted(by_rho)
-        ax.plot(rhos, [float(np.median(by_rho[x])) for x in rhos], marker=marker, label=mode)
+        (line,) = ax.plot(rhos, [float(np.median(by_rho[x])) for x in rhos], marker=marker,
+                          label=f"{mode} (median over seeds)")  # fmt: skip
+        for x in rhos:
+            ax.scatter([x] * len(by_rho[x]), by_rho[x], marker=marker, s=10, alpha=0.4,
+                       color=line.get_color())  # fmt: skip
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_yscale("log")
-    ax.axhline(1e-3, color="grey", linestyle=":", linewidth=1)
+    for level, label in ((3, "p = 1e-3"), (10, "p = 1e-10")):
+        ax.axhline(level, color="grey", linestyle=":", linewidth=1)
+        ax.text(0.0, level * 1.1, label, fontsize=7, color="grey")
     ax.set_xlabel("share of watermarked text in the student's fine-tuning data (rho)")
-    ax.set_ylabel("p-value (median over seeds)")
-    ax.legend()
+    ax.set_ylabel("significance, -log10 p")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "p_vs_rho.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for rho in sorted({c["rho"] for c in doc["curves"]}):
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    rhos = sorted({c["rho"] for c in doc["curves"]})
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(rhos), 1)))
+    first_seed = doc["profile"]["seeds"][0]
+    for rho, colour in zip(rhos, colours, strict=True):
         for mode, style in (("open", "-"), ("closed", "--")):
-            points = sorted((c["tokens_scored"], c["p_value"]) for c in doc["curves"]
-                            if c["rho"] == rho and c["mode"] == mode and c["seed"] == doc["profile"]["seeds"][0])  # fmt: skip
+            points = sorted({(c["tokens_scored"], c["p_value"]) for c in doc["curves"]
+                             if c["rho"] == rho and c["mode"] == mode and c["seed"] == first_seed})  # fmt: skip
             if points:
-                ax.plot([p[0] for p in points], [max(p[1], 1e-300) for p in points], style,
-                        marker=".", label=f"{mode}, rho={rho:g}")  # fmt: skip
+                ax.plot([p[0] for p in points], [_significance(p[1]) for p in points], style,
+                        color=colour, marker=".", label=f"{mode}, rho={rho:g}")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.axhline(1e-3, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("suspect tokens scored")
-    ax.set_ylabel("p-value")
-    ax.legend(fontsize=7)
+    ax.axhline(3, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel(f"suspect tokens scored (seed {first_seed})")
+    ax.set_ylabel("significance, -log10 p")
+    ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "p_vs_tokens.png", dpi=120)
     plt.close(fig)
