@@ -163,10 +163,15 @@ def test_gateway_serves_a_clusters_canary_and_canary_test_names_the_cluster(mode
                       "max_tokens: 300, canary: true}\n")  # fmt: skip
     verdicts = verdicts_file(tmp_path / "v.json", {"harvester": ("distillation", 0.99, "c-7"),
                                                    "good": ("benign", 0.0, None)})  # fmt: skip
-    proxy = start(["proxy", "--upstream", f"http://127.0.0.1:{up}", "--listen", f"127.0.0.1:{port}",
-                   "--verdicts", str(verdicts), "--policy", str(policy), "--canary-keys", str(ring),
-                   "--keys", str(keys_file(tmp_path / "k.jsonl", ["harvester", "good"]))],
-                  f"http://127.0.0.1:{port}/healthz")  # fmt: skip
+    try:
+        proxy = start(["proxy", "--upstream", f"http://127.0.0.1:{up}", "--listen",
+                       f"127.0.0.1:{port}", "--verdicts", str(verdicts), "--policy", str(policy),
+                       "--canary-keys", str(ring),
+                       "--keys", str(keys_file(tmp_path / "k.jsonl", ["harvester", "good"]))],
+                      f"http://127.0.0.1:{port}/healthz")  # fmt: skip
+    except Exception:
+        stop(upstream)
+        raise
     canary = canary_for(models["key"], "c-7")
     harvest = []
     try:

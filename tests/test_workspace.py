@@ -465,10 +465,14 @@ def served(world, tmp_path, redis_url, upstream):
         ],
         f"http://127.0.0.1:{proxy_port}/healthz",
     )
-    workspace = start(
-        ["serve", "--store", str(store), "--listen", f"127.0.0.1:{ws_port}", "--redis", url],
-        f"http://127.0.0.1:{ws_port}/healthz",
-    )
+    try:
+        workspace = start(
+            ["serve", "--store", str(store), "--listen", f"127.0.0.1:{ws_port}", "--redis", url],
+            f"http://127.0.0.1:{ws_port}/healthz",
+        )
+    except Exception:
+        stop(proxy)
+        raise
     yield {
         "proxy": f"http://127.0.0.1:{proxy_port}",
         "ws": f"http://127.0.0.1:{ws_port}",
