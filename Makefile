@@ -8,7 +8,7 @@ DEMO_OUT ?= demo-out
 .PHONY: demo test lint bench-ingest bench-detect clean help
 
 help:
-	@echo "make demo   - set up .venv, simulate traffic, ingest, detect, summarise, serve the dashboard"
+	@echo "make demo   - set up .venv, simulate, ingest, detect, summarise, start the dashboard (background)"
 	@echo "make test   - set up .venv with test extras and run the whole test suite"
 	@echo "make lint   - ruff check + format check"
 

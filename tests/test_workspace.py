@@ -617,3 +617,23 @@ def test_members_reasons_are_summarised_with_median_and_range():
         (3, "70% [62%-80%] of 30 [20-40] prompts ask for step-by-step reasoning"),
         (2, "created within 30 minutes of 7 [5-9]"),
     ]
+
+
+def test_demo_ends_with_the_dashboard_running_and_a_demo_login(tmp_path):
+    """``demo --serve`` (what ``make demo`` runs) returns with the workspace serving the demo
+    store in the background, and prints the URL and a login that works."""
+    port = free_port()
+    out = tmp_path / "demo"
+    result = run_cli("demo", "--out", out, "--serve", "--listen", f"127.0.0.1:{port}", timeout=600)
+    assert result.returncode == 0, result.stderr
+    pid = int((out / "serve.pid").read_text())
+    try:
+        assert f"http://127.0.0.1:{port}/" in result.stdout
+        password = re.search(r"login:\s+demo / (\S+)", result.stdout).group(1)
+        assert f"password: {password}" in (out / "demo-login.txt").read_text()
+        base = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{base}/healthz").json()["run_id"]
+        login = httpx.post(f"{base}/login", data={"username": "demo", "password": password})
+        assert login.status_code == 303 and "dw_session=" in login.headers["set-cookie"]
+    finally:
+        os.kill(pid, 15)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from contextlib import suppress
 from pathlib import Path
 
 import typer
@@ -25,7 +27,10 @@ def demo(
     seed: int = typer.Option(7, "--seed", help="Simulation seed."),
     keep: bool = typer.Option(False, "--keep", help="Keep an existing --out folder's contents."),
     serve: bool = typer.Option(
-        False, "--serve", help="Then serve the analyst workspace on the demo store (Ctrl-C stops)."
+        False,
+        "--serve",
+        help="Then start the analyst workspace on the demo store in the background "
+        "(its PID in OUT/serve.pid; the next demo run stops it).",
     ),
     listen: str = typer.Option("127.0.0.1:8765", "--listen", help="HOST:PORT for --serve."),
 ) -> None:
@@ -38,6 +43,7 @@ def demo(
     from distillwatch.detection.pipeline import detect_and_write
     from distillwatch.traffic import simulate
 
+    _stop_previous(out)
     if out.exists() and not keep:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,31 +97,58 @@ def demo(
         highlight=False,
     )
     host, _, port = listen.rpartition(":")
+    url = f"http://{host}:{port}/"
+    status = f"start it:  distillwatch serve --store {store_path} --listen {listen}"
+    if serve:
+        status = _serve_in_background(store_path, listen, url, out)
     console.print(
         Panel(
-            f"dashboard: http://{host}:{port}/\n"
-            f"login:     demo / {login}   (also in {out / 'demo-login.txt'})\n"
-            + (
-                "serving now; Ctrl-C stops"
-                if serve
-                else f"start it:  distillwatch serve --store {store_path} --listen {listen}"
-            ),
+            f"dashboard: {url}\n"
+            f"login:     demo / {login}   (also in {out / 'demo-login.txt'})\n{status}",
             title="analyst workspace",
             expand=False,
         ),
         highlight=False,
     )
-    if serve:
-        from distillwatch.commands.workspace import serve as serve_command
 
-        serve_command(
-            store=store_path,
-            listen=listen,
-            redis=None,
-            proxy_url=None,
-            token_file=None,
-            insecure_cookies=False,
-        )
+
+def _serve_in_background(store_path: Path, listen: str, url: str, out: Path) -> str:
+    """Start ``distillwatch serve`` detached, wait until it answers; returns a status line."""
+    import subprocess
+    import sys
+
+    from distillwatch.enforce.processes import wait_http
+
+    log = (out / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distillwatch.cli", "serve", "--store", str(store_path),
+         "--listen", listen],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_http(f"{url}healthz", proc, timeout=60)
+    except RuntimeError as exc:
+        return f"could not start it ({exc}); see {out / 'serve.log'}"
+    (out / "serve.pid").write_text(f"{proc.pid}\n")
+    return f"serving in the background (pid {proc.pid}); stop: kill $(cat {out / 'serve.pid'})"
+
+
+def _stop_previous(out: Path) -> None:
+    """Stop the workspace a previous ``demo --serve`` into the same folder left running."""
+    import os
+    import signal
+
+    pid_file = out / "serve.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    with suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+    pid_file.unlink(missing_ok=True)
 
 
 def _demo_login(store_path: Path, out: Path) -> str:
