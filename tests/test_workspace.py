@@ -179,6 +179,11 @@ def test_login_roles_csrf_and_cookie_flags(world, tmp_path):
         csrf = _login(c, "vera")
         denied = c.post("/action", data={**form, "csrf": csrf})
         assert denied.status_code == 403 and "analyst" in denied.text  # viewers only read
+        # Logging out ends the session on the server, not only in this browser.
+        token = c.cookies.get("dw_session")
+        assert c.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+        c.cookies.set("dw_session", token, domain="127.0.0.1")
+        assert c.get("/", follow_redirects=False).status_code == 303
     # Rate-limited login: five failures for one user, then 429 even with the right password.
     with TestClient(WorkspaceApp(WorkspaceConfig(store=copy)).app) as c:
         for _ in range(5):
