@@ -94,6 +94,9 @@ class WorkspaceApp:
         self.sessions = Sessions(self.store)
         self.limiter = LoginLimiter()
         self.desk = Desk(self.ws, config.channel)
+        #: One action at a time: the store lock is re-entrant, so two requests on the event
+        #: loop's thread could otherwise interleave inside it at the channel's awaits.
+        self._acting = asyncio.Lock()
         self.env = Environment(
             loader=PackageLoader("distillwatch.workspace", "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -503,7 +506,7 @@ class WorkspaceApp:
         if hours is not None and (hours != hours or hours in (float("inf"), float("-inf"))):
             raise InputError("expires_hours: a number of hours")
         try:
-            async with _locked(self.ws.lock):
+            async with self._acting, _locked(self.ws.lock):
                 self.ws.refresh()
                 await self.desk.act(user.username, kind, subject, action, form.get("reason"), hours)
         except StateError as exc:
@@ -534,7 +537,7 @@ class WorkspaceApp:
         if kind not in ("false_positive", "restore"):
             raise InputError("kind: false_positive or restore")
         try:
-            async with _locked(self.ws.lock):
+            async with self._acting, _locked(self.ws.lock):
                 self.ws.refresh()
                 if kind == "false_positive":
                     await self.desk.mark_false_positive(user.username, account, form.get("reason"))
