@@ -642,3 +642,36 @@ def test_demo_ends_with_the_dashboard_running_and_a_demo_login(tmp_path):
         assert login.status_code == 303 and "dw_session=" in login.headers["set-cookie"]
     finally:
         os.kill(pid, 15)
+
+
+def test_actions_through_the_admin_api_reach_a_proxy_in_batches(proxy):
+    """``serve --proxy URL``'s channel: one /admin/extend call carries many accounts; the proxy
+    enforces them on the next request, and a lift restores them."""
+    import asyncio
+
+    from distillwatch.workspace.channels import AdminApiChannel
+    from tests.gateway import ADMIN, chat
+
+    base, _ = proxy()
+    assert {chat(base, a).status_code for a in ("good", "suspect")} == {200}
+
+    async def run(step):  # type: ignore[no-untyped-def]
+        channel = AdminApiChannel([base], ADMIN)
+        try:
+            return await step(channel)
+        finally:
+            await channel.close()
+
+    decision = {"action": "block", "rule": "analyst", "reasons": ["analyst ana: harvest"]}
+    assert asyncio.run(run(lambda c: c.decide(["good", "suspect"], decision, 600))) == 1
+    assert {chat(base, a).status_code for a in ("good", "suspect")} == {403}
+    asyncio.run(run(lambda c: c.lift(["good"])))
+    assert chat(base, "good").status_code == 200 and chat(base, "suspect").status_code == 403
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    for bad in ([], ["x"] * 5001, [""], [7], "good"):
+        r = httpx.post(f"{base}/admin/extend", headers=auth,
+                       json={"account_ids": bad, "ttl_seconds": 60, "action": "block"})  # fmt: skip
+        assert r.status_code == 400 and "account_ids" in r.text, bad
+    # The single-account endpoints do not take a batch (and never answer 5xx for one).
+    r = httpx.post(f"{base}/admin/lift", headers=auth, json={"account_ids": ["good"]})
+    assert r.status_code == 400

@@ -75,6 +75,8 @@ MAX_LOGGED_TEXT = DEFAULT_MAX_TEXT_CHARS
 #: Request fields the proxy reads or rewrites: they must have the type the API documents.
 TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 MAX_ADMIN_TTL_SECONDS = 366 * 86400
+#: Accounts one /admin/extend call may set (a campaign action from the workspace, in chunks).
+MAX_ADMIN_BATCH = 5_000
 log = logging.getLogger("distillwatch.proxy")
 
 ResponseHook = Callable[[dict[str, Any], Decision, dict[str, Any]], dict[str, Any]]
@@ -726,14 +728,32 @@ class Proxy:
             return openai_error(401, "Admin token required.", "invalid_request_error", "admin_auth")
         return None
 
-    async def _admin_json(self, request: Request) -> dict[str, Any] | JSONResponse:
+    async def _admin_json(
+        self, request: Request, many: bool = False
+    ) -> dict[str, Any] | JSONResponse:
+        """The admin request's JSON: ``account_id`` (a string), or with ``many`` either that or
+        ``account_ids`` (1 to MAX_ADMIN_BATCH strings), normalised into ``account_ids``."""
         parsed = await self._body(request)
         if isinstance(parsed, JSONResponse):
             return parsed
         body = parsed[0]
+        if many and "account_ids" in body:
+            accounts = body["account_ids"]
+            valid = (
+                isinstance(accounts, list)
+                and 0 < len(accounts) <= MAX_ADMIN_BATCH
+                and all(isinstance(a, str) and a and len(a) <= 256 for a in accounts)
+            )
+            if not valid:
+                return openai_error(400, f"account_ids: 1 to {MAX_ADMIN_BATCH} non-empty strings",
+                                    "invalid_request_error")  # fmt: skip
+            body["account_id"] = accounts[0]
+            return body
         account = body.get("account_id")
         if not isinstance(account, str) or not account or len(account) > 256:
             return openai_error(400, "account_id: required string", "invalid_request_error")
+        if many:
+            body["account_ids"] = [account]
         if "allowlist" in body and not isinstance(body["allowlist"], bool):
             return openai_error(400, "allowlist: expected true or false", "invalid_request_error")
         return body
@@ -804,7 +824,7 @@ class Proxy:
     async def admin_extend(self, request: Request) -> Response:
         if denied := self._admin_denied(request):
             return denied
-        body = await self._admin_json(request)
+        body = await self._admin_json(request, many=True)
         if isinstance(body, JSONResponse):
             return body
         ttl = body.get("ttl_seconds")
@@ -822,25 +842,27 @@ class Proxy:
                 "invalid_request_error",
             )
         try:
-            current = await self.state.get_decision(body["account_id"]) or {
-                "action": action,
-                "rule": "admin",
-            }
-            for stale in ("requests_per_minute", "max_tokens", "strip_reasoning"):
-                current.pop(stale, None)
-            current.update(params)
-            current["action"] = action
-            current["reasons"] = [
-                *current.get("reasons", []),
-                f"set by admin: {str(body.get('reason', ''))[:200]}",
-            ]
-            await self.state.set_decision(body["account_id"], current, ttl)
+            for account in body["account_ids"]:
+                current = await self.state.get_decision(account) or {
+                    "action": action,
+                    "rule": "admin",
+                }
+                for stale in ("requests_per_minute", "max_tokens", "strip_reasoning"):
+                    current.pop(stale, None)
+                current.update(params)
+                current["action"] = action
+                current["reasons"] = [
+                    *current.get("reasons", [])[-5:],
+                    f"set by admin: {str(body.get('reason', ''))[:200]}",
+                ]
+                await self.state.set_decision(account, current, ttl)
         except StateError as exc:
             return openai_error(503, str(exc), "server_error", "state_unavailable")
         self._admin_audit("admin.extend", body)
         return JSONResponse(
-            {"account_id": body["account_id"], "decision": current, "ttl_seconds": ttl}
-        )
+            {"account_id": body["account_id"], "accounts": len(body["account_ids"]),
+             "decision": current, "ttl_seconds": ttl}
+        )  # fmt: skip
 
     async def admin_allowlist(self, request: Request) -> Response:
         if denied := self._admin_denied(request):
@@ -864,6 +886,8 @@ class Proxy:
 
     def _admin_audit(self, event: str, body: dict[str, Any]) -> None:
         entry = {"account_id": body["account_id"], "reason": str(body.get("reason", ""))[:500]}
+        if len(body.get("account_ids") or ()) > 1:
+            entry["accounts"] = len(body["account_ids"])
         self.recent.append({"ts": datetime.now(UTC).isoformat(), "event": event, **entry})
         if self.enforcer.sink is not None:
             self.enforcer.sink.audit("admin", event, entry)

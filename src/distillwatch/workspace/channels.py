@@ -21,6 +21,9 @@ from typing import Any
 
 from distillwatch.errors import StateError
 
+#: Accounts per /admin/extend call (a proxy takes up to 5,000 in one).
+BATCH = 1_000
+
 
 class Channel:
     """Delivers standing decisions to gateways. Subclasses override the three methods."""
@@ -141,7 +144,8 @@ class AdminApiChannel(Channel):
         reason = "; ".join(decision.get("reasons", []))[:200]
         fields = {k: v for k, v in decision.items() if k != "reasons"}
         bodies = [
-            {**fields, "account_id": a, "ttl_seconds": ttl, "reason": reason} for a in accounts
+            {**fields, "account_ids": accounts[i : i + BATCH], "ttl_seconds": ttl, "reason": reason}
+            for i in range(0, len(accounts), BATCH)
         ]
         return await self._each("/admin/extend", bodies)
 
