@@ -10,7 +10,7 @@ import typer
 
 from distillwatch.commands._app import app, console, fail
 from distillwatch.commands.proxy import _listen
-from distillwatch.errors import InputError, StoreError
+from distillwatch.errors import InputError, ResourceError, StoreError
 from distillwatch.store import DEFAULT_STORE, Store
 from distillwatch.terminal import safe_text
 
@@ -22,6 +22,16 @@ app.add_typer(users_app, name="users")
 app.add_typer(report_app, name="report")
 TOKEN_ENV = "DISTILLWATCH_ADMIN_TOKEN"
 PASSWORD_ENV = "DISTILLWATCH_PASSWORD"
+
+
+def _secret(path: Path | None, env: str) -> str | None:
+    """A secret from a file (first choice) or an environment variable; None if neither."""
+    if path is None:
+        return os.environ.get(env)
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise fail(f"{path}: {exc.strerror}") from None
 
 
 @app.command()
@@ -59,12 +69,7 @@ def serve(
     if redis:
         channel = StateChannel.redis(redis)
     elif proxy_url:
-        token = os.environ.get(TOKEN_ENV)
-        if token_file is not None:
-            try:
-                token = token_file.read_text().strip()
-            except OSError as exc:
-                raise fail(f"{token_file}: {exc.strerror}") from None
+        token = _secret(token_file, TOKEN_ENV)
         if not token:
             raise fail(
                 f"--proxy needs the proxies' admin token (--admin-token-file or ${TOKEN_ENV})"
@@ -78,7 +83,7 @@ def serve(
                 **({"channel": channel} if channel else {}),
             )
         )
-    except StoreError as exc:
+    except ResourceError as exc:  # the store, or a missing extra
         raise fail(str(exc)) from None
     if workspace.users.count() == 0:
         console.print(
@@ -106,12 +111,7 @@ def users_add(
     """Add a workspace user, or reset an existing user's password and role."""
     from distillwatch.workspace import Users
 
-    password = os.environ.get(PASSWORD_ENV)
-    if password_file is not None:
-        try:
-            password = password_file.read_text().strip()
-        except OSError as exc:
-            raise fail(f"{password_file}: {exc.strerror}") from None
+    password = _secret(password_file, PASSWORD_ENV)
     if password is None:
         if not sys.stdin.isatty():
             raise fail(f"give --password-file or ${PASSWORD_ENV} (no terminal to ask on)")

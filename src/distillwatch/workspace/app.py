@@ -30,7 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from distillwatch import __version__
-from distillwatch.errors import InputError, StateError
+from distillwatch.errors import InputError, ResourceError, StateError
 from distillwatch.store import Store
 from distillwatch.workspace import charts
 from distillwatch.workspace.auth import LoginLimiter, Sessions, User, Users, csrf_ok
@@ -87,6 +87,12 @@ class WorkspaceApp:
     :class:`Desk`."""
 
     def __init__(self, config: WorkspaceConfig) -> None:
+        try:  # Starlette parses forms with it, and would fail only at the first login
+            import python_multipart  # noqa: F401
+        except ImportError:
+            raise ResourceError(
+                "the workspace needs python-multipart: pip install 'distillwatch[workspace]'"
+            ) from None
         self.config = config
         self.store = Store(config.store)
         self.ws = Workspace(self.store)
@@ -205,6 +211,15 @@ class WorkspaceApp:
                 message=f"This needs the {role} role; you are {user.role}.",
             )
         return values
+
+    async def _posted(self, request: Request) -> tuple[User, dict[str, str]] | Response:
+        """An analyst's state-changing POST: the user and the form, once the session, the role
+        and the CSRF token have been checked (else the page that says why)."""
+        user = await self._need(request, "analyst")
+        if isinstance(user, Response):
+            return user
+        form = await self._form(request, user)
+        return form if isinstance(form, Response) else (user, form)
 
     async def _bad_input(self, request: Request, exc: Exception) -> Response:
         user = await self._user(request)
@@ -458,24 +473,20 @@ class WorkspaceApp:
         return _safe_next(form.get("back"))
 
     async def case_open(self, request: Request) -> Response:
-        user = await self._need(request, "analyst")
-        if isinstance(user, Response):
-            return user
-        form = await self._form(request, user)
-        if isinstance(form, Response):
-            return form
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        user, form = posted
         kind = _bounded(form.get("subject_kind"), "subject_kind", 20)
         subject = _bounded(form.get("subject"), "subject")
         case_id = await self._db(self.desk.case_for, kind, subject, user.username)
         return RedirectResponse("/case?" + urlencode({"id": case_id}), 303)
 
     async def case_update(self, request: Request) -> Response:
-        user = await self._need(request, "analyst")
-        if isinstance(user, Response):
-            return user
-        form = await self._form(request, user)
-        if isinstance(form, Response):
-            return form
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        user, form = posted
         case_id = _bounded(form.get("case_id"), "case_id", 40)
         await self._db(
             lambda: self.desk.update_case(
@@ -489,12 +500,10 @@ class WorkspaceApp:
         return RedirectResponse("/case?" + urlencode({"id": case_id}), 303)
 
     async def action(self, request: Request) -> Response:
-        user = await self._need(request, "analyst")
-        if isinstance(user, Response):
-            return user
-        form = await self._form(request, user)
-        if isinstance(form, Response):
-            return form
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        user, form = posted
         kind = _bounded(form.get("subject_kind"), "subject_kind", 20)
         subject = _bounded(form.get("subject"), "subject")
         action = _bounded(form.get("action"), "action", 20)
@@ -526,12 +535,10 @@ class WorkspaceApp:
         return RedirectResponse(self._back(form), 303)
 
     async def label(self, request: Request) -> Response:
-        user = await self._need(request, "analyst")
-        if isinstance(user, Response):
-            return user
-        form = await self._form(request, user)
-        if isinstance(form, Response):
-            return form
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        user, form = posted
         account = _bounded(form.get("account_id"), "account_id")
         kind = form.get("kind")
         if kind not in ("false_positive", "restore"):

@@ -27,6 +27,9 @@ ACTIONS = ("block", "challenge", "throttle", "shape", "allowlist", "lift")
 EXPIRING = ("block", "challenge", "throttle", "shape")
 STATUSES = ("open", "investigating", "actioned", "appealed", "upheld", "false_positive", "closed")
 MAX_EXPIRY = timedelta(days=90)
+#: The columns of ``ws_cases``, as pages receive them.
+CASE_COLUMNS = ("case_id", "subject_kind", "subject", "title", "status", "assignee",
+                "opened_at", "updated_at")  # fmt: skip
 MAX_REASON_CHARS = 500
 MAX_NOTE_CHARS = 5_000
 MAX_CAMPAIGN_ACCOUNTS = 50_000
@@ -155,42 +158,20 @@ class Desk:
             where.append("assignee = ?")
             params.append(assignee)
         rows = self.store.run(
-            f"""SELECT case_id, subject_kind, subject, title, status, assignee, opened_at,
-                       updated_at FROM ws_cases {"WHERE " + " AND ".join(where) if where else ""}
+            f"""SELECT {", ".join(CASE_COLUMNS)} FROM ws_cases
+                {"WHERE " + " AND ".join(where) if where else ""}
                 ORDER BY updated_at DESC, case_id LIMIT ? OFFSET ?""",
             [*params, limit, offset],
         )
-        keys = (
-            "case_id",
-            "subject_kind",
-            "subject",
-            "title",
-            "status",
-            "assignee",
-            "opened_at",
-            "updated_at",
-        )
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [dict(zip(CASE_COLUMNS, row, strict=True)) for row in rows]
 
     def case(self, case_id: str) -> dict[str, Any] | None:
         found = self.store.run(
-            """SELECT case_id, subject_kind, subject, title, status, assignee, opened_at,
-                      updated_at FROM ws_cases WHERE case_id = ?""",
-            [case_id],
+            f"SELECT {', '.join(CASE_COLUMNS)} FROM ws_cases WHERE case_id = ?", [case_id]
         )
         if not found:
             return None
-        keys = (
-            "case_id",
-            "subject_kind",
-            "subject",
-            "title",
-            "status",
-            "assignee",
-            "opened_at",
-            "updated_at",
-        )
-        case = dict(zip(keys, found[0], strict=True))
+        case = dict(zip(CASE_COLUMNS, found[0], strict=True))
         case["notes"] = [
             {"ts": t, "author": a, "body": b}
             for t, a, b in self.store.run(

@@ -17,6 +17,7 @@ as :class:`~distillwatch.errors.StateError` so the web layer can say what did no
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from typing import Any
 
 from distillwatch.errors import StateError
@@ -25,26 +26,26 @@ from distillwatch.errors import StateError
 BATCH = 1_000
 
 
-class Channel:
-    """Delivers standing decisions to gateways. Subclasses override the three methods."""
+class Channel(ABC):
+    """Delivers standing decisions to gateways. Subclasses implement the three methods."""
 
     name = "base"
 
     def describe(self) -> str:
         return self.name
 
+    @abstractmethod
     async def decide(self, accounts: list[str], decision: dict[str, Any], ttl: int) -> int:
         """Make ``decision`` (``action`` plus its parameters) stand for ``ttl`` seconds on each
         account; returns how many gateways (or shared stores) acknowledged."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def lift(self, accounts: list[str]) -> int:
         """Remove any standing decision on the accounts."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def allow(self, accounts: list[str], allowed: bool) -> int:
         """Add the accounts to (or remove them from) the gateways' allowlist."""
-        raise NotImplementedError
 
     async def close(self) -> None:
         return None
