@@ -186,6 +186,9 @@ def test_gateway_serves_a_clusters_canary_and_canary_test_names_the_cluster(mode
                 assert (canary.sentence in text) == (account == "harvester")
                 if account == "harvester":
                     harvest.append(text)
+            # Streamed, the canary comes as one more content chunk before the finishing one.
+            streamed = _stream_text(port, account)
+            assert streamed.endswith(canary.sentence) == (account == "harvester"), streamed[-200:]
     finally:
         stop(proxy)
         stop(upstream)
@@ -215,3 +218,23 @@ def test_policy_allows_canaries_only_on_shape_rules():
     ):
         with pytest.raises(PolicyError, match=message):
             parse_policy({"rules": [{**rule, **bad}]})
+
+
+def _stream_text(port: int, account: str) -> str:
+    """The content of a streamed chat completion through the proxy (as an SDK assembles it)."""
+    text, finished = "", False
+    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", timeout=10,
+                      headers={"Authorization": f"Bearer sk-{account}"},
+                      json={"model": "atlas-2", "stream": True,
+                            "messages": [{"role": "user", "content": "explain"}]}) as r:  # fmt: skip
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[6:]).get("choices") or []:
+                content = (choice.get("delta") or {}).get("content") or ""
+                assert not (finished and content), "content after the finishing chunk"
+                text += content
+                finished = finished or bool(choice.get("finish_reason"))
+    assert finished
+    return text

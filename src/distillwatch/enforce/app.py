@@ -574,6 +574,10 @@ class Proxy:
         reader = StreamReader(_bound, MAX_LOGGED_TEXT + 1)
         shaper = StreamShaper() if call.shaping and call.decision.strip_reasoning else None
         splitter = EventSplitter()
+        # Text a response hook adds to a shaped chat stream (a canary), sent as one more content
+        # chunk just before the chunk that finishes the answer.
+        tail = [t for t in self._stream_tails(call) if t]
+        rewrite = shaper is not None or bool(tail)
 
         def events(blocks: list[bytes]) -> bytes:
             out: list[bytes] = []
@@ -582,16 +586,20 @@ class Proxy:
                 if data is None:
                     out.append(block)
                     continue
+                name = event.name if event else None
                 for shaped in shaper.shape(data) if shaper else [data]:
+                    if tail and _finishes(shaped):
+                        extra = _content_chunk(shaped, "".join(tail))
+                        tail.clear()
+                        reader.observe(extra)
+                        out.append(encode_event(name, extra))
                     reader.observe(shaped)
-                    out.append(
-                        encode_event(event.name if event else None, shaped) if shaper else block
-                    )
+                    out.append(encode_event(name, shaped) if rewrite else block)
             return b"".join(out)
 
         try:
             async for chunk in upstream.content.iter_any():
-                if shaper is None:
+                if not rewrite:
                     yield chunk
                     events(list(splitter.feed(chunk)))
                 else:
@@ -599,7 +607,7 @@ class Proxy:
                     if shaped:
                         yield shaped
             rest = splitter.rest()
-            if rest and shaper is not None:
+            if rest and rewrite:
                 yield events([rest])
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Headers are already sent: end the stream; the client sees it cut short.
@@ -608,6 +616,13 @@ class Proxy:
             upstream.release()
             self.metrics.upstream_latency.observe(time.perf_counter() - call.started)
             await self._log(call, reader.summary(), upstream.status)
+
+    def _stream_tails(self, call: _Call) -> list[str]:
+        """What response hooks with a ``stream_text`` add to a shaped chat completions stream."""
+        if not call.shaping or call.route != "/v1/chat/completions":
+            return []
+        return [hook.stream_text(call.decision) or "" for hook in self.config.response_hooks
+                if hasattr(hook, "stream_text")]  # fmt: skip
 
     async def _log(self, call: _Call, response: ResponseSummary, status: int) -> None:
         """Journal the exchange (before the response completes), then count its output tokens."""
@@ -912,6 +927,20 @@ def _standing_params(action: Any, body: dict[str, Any]) -> dict[str, Any] | None
         if isinstance(strip, bool):
             return {"max_tokens": body["max_tokens"], "strip_reasoning": strip}
     return None
+
+
+def _finishes(chunk: dict[str, Any]) -> bool:
+    """A chat completion chunk that ends a choice (its ``finish_reason`` is set)."""
+    return chunk.get("object") == "chat.completion.chunk" and any(
+        isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or []
+    )
+
+
+def _content_chunk(like: dict[str, Any], text: str) -> dict[str, Any]:
+    """A chat completion chunk carrying ``text`` as content, with ``like``'s id and model."""
+    return {"id": like.get("id"), "object": "chat.completion.chunk", "created": like.get("created"),
+            "model": like.get("model"),
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}  # fmt: skip
 
 
 def _bearer(header: str) -> str | None:

@@ -79,18 +79,34 @@ def add_canary(payload: dict[str, Any], canary: Canary) -> dict[str, Any]:
     return payload
 
 
-def response_hook(
-    key: WatermarkKey,
-) -> Callable[[dict[str, Any], Any, dict[str, Any]], dict[str, Any]]:
+class CanaryHook:
     """A proxy response hook: a shaped answer whose decision asks for a canary and names a
-    cluster gets that cluster's canary."""
+    cluster gets that cluster's canary, appended to the answer (JSON responses) or sent as one
+    more content chunk before the finishing one (chat completion streams, via
+    :meth:`stream_text`)."""
 
-    def hook(payload: dict[str, Any], decision: Any, body: dict[str, Any]) -> dict[str, Any]:
+    def __init__(self, key: WatermarkKey) -> None:
+        self.key = key
+
+    def _canary(self, decision: Any) -> Canary | None:
         if getattr(decision, "canary", False) and getattr(decision, "cluster_id", None):
-            return add_canary(payload, canary_for(key, str(decision.cluster_id)))
-        return payload
+            return canary_for(self.key, str(decision.cluster_id))
+        return None
 
-    return hook
+    def __call__(
+        self, payload: dict[str, Any], decision: Any, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        canary = self._canary(decision)
+        return add_canary(payload, canary) if canary else payload
+
+    def stream_text(self, decision: Any) -> str | None:
+        canary = self._canary(decision)
+        return f"\n\n{canary.sentence}" if canary else None
+
+
+def response_hook(key: WatermarkKey) -> CanaryHook:
+    """The hook ``proxy --canary-keys`` installs (keyed with the keyring's active key)."""
+    return CanaryHook(key)
 
 
 @dataclass
