@@ -365,36 +365,18 @@ def test_evidence_report_hash_is_reproducible_by_the_documented_command(world, c
     assert result.returncode == 0, result.stderr
     assert hashlib.sha256(out.read_bytes()).hexdigest() == digest  # what sha256sum prints
     lines = out.read_bytes().splitlines()
-    assert len(lines) == sum(1 for _ in lines) and json.loads(lines[0])["account_id"]
-    ok = run_cli(
-        "report",
-        "verify",
-        "--store",
-        store,
-        "--campaign",
-        campaign,
-        "--run",
-        run,
-        "--sha256",
-        digest,
-    )
+    expected = next(c for c in world["verdicts"]["campaigns"] if c["campaign_id"] == campaign)
+    assert len(lines) == expected["exchanges"]  # every exchange of every member, once
+    assert {json.loads(line)["account_id"] for line in lines} == set(expected["accounts"])
+    verify = ("report", "verify", "--store", store, "--campaign", campaign, "--run", run,
+              "--sha256", digest)  # fmt: skip
+    ok = run_cli(*verify)
     assert ok.returncode == 0 and "match" in ok.stdout
     con = duckdb.connect(str(store))
     first = json.loads(lines[0])["id"]
     con.execute("UPDATE exchanges SET response = response || '.' WHERE id = ?", [first])
     con.close()
-    changed = run_cli(
-        "report",
-        "verify",
-        "--store",
-        store,
-        "--campaign",
-        campaign,
-        "--run",
-        run,
-        "--sha256",
-        digest,
-    )
+    changed = run_cli(*verify)
     assert changed.returncode == 1 and "MISMATCH" in changed.stdout
 
 

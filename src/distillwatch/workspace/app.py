@@ -168,6 +168,10 @@ class WorkspaceApp:
         html = self.env.get_template(name).render(user=user, **context)
         return HTMLResponse(html, status_code=code, headers={"Cache-Control": "no-store"})
 
+    def _absent(self, user: User | None, title: str, message: str = "") -> HTMLResponse:
+        """The 404 page for a subject that is not in the store."""
+        return self._render("error.html", user, 404, title=title, message=message)
+
     async def _user(self, request: Request) -> User | None:
         return await self._db(self.sessions.user, request.cookies.get(COOKIE))
 
@@ -320,12 +324,8 @@ class WorkspaceApp:
         cid = _bounded(request.query_params.get("id"), "id")
         data = await self._db(self.ws.campaign, cid)
         if data is None:
-            return self._render(
-                "error.html",
-                user,
-                404,
-                title="No such campaign",
-                message=f"{cid} is not in the latest detection run.",
+            return self._absent(
+                user, "No such campaign", f"{cid} is not in the latest detection run."
             )
         case = await self._db(self._case_of, "campaign", cid)
         return self._render(
@@ -364,12 +364,8 @@ class WorkspaceApp:
         aid = _bounded(request.query_params.get("id"), "id")
         data = await self._db(self.ws.account, aid, _page(request))
         if not data.exists:
-            return self._render(
-                "error.html",
-                user,
-                404,
-                title="No such account",
-                message=f"{aid} has no exchanges or metadata in this store.",
+            return self._absent(
+                user, "No such account", f"{aid} has no exchanges or metadata in this store."
             )
         case = await self._db(self._case_of, "account", aid)
         return self._render(
@@ -409,7 +405,7 @@ class WorkspaceApp:
             return user
         case = await self._db(self.desk.case, _bounded(request.query_params.get("id"), "id", 40))
         if case is None:
-            return self._render("error.html", user, 404, title="No such case", message="")
+            return self._absent(user, "No such case")
         return self._render("case.html", user, case=case)
 
     async def search(self, request: Request) -> Response:
@@ -442,7 +438,7 @@ class WorkspaceApp:
             raise InputError("format: html or pdf")
         data = await self._db(self.ws.campaign, cid)
         if data is None:
-            return self._render("error.html", user, 404, title="No such campaign", message="")
+            return self._absent(user, "No such campaign")
         context = await self._db(report_context, self.ws, data, self.config.detector)
         html = self.env.get_template("evidence.html").render(**context, user=user)
         await self._db(

@@ -25,6 +25,7 @@ import orjson
 
 from distillwatch.detection.pipeline import summarise_reasons
 from distillwatch.detection.text import COT_PATTERN, TEMPLATE_WORDS, skeleton_words
+from distillwatch.sharing.artefacts import FAMILY, STATE_KINDS
 from distillwatch.store import Store
 
 #: Artefact kinds drawn as satellites of a campaign, with the label analysts see.
@@ -48,16 +49,6 @@ PLURAL = {
 }
 #: Satellites labelled on the drawing (the strongest hubs; the rest show their label on tap).
 LABELLED_HUBS = 12
-#: Kinds that describe the same thing are one family (as for indicators: an IP and its prefix).
-FAMILY = {
-    "ip": "network",
-    "net": "network",
-    "ua": "client",
-    "tls": "client",
-    "pre": "template",
-    "suf": "template",
-    "pay": "payment",
-}
 #: Features shown against the population on the account page (column, label, format).
 FEATURES = (
     ("requests", "requests", "{:,.0f}"),
@@ -230,6 +221,11 @@ class SearchHit:
     subject: str
     detail: str
     account_id: str | None = None
+
+
+def _family(kind: str) -> str:
+    """An artefact kind's family, as indicators define it (an IP and its prefix are one)."""
+    return FAMILY.get(STATE_KINDS.get(kind, kind), kind)
 
 
 def _json_list(text: str | None) -> list[Any]:
@@ -647,9 +643,7 @@ class Workspace:
         for artefact in artefacts:
             users = frozenset(uses.get(artefact.key, ()))
             if len(users) >= 2:
-                groups.setdefault((FAMILY.get(artefact.kind, artefact.kind), users), []).append(
-                    artefact
-                )
+                groups.setdefault((_family(artefact.kind), users), []).append(artefact)
         # Hubs first: satellites used by many drawn accounts and by few accounts outside.
         ordered = sorted(
             groups.items(),
