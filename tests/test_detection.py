@@ -391,16 +391,16 @@ def test_cluster_coordination_needs_an_operator_signal():
     from distillwatch.detection.rules import coordination
 
     saas = [_member(shared_template_share=1.0, duplicate_share=0.9) for _ in range(6)]
-    assert coordination(saas, yield_per_account=200) == (0.0, [])  # one product, six customers
+    assert coordination(saas, yield_per_account=200).bonus == 0  # one product, six customers
     farm = [_member(payment_shared_with=5, created_burst=i % 3 != 0, created_near=12,
                     near_duplicate_share=0.4) for i in range(9)]  # fmt: skip
-    bonus, words = coordination(farm, yield_per_account=200)
+    bonus, words, _ = coordination(farm, yield_per_account=200)
     assert bonus == pytest.approx(
         1.0 + 1.0 + 0.75 + math.log10(9 * 200 / 1000)
     )  # cards, bursts, near copies, yield
     assert any("9 of 9 pay with instruments shared" in w for w in words)
     assert any("6 of 9 were created in sign-up bursts" in w for w in words)
-    assert coordination(farm[:4], yield_per_account=200) == (0.0, [])  # too small to call a group
+    assert coordination(farm[:4], yield_per_account=200).bonus == 0  # too small to call a group
     scheduled = [_member(lockstep_with=7) for _ in range(8)]
     assert coordination(scheduled, 200)[0] > 0  # one scheduler is an operator too
 
@@ -409,18 +409,18 @@ def test_a_content_farm_needs_volume_single_turn_traffic_and_yield():
     from distillwatch.detection.rules import coordination
 
     farm = [_member(near_duplicate_share=0.8, multi_turn=0.0, n=120) for _ in range(12)]
-    bonus, words = coordination(farm, yield_per_account=100)
+    bonus, words, _ = coordination(farm, yield_per_account=100)
     assert bonus > 0 and any("content farm" in w for w in words)
-    assert coordination(farm, yield_per_account=8) == (0.0, [])  # a dozen prompts each: a class
+    assert coordination(farm, yield_per_account=8).bonus == 0  # a dozen prompts each: a class
     chatty = [_member(near_duplicate_share=0.8, multi_turn=0.4, n=120) for _ in range(12)]
-    assert coordination(chatty, yield_per_account=100) == (0.0, [])  # people converse
+    assert coordination(chatty, yield_per_account=100).bonus == 0  # people converse
     few = [_member(near_duplicate_share=0.8, multi_turn=0.0, n=120) for _ in range(6)]
-    assert coordination(few, yield_per_account=100) == (0.0, [])  # six customers of one product
+    assert coordination(few, yield_per_account=100).bonus == 0  # six customers of one product
     terse = [
         _member(near_duplicate_share=0.8, multi_turn=0.0, n=120, mean_output=60.0)
         for _ in range(12)
     ]
-    assert coordination(terse, yield_per_account=100) == (0.0, [])  # a classifier behind a template
+    assert coordination(terse, yield_per_account=100).bonus == 0  # a classifier behind a template
 
 
 def test_signup_evidence_counts_registered_accounts_that_have_not_sent_anything(tmp_path):

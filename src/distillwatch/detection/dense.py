@@ -86,18 +86,19 @@ def cluster_density(
 ) -> dict[int, DenseBlock]:
     """The densest block inside each community of ``min_accounts`` or more, with Fraudar's
     column weights computed over the whole graph (so camouflage on popular artefacts is cheap
-    everywhere, not only inside the community)."""
-    if not len(index):
+    everywhere, not only inside the community). Accounts ``membership`` leaves out (a partial
+    grouping, such as content groups) are in no block."""
+    if not len(index) or not membership:
         return {}
     weight = camouflage_weights(index.artefact_index)
-    of_account = np.array([membership[str(name)] for name in index.names])
+    of_account = np.array([membership.get(str(name), -1) for name in index.names])
     ids, sizes = np.unique(of_account, return_counts=True)
     community = of_account[index.account_index]
     order = np.argsort(community, kind="stable")
     bounds = np.searchsorted(community[order], [*ids, ids[-1] + 1])
     result: dict[int, DenseBlock] = {}
     for c, size, lo, hi in zip(ids, sizes, bounds[:-1], bounds[1:], strict=True):
-        if size < min_accounts:
+        if size < min_accounts or c < 0:
             continue
         rows = order[lo:hi]
         local_accounts, acc = np.unique(index.account_index[rows], return_inverse=True)

@@ -14,6 +14,7 @@ import numpy as np
 
 from distillwatch.detection.embedding import LSH_BANDS as _SEM_BANDS
 from distillwatch.detection.features import DISPOSABLE_DOMAINS, WEBMAIL_DOMAINS, _sql_list
+from distillwatch.detection.rules import NOVEL_REACH
 from distillwatch.store import Store
 
 #: An artefact shared by more than this share of all accounts is too common to mean anything.
@@ -21,6 +22,9 @@ COMMON_SHARE = 0.2
 #: Semantic evidence needs this many embedded prompts (one lucky collision is not a pattern).
 MIN_SEMANTIC_PROMPTS = 10
 MAX_EDGES_PER_KIND = 12
+#: Artefact kinds that say what accounts ask (wrappers, prompt texts, MinHash and embedding band
+#: signatures), as opposed to who they are (cards, sign-up hours, networks, timing).
+CONTENT_KINDS = ("tpl", "txt", "near", "sem")
 
 
 def _common(store: Store) -> int:
@@ -61,6 +65,12 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
             WHERE r.accounts >= 3 AND r.accounts <= {common}
             GROUP BY t.account_id
         ), dup AS ({_shared_share("content", "h", common)}
+        ), novel AS (
+            -- Share of an account's distinct prompts that at most NOVEL_REACH accounts sent:
+            -- a harvest splits its work, a team running a public suite sends the same items.
+            SELECT c.account_id, avg((r.accounts <= {NOVEL_REACH})::DOUBLE) AS share
+            FROM content c JOIN (SELECT h, count(*) AS accounts FROM content GROUP BY h) r USING (h)
+            GROUP BY c.account_id
         ), near_dup AS (
             -- Share of an account's MinHash band signatures that collide with prompts of 3+
             -- other accounts: paraphrases and mutations of a shared seed list.
@@ -86,6 +96,7 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
                coalesce(s.templates, 0) AS shared_templates,
                coalesce(s.reach, 0) AS template_reach,
                coalesce(d.share, 0) AS duplicate_share,
+               coalesce(nv.share, 0) AS novel_share,
                coalesce(nd.share, 0) AS near_duplicate_share,
                CASE WHEN coalesce(ss.prompts, 0) >= {MIN_SEMANTIC_PROMPTS} THEN coalesce(sd.share, 0)
                     ELSE 0 END AS semantic_share,
@@ -101,6 +112,7 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
         FROM acct a
         LEFT JOIN shared_tmpl s USING (account_id)
         LEFT JOIN dup d USING (account_id)
+        LEFT JOIN novel nv USING (account_id)
         LEFT JOIN near_dup nd USING (account_id)
         LEFT JOIN sem_dup sd USING (account_id)
         LEFT JOIN sem_sampled ss USING (account_id)
@@ -225,7 +237,8 @@ def build_lockstep(store: Store, common: int) -> None:
 
 
 def artefact_edges(store: Store) -> dict[str, np.ndarray]:
-    """Columns ``account_id``, ``artefact`` (a 64-bit hash of kind and value) and ``weight``:
+    """Columns ``account_id``, ``artefact`` (a 64-bit hash of kind and value), ``weight`` and
+    ``kind`` (``pay``, ``burst``, ``net``, ``tls``, ``sync`` or one of :data:`CONTENT_KINDS`):
     the bipartite account-artefact graph.
 
     Weights favour specific artefacts: a payment instrument shared by webmail accounts and a
@@ -276,7 +289,7 @@ def artefact_edges(store: Store) -> dict[str, np.ndarray]:
         ), reach AS (
             SELECT artefact, count(DISTINCT account_id) AS accounts FROM all_edges GROUP BY artefact
         )
-        SELECT e.account_id, e.artefact, e.weight / ln(1 + r.accounts) AS weight
+        SELECT e.account_id, e.artefact, e.weight / ln(1 + r.accounts) AS weight, e.kind
         FROM all_edges e JOIN reach r USING (artefact)
         WHERE r.accounts >= 2 AND r.accounts <= {common}
         -- An account's strongest few links of each kind place it as well as all of them do,

@@ -1,4 +1,5 @@
-"""Community detection on the account-artefact graph (Leiden, igraph's implementation)."""
+"""Grouping accounts on the account-artefact graph: Leiden communities (igraph's implementation)
+over every artefact, and content groups (connected components over shared content only)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import igraph as ig
 import numpy as np
+from scipy import sparse
 
 
 @dataclass
@@ -22,6 +24,7 @@ class EdgeIndex:
     account_index: np.ndarray
     artefact_index: np.ndarray
     weight: np.ndarray
+    kind: np.ndarray | None = None  # each edge's artefact kind, when the edges carry one
 
     @classmethod
     def of(cls, edges: dict[str, np.ndarray]) -> EdgeIndex:
@@ -33,7 +36,8 @@ class EdgeIndex:
         # SQL returns edges in no fixed order (parallel aggregation); Leiden's result depends
         # on edge order, so sort: the same edge set always gives the same communities.
         order = np.lexsort((weight, artefact_index, account_index))
-        return cls(names, account_index[order], artefact_index[order], weight[order])
+        kind = np.asarray(edges["kind"], dtype=object)[order] if "kind" in edges else None
+        return cls(names, account_index[order], artefact_index[order], weight[order], kind)
 
     def __len__(self) -> int:
         return len(self.account_index)
@@ -63,3 +67,43 @@ def communities(index: EdgeIndex, seed: int = 0) -> dict[str, int]:
     finally:
         ig.set_random_number_generator(random)
     return {str(name): membership[i] for i, name in enumerate(index.names)}
+
+
+#: A content artefact held by more candidate accounts than this is left out of content groups
+#: (its pairs grow as the square of its reach); such wide sharing is Leiden's to group.
+MAX_GROUP_REACH = 200
+
+
+def content_groups(index: EdgeIndex, candidates: set[str], kinds: tuple[str, ...],
+                   core: int = 2, min_size: int = 2) -> list[list[str]]:  # fmt: skip
+    """Groups of ``candidates`` linked by what they ask: connected components of the graph in
+    which two candidate accounts are neighbours when they share an artefact of ``kinds``
+    (prompt texts, MinHash or embedding band signatures, wrappers), after pruning it to its
+    ``core``-core (every account kept has at least ``core`` neighbours kept).
+
+    Leiden's modularity splits a campaign that shares nothing but content into many small
+    communities (each seed's rewrites link a few accounts at a time); components over the
+    candidates alone keep it whole, and the core keeps an account hanging on one chance
+    collision out. Groups of at least ``min_size`` accounts, each sorted, largest first.
+    """
+    if index.kind is None or not len(index) or not candidates:
+        return []
+    member = np.isin(index.names, list(candidates))
+    chosen = np.isin(index.kind, list(kinds)) & member[index.account_index]
+    accounts, rows = np.unique(index.account_index[chosen], return_inverse=True)
+    artefacts, cols = np.unique(index.artefact_index[chosen], return_inverse=True)
+    holders = sparse.csr_matrix(
+        (np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(len(accounts), len(artefacts))
+    )
+    holders.data[:] = 1  # duplicate (account, artefact) pairs count once
+    reach = np.asarray(holders.sum(axis=0)).ravel()
+    holders = holders[:, np.flatnonzero((reach >= 2) & (reach <= MAX_GROUP_REACH))]
+    shared = sparse.triu(holders @ holders.T, k=1).tocoo()
+    graph = ig.Graph(n=len(accounts), edges=np.column_stack([shared.row, shared.col]).tolist())
+    kept = [v for v, c in enumerate(graph.coreness()) if c >= core]
+    groups = [
+        sorted(str(index.names[accounts[kept[v]]]) for v in component)
+        for component in graph.induced_subgraph(kept).connected_components()
+        if len(component) >= min_size
+    ]
+    return sorted(groups, key=lambda g: (-len(g), g[0]))

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from distillwatch.detection.dense import cluster_density
-from distillwatch.detection.evidence import artefact_edges, build_evidence
+from distillwatch.detection.evidence import CONTENT_KINDS, artefact_edges, build_evidence
 from distillwatch.detection.features import build_account_features, build_templates
-from distillwatch.detection.graph import EdgeIndex, communities
-from distillwatch.detection.rules import NOVEL_REACH
+from distillwatch.detection.graph import EdgeIndex, communities, content_groups
+from distillwatch.detection.rules import CONTENT_FARM_MEMBERS, NOVEL_REACH, farm_candidate
 from distillwatch.detection.scoring import (
     MAX_CLUSTER_UPLIFT,
     AccountScore,
@@ -92,26 +92,42 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     clusters: dict[int, list[str]] = {}
     for account, cluster in membership.items():
         clusters.setdefault(cluster, []).append(account)
-    cluster_scores = score_clusters(clusters, scores, derived_by_id, _yields(store, membership),
-                                    scorer.weights)  # fmt: skip
-    for cluster, block in cluster_density(edges, membership).items():
-        if cluster in cluster_scores and block.accounts:
-            cluster_scores[cluster].evidence.append(
-                f"densest block (Fraudar, camouflage-weighted): {len(block.accounts)} of "
-                f"{len(clusters[cluster])} accounts share {block.artefacts} artefacts, "
-                f"density {block.density:.2f}"
-            )
-            cluster_scores[cluster].density = block.density
+    # Content groups, beside Leiden's communities: accounts shaped like a content farm's members,
+    # linked by what they ask (a campaign sharing nothing else, which Leiden splits up).
+    first_group = max(clusters, default=-1) + 1
+    group_of: dict[str, int] = {}
+    candidates = {a for a, row in derived_by_id.items() if farm_candidate(row)}
+    for number, group in enumerate(
+        content_groups(edges, candidates, CONTENT_KINDS, min_size=CONTENT_FARM_MEMBERS)
+    ):
+        clusters[first_group + number] = group
+        group_of.update(dict.fromkeys(group, first_group + number))
+    yields = _yields(store, membership) | _yields(store, group_of)
+    cluster_scores = score_clusters(clusters, scores, derived_by_id, yields, scorer.weights)
+    for grouping in (membership, group_of):
+        for cluster, block in cluster_density(edges, grouping).items():
+            if cluster in cluster_scores and block.accounts:
+                cluster_scores[cluster].evidence.append(
+                    f"densest block (Fraudar, camouflage-weighted): {len(block.accounts)} of "
+                    f"{len(clusters[cluster])} accounts share {block.artefacts} artefacts, "
+                    f"density {block.density:.2f}"
+                )
+                cluster_scores[cluster].density = block.density
     timings["scoring_and_graph"] = time.perf_counter() - started - sum(timings.values())
 
     final: dict[str, float] = {}
     for account, score in scores.items():
         log_odds = score.log_odds
-        cluster = cluster_scores.get(membership.get(account, -1))
-        if cluster is not None and cluster.log_odds > log_odds:
+        community = cluster_scores.get(membership.get(account, -1))
+        if community is not None and community.log_odds > log_odds:
             # A hydra's members each look mild; the cluster is what gives them away. The uplift
             # is bounded so that an innocent caught in a campaign's proxy pool stays benign.
-            log_odds = min(cluster.log_odds, log_odds + MAX_CLUSTER_UPLIFT)
+            log_odds = min(community.log_odds, log_odds + MAX_CLUSTER_UPLIFT)
+        group = cluster_scores.get(group_of.get(account, -1))
+        if group is not None and group.farm:
+            # A content farm's members are in it by their own shape and their own prompts, not
+            # by infrastructure an innocent could share: the farm's score is theirs.
+            log_odds = max(log_odds, group.log_odds)
         final[account] = sigmoid(log_odds)
     reviewed = reviewed_false_positives(store)
     for account in reviewed.keys() & final.keys():
@@ -126,9 +142,17 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
         if sum(final[m] >= DISTILLATION_THRESHOLD for m in c.members) >= 2
         and sigmoid(c.log_odds) >= DISTILLATION_THRESHOLD
     ]  # fmt: skip
-    for number, cluster in enumerate(sorted(flagged_clusters, key=lambda c: -c.log_odds), 1):
+    number = 0
+    for cluster in sorted(flagged_clusters, key=lambda c: (-c.log_odds, c.cluster)):
+        # An account in a Leiden community and a content group belongs to the stronger one.
+        members = sorted(
+            m for m in cluster.members
+            if final[m] >= SUSPICIOUS_THRESHOLD and m not in campaign_of
+        )  # fmt: skip
+        if sum(final[m] >= DISTILLATION_THRESHOLD for m in members) < 2:
+            continue
+        number += 1
         campaign_id = f"c-{number}"
-        members = sorted(m for m in cluster.members if final[m] >= SUSPICIOUS_THRESHOLD)
         for member in members:
             campaign_of[member] = campaign_id
         first = min(by_id[m]["first_ts"] for m in members)

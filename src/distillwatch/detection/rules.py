@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Content evidence reaches full weight at this many requests (eight homework questions with
 #: "explain step by step" are not a harvest; eighty are worth a look).
@@ -264,9 +264,14 @@ COORDINATION: tuple[Coordination, ...] = (
     Coordination("semantic_copies", 0.75, "send rewritten copies of each other's prompts", False),
 )  # fmt: skip
 MAX_COORDINATION_BONUS = 3.5
-#: What a content farm adds (an operator signal), and the most a large novel yield adds once an
-#: operator is established: log10(yield / YIELD_SCALE), at most YIELD_POINTS.
-CONTENT_FARM_POINTS = 2.0
+#: What a content farm adds (an operator signal; added after MAX_COORDINATION_BONUS caps the
+#: members' coordination), and the most a large novel yield adds once an operator is
+#: established: log10(yield / YIELD_SCALE), at most YIELD_POINTS.
+CONTENT_FARM_POINTS = 3.0
+#: ...plus this much per doubling of its members beyond CONTENT_FARM_MEMBERS, to at most
+#: MAX_FARM_POINTS in all.
+FARM_SIZE_POINTS = 1.0
+MAX_FARM_POINTS = 5.0
 YIELD_SCALE = 1000
 YIELD_POINTS = 1.0
 MIN_COORDINATED_CLUSTER = 5
@@ -298,7 +303,16 @@ def fires(rule_name: str, row: Mapping[str, Any]) -> bool:
     return activation(RULES_BY_NAME[rule_name], row) > 0
 
 
-def coordination(rows: list[Mapping[str, Any]], yield_per_account: float | None = None) -> tuple[float, list[str]]:  # fmt: skip
+class Coordinated(NamedTuple):
+    """What :func:`coordination` found: log-odds, the words for them, and whether the group has
+    the shape of a content farm."""
+
+    bonus: float
+    words: list[str]
+    farm: bool = False
+
+
+def coordination(rows: list[Mapping[str, Any]], yield_per_account: float | None = None) -> Coordinated:  # fmt: skip
     """Log-odds for coordination only a group shows: most of its members doing the same thing.
 
     ``yield_per_account``: the cluster's novel prompts per member (None when unknown).
@@ -309,8 +323,8 @@ def coordination(rows: list[Mapping[str, Any]], yield_per_account: float | None 
     or sign-up bursts, one scheduler's lockstep, or the shape of a content farm), and is capped.
     """
     if len(rows) < MIN_COORDINATED_CLUSTER:
-        return 0.0, []
-    bonus, words, operator = 0.0, [], False
+        return Coordinated(0.0, [])
+    bonus, words, operator, farm = 0.0, [], False, False
     for item in COORDINATION:
         count = sum(fires(item.rule, r) for r in rows)
         if count >= 0.5 * len(rows):
@@ -318,22 +332,31 @@ def coordination(rows: list[Mapping[str, Any]], yield_per_account: float | None 
             words.append(f"{count} of {len(rows)} {item.words}")
             operator = operator or item.operator
     if bonus and not operator and _content_farm(rows, yield_per_account):
-        operator = True
-        bonus += CONTENT_FARM_POINTS
-        words.append(
-            f"{len(rows)} accounts send single-turn traffic at volume "
-            f"(median {_median([r['n'] for r in rows]):.0f} requests, "
-            f"{yield_per_account:.0f} novel prompts per account): a content farm"
-        )
+        operator = farm = True
     if not operator:
         # Shared content without a sign of one operator is a shared product, not a hydra.
-        return 0.0, []
+        return Coordinated(0.0, [])
     novel = (yield_per_account or 0) * len(rows)
     if novel > YIELD_SCALE:
         points = min(YIELD_POINTS, math.log10(novel / YIELD_SCALE))
         bonus += points
         words.append(f"{novel:,.0f} novel prompts answered in all (+{points:.1f})")
-    return min(bonus, MAX_COORDINATION_BONUS), words
+    bonus = min(bonus, MAX_COORDINATION_BONUS)
+    if farm:
+        # The farm's shape is evidence of its own (many accounts, volume, single turn, rich
+        # answers, novel prompts, content shared among them), beyond the members' coordination,
+        # and the more accounts share it the less it can be a coincidence of honest customers.
+        points = min(
+            MAX_FARM_POINTS,
+            CONTENT_FARM_POINTS + FARM_SIZE_POINTS * math.log2(len(rows) / CONTENT_FARM_MEMBERS),
+        )
+        bonus += points
+        words.append(
+            f"{len(rows)} accounts send single-turn traffic at volume "
+            f"(median {_median([r['n'] for r in rows]):.0f} requests, "
+            f"{yield_per_account:.0f} novel prompts per account): a content farm (+{points:.1f})"
+        )
+    return Coordinated(bonus, words, farm)
 
 
 def _median(values: list[float]) -> float:
@@ -356,3 +379,35 @@ def _content_farm(rows: list[Mapping[str, Any]], yield_per_account: float | None
         and yield_per_account >= CONTENT_FARM_YIELD_PER_ACCOUNT
         and not math.isnan(multi)
     )
+
+
+#: A member of a content farm sends at least this share of prompts that other accounts also
+#: send, near-copy or rewrite (``shared_content_share``).
+FARM_MEMBER_SHARE = 0.25
+#: ...and at least this share of its distinct prompts are novel (sent by at most NOVEL_REACH
+#: accounts): a farm splits its work, a team running a public suite sends the same items.
+FARM_MIN_NOVEL_SHARE = 0.2
+
+
+def farm_candidate(row: Mapping[str, Any]) -> bool:
+    """Whether an account (a derived row) has a content-farm member's shape on its own: volume
+    (content evidence at full weight), single-turn traffic, answers at least the typical length,
+    a good share of its prompts shared with other accounts in some form yet a fifth of them
+    novel, and not sending its prompts to several models (a farm wants one model's answers;
+    comparing is evaluation). Content groups (:func:`~distillwatch.detection.graph.content_groups`)
+    form among such accounts only, so an ordinary user whose few prompts resemble a campaign's
+    is never drawn into one."""
+    return (
+        (row.get("n") or 0) >= FULL_CONTENT_EVIDENCE
+        and (row.get("multi_turn") or 0.0) <= CONTENT_FARM_MAX_MULTI_TURN
+        and (row.get("output_ratio") or 0.0) >= CONTENT_FARM_MIN_OUTPUT_RATIO
+        and shared_content_share(row) >= FARM_MEMBER_SHARE
+        and (row.get("novel_share") or 0.0) >= FARM_MIN_NOVEL_SHARE
+        and not fires("comparative_evaluation", row)
+    )
+
+
+def shared_content_share(row: Mapping[str, Any]) -> float:
+    """The largest share of an account's prompts that other accounts also send: behind shared
+    wrappers, verbatim, as MinHash near-copies or as embedding neighbours."""
+    return max((row.get(name) or 0.0) for name in POOLED_SHARES if name != "cot_rate")

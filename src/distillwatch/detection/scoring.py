@@ -167,6 +167,7 @@ class ClusterScore:
     log_odds: float
     evidence: list[str]
     density: float = 0.0  # of the cluster's densest block (``dense.py``)
+    farm: bool = False  # has the shape of a content farm (``rules.coordination``)
 
 
 def per_account_yield_needed(member_rows: list[dict[str, Any]]) -> float:
@@ -221,11 +222,11 @@ def score_clusters(
         prefixes = sum(r["prefixes"] for r in member_rows)
         evidence.append(f"traffic came from {prefixes:,} network prefixes (summed over accounts)")
         per_account = distinct / len(members) if distinct is not None else None
-        bonus, coordinated = coordination(member_rows, per_account)
+        bonus, coordinated, farm = coordination(member_rows, per_account)
         if bonus:
             log_odds += bonus
             evidence.append(
                 f"coordination across the cluster: {'; '.join(coordinated)} (+{bonus:.1f} log-odds)"
             )
-        result[cluster] = ClusterScore(cluster, members, log_odds, evidence)
+        result[cluster] = ClusterScore(cluster, members, log_odds, evidence, farm=farm)
     return result
