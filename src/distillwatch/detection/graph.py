@@ -78,13 +78,15 @@ def content_groups(index: EdgeIndex, candidates: set[str], kinds: tuple[str, ...
                    core: int = 2, min_size: int = 2) -> list[list[str]]:  # fmt: skip
     """Groups of ``candidates`` linked by what they ask: connected components of the graph in
     which two candidate accounts are neighbours when they share an artefact of ``kinds``
-    (prompt texts, MinHash or embedding band signatures, wrappers), after pruning it to its
-    ``core``-core (every account kept has at least ``core`` neighbours kept).
+    (prompt texts, MinHash or embedding band signatures, wrappers), among the accounts that
+    share at least ``core`` distinct such artefacts with the others kept (pruned repeatedly,
+    like a k-core, but counting artefacts, not neighbours).
 
     Leiden's modularity splits a campaign that shares nothing but content into many small
     communities (each seed's rewrites link a few accounts at a time); components over the
-    candidates alone keep it whole, and the core keeps an account hanging on one chance
-    collision out. Groups of at least ``min_size`` accounts, each sorted, largest first.
+    candidates alone keep it whole, and the pruning keeps out an account that hangs on one chance
+    collision, however many members share that one artefact. Groups of at least ``min_size``
+    accounts, each sorted, largest first.
     """
     if index.kind is None or not len(index) or not candidates:
         return []
@@ -97,13 +99,23 @@ def content_groups(index: EdgeIndex, candidates: set[str], kinds: tuple[str, ...
     )
     holders.data[:] = 1  # duplicate (account, artefact) pairs count once
     reach = np.asarray(holders.sum(axis=0)).ravel()
-    holders = holders[:, np.flatnonzero((reach >= 2) & (reach <= MAX_GROUP_REACH))]
-    shared = sparse.triu(holders @ holders.T, k=1).tocoo()
-    graph = ig.Graph(n=len(accounts), edges=np.column_stack([shared.row, shared.col]).tolist())
-    kept = [v for v, c in enumerate(graph.coreness()) if c >= core]
+    holders = holders[:, np.flatnonzero((reach >= 2) & (reach <= MAX_GROUP_REACH))].tocsr()
+    kept = np.ones(len(accounts), dtype=bool)
+    while True:
+        reach = np.asarray(holders[kept].sum(axis=0)).ravel()
+        shared = holders @ (reach >= 2).astype(np.int32)  # artefacts others kept also hold
+        still = kept & (shared >= core)
+        if still.sum() == kept.sum():
+            break
+        kept = still
+    positions = np.flatnonzero(kept)
+    links = holders[positions]
+    links = links[:, np.flatnonzero(np.asarray(links.sum(axis=0)).ravel() >= 2)]
+    pairs = sparse.triu(links @ links.T, k=1).tocoo()
+    graph = ig.Graph(n=len(positions), edges=np.column_stack([pairs.row, pairs.col]).tolist())
     groups = [
-        sorted(str(index.names[accounts[kept[v]]]) for v in component)
-        for component in graph.induced_subgraph(kept).connected_components()
+        sorted(str(index.names[accounts[positions[v]]]) for v in component)
+        for component in graph.connected_components()
         if len(component) >= min_size
     ]
     return sorted(groups, key=lambda g: (-len(g), g[0]))

@@ -18,7 +18,11 @@ from distillwatch.detection.dense import cluster_density
 from distillwatch.detection.evidence import CONTENT_KINDS, artefact_edges, build_evidence
 from distillwatch.detection.features import build_account_features, build_templates
 from distillwatch.detection.graph import EdgeIndex, communities, content_groups
-from distillwatch.detection.rules import CONTENT_FARM_MEMBERS, NOVEL_REACH, farm_candidate
+from distillwatch.detection.rules import (
+    CONTENT_FARM_MEMBERS,
+    NOVEL_REACH,
+    farm_candidate,
+)
 from distillwatch.detection.scoring import (
     MAX_CLUSTER_UPLIFT,
     AccountScore,
@@ -92,19 +96,24 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     clusters: dict[int, list[str]] = {}
     for account, cluster in membership.items():
         clusters.setdefault(cluster, []).append(account)
-    # Content groups, beside Leiden's communities: accounts shaped like a content farm's members,
-    # linked by what they ask (a campaign sharing nothing else, which Leiden splits up).
-    first_group = max(clusters, default=-1) + 1
-    group_of: dict[str, int] = {}
+    # Beside Leiden's communities, a narrower grouping that Leiden splits up: content groups
+    # (accounts shaped like a content farm's members, linked by what they ask, however little
+    # else they share). Timing groups (lockstep slots) were tried and left out: they flagged
+    # unrelated customers whose cron jobs fire at the same minutes (the cron_jobs persona).
     candidates = {a for a, row in derived_by_id.items() if farm_candidate(row)}
-    for number, group in enumerate(
-        content_groups(edges, candidates, CONTENT_KINDS, min_size=CONTENT_FARM_MEMBERS)
-    ):
-        clusters[first_group + number] = group
-        group_of.update(dict.fromkeys(group, first_group + number))
-    yields = _yields(store, membership) | _yields(store, group_of)
+    groupings: list[dict[str, int]] = [membership]
+    for found in (content_groups(edges, candidates, CONTENT_KINDS, min_size=CONTENT_FARM_MEMBERS),):
+        grouping: dict[str, int] = {}
+        for group in found:
+            number = max(clusters, default=-1) + 1
+            clusters[number] = group
+            grouping.update(dict.fromkeys(group, number))
+        groupings.append(grouping)
+    yields: dict[int, int] = {}
+    for grouping in groupings:
+        yields |= _yields(store, grouping)
     cluster_scores = score_clusters(clusters, scores, derived_by_id, yields, scorer.weights)
-    for grouping in (membership, group_of):
+    for grouping in groupings:
         for cluster, block in cluster_density(edges, grouping).items():
             if cluster in cluster_scores and block.accounts:
                 cluster_scores[cluster].evidence.append(
@@ -118,16 +127,19 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     final: dict[str, float] = {}
     for account, score in scores.items():
         log_odds = score.log_odds
-        community = cluster_scores.get(membership.get(account, -1))
-        if community is not None and community.log_odds > log_odds:
-            # A hydra's members each look mild; the cluster is what gives them away. The uplift
-            # is bounded so that an innocent caught in a campaign's proxy pool stays benign.
-            log_odds = min(community.log_odds, log_odds + MAX_CLUSTER_UPLIFT)
-        group = cluster_scores.get(group_of.get(account, -1))
-        if group is not None and group.farm:
-            # A content farm's members are in it by their own shape and their own prompts, not
-            # by infrastructure an innocent could share: the farm's score is theirs.
-            log_odds = max(log_odds, group.log_odds)
+        for grouping in groupings:
+            cluster = cluster_scores.get(grouping.get(account, -1))
+            if cluster is None or cluster.log_odds <= score.log_odds:
+                continue
+            if cluster.farm and account in candidates:
+                # A content farm's members are in it by their own shape and their own prompts,
+                # not by infrastructure an innocent could share: the farm's score is theirs.
+                log_odds = max(log_odds, cluster.log_odds)
+            else:
+                # A hydra's members each look mild; the cluster is what gives them away. The
+                # uplift is bounded so that an innocent caught in a campaign's proxy pool stays
+                # benign.
+                log_odds = max(log_odds, min(cluster.log_odds, score.log_odds + MAX_CLUSTER_UPLIFT))
         final[account] = sigmoid(log_odds)
     reviewed = reviewed_false_positives(store)
     for account in reviewed.keys() & final.keys():

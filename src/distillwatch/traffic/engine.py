@@ -65,6 +65,15 @@ CASUAL_SUFFIXES = (
     " (for a class)",
     "?",
 )
+#: What a customer's scheduled job asks of its inputs (a digest, a monitor, a report).
+JOB_TEMPLATES = (
+    "{input}",
+    "Summarise the following in three bullet points for our morning digest:\n\n{input}",
+    "Check this for anything our support team must act on, then answer it briefly:\n{input}",
+    "Translate the answer to this into plain language for a status page: {input}",
+    "Daily report job. Question: {input}\nRespond in JSON with keys 'answer' and 'confidence'.",
+    "Monitor prompt (regression check): {input}",
+)
 FOLLOWUPS = (
     "can you make it shorter?", "Thanks! Can you explain the second part again?",
     "What would be a good example of that?", "that's not quite right, try again",
@@ -547,6 +556,9 @@ class Simulator:
         if persona.models_per_prompt > 1 or persona.repeat_runs > 1:
             yield from self._evaluation_exchanges(plan, persona, rng, ip, ua, tls)
             return
+        if persona.schedule_minutes:
+            yield from self._scheduled_exchanges(plan, persona, rng, ip, ua, tls)
+            return
         n = 0
         if persona.one_shot:
             active = [int(rng.integers(0, days))]
@@ -649,6 +661,38 @@ class Simulator:
                     yield self._record(plan, rng, t, str(model), [{"role": "user", "content": item.prompt}],
                                        item.answer, persona.output_tokens, ip, ua, tls, None)  # fmt: skip
                     t += timedelta(seconds=float(rng.gamma(2.0, 1.5)) + 0.5)
+
+    def _scheduled_exchanges(self, plan: AccountPlan, persona: BenignPersona, rng: np.random.Generator,
+                             ip: str, ua: str, tls: str) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """A customer's own scheduled job (a report, a digest, a monitor): its own prompts, every
+        ``schedule_minutes`` on the wall clock, like every other cron user's."""
+        period = timedelta(minutes=float(persona.schedule_minutes or 60))
+        runs_per_day = timedelta(days=1) / period
+        per_run = max(1, round(persona.daily_requests * plan.extra["factor"] / runs_per_day))
+        # The job's own inputs, re-sent run after run, behind its own instruction; half of the
+        # jobs also stamp the run's time into the prompt.
+        inputs = [self._human[(plan.index * 53 + k * 7) % len(self._human)]
+                  for k in range(int(rng.integers(5, 60)))]  # fmt: skip
+        job = JOB_TEMPLATES[int(rng.integers(0, len(JOB_TEMPLATES)))]
+        stamped = bool(rng.random() < 0.5)
+        t = self.start + timedelta(days=float(rng.uniform(0, 1.5)))
+        t = self.start + period * math.ceil((t - self.start) / period)
+        n = 0
+        while t < self.end:
+            moment = t + timedelta(seconds=float(rng.uniform(0, 90)))
+            for _ in range(per_run):
+                if moment >= self.end:
+                    return
+                item = inputs[n % len(inputs)]
+                n += 1
+                text = job.replace("{input}", item.prompt)
+                if stamped:
+                    text = f"[run {t:%Y-%m-%d %H:%M} UTC] {text}"
+                yield self._record(plan, rng, moment, self._model(rng, moment, 0.0),
+                                   [{"role": "user", "content": text}], item.answer,
+                                   persona.output_tokens, ip, ua, tls, None)  # fmt: skip
+                moment += timedelta(seconds=float(rng.gamma(2.0, 1.0)) + 0.5)
+            t += period
 
     def infra_tls(self, rng: np.random.Generator, family: str) -> str:
         return Infrastructure(rng).tls(family)

@@ -70,6 +70,9 @@ class BenignPersona:
     #: en, or zh (Chinese speakers: Chinese prompts, sometimes asking for steps in Chinese).
     language: str = "en"
     timezone: int | None = None
+    #: Each account runs its own scheduled job every this many minutes on the wall clock (cron's
+    #: "*/N": every account fires at the same minutes), ``daily_requests`` spread over the runs.
+    schedule_minutes: float | None = None
 
 
 @dataclass

@@ -175,6 +175,12 @@ PERSONA_UNITS: list[Unit] = [
         language="zh", timezone=8, daily_requests=_u(r, 3, 8), active_days=0.5, client="browser",
         network="home", diurnal=True, multi_turn=0.3),
         "Chinese-speaking customers, who also ask for the steps"),
+    Unit("cron_jobs", "persona", lambda r: BenignPersona(
+        persona="cron_jobs", accounts=_i(r, 15, 40), hard_negative=True,
+        prompts=_pick(r, ["nq_open", "hh_rlhf", "self_instruct", "koala"], 2),
+        schedule_minutes=float(r.choice([15, 30, 60])), daily_requests=_u(r, 24, 120),
+        client="sdk", network="datacenter", diurnal=False, multi_turn=0, output_tokens=_i(r, 200, 600)),
+        "unrelated customers whose scheduled jobs all fire at the same minutes of the clock"),
 ]  # fmt: skip
 UNITS = {unit.name: unit for unit in CAMPAIGN_UNITS + PERSONA_UNITS}
 
