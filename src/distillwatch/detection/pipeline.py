@@ -101,14 +101,13 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     # else they share). Timing groups (lockstep slots) were tried and left out: they flagged
     # unrelated customers whose cron jobs fire at the same minutes (the cron_jobs persona).
     candidates = {a for a, row in derived_by_id.items() if farm_candidate(row)}
-    groupings: list[dict[str, int]] = [membership]
-    for found in (content_groups(edges, candidates, CONTENT_KINDS, min_size=CONTENT_FARM_MEMBERS),):
-        grouping: dict[str, int] = {}
-        for group in found:
-            number = max(clusters, default=-1) + 1
-            clusters[number] = group
-            grouping.update(dict.fromkeys(group, number))
-        groupings.append(grouping)
+    group_of: dict[str, int] = {}
+    first = max(clusters, default=-1) + 1
+    found = content_groups(edges, candidates, CONTENT_KINDS, min_size=CONTENT_FARM_MEMBERS)
+    for number, group in enumerate(found, first):
+        clusters[number] = group
+        group_of.update(dict.fromkeys(group, number))
+    groupings = [membership, group_of]
     yields: dict[int, int] = {}
     for grouping in groupings:
         yields |= _yields(store, grouping)
