@@ -84,6 +84,7 @@ def _farm_row(**overrides) -> dict:
         ({"near_duplicate_share": 0.05, "semantic_share": 0.1}, "shares little with anyone"),
         ({"novel_share": 0.05}, "a team running a public suite: the same items as its peers"),
         ({"multi_model_share": 0.8}, "comparative evaluation across models"),
+        ({"prompt_variety": 0.05}, "a scheduled job re-sending its own inputs, time-stamped"),
     ],
 )
 def test_farm_candidates_are_accounts_shaped_like_a_farms_members(change, why):
@@ -105,6 +106,9 @@ def test_a_content_farm_counts_outside_the_coordination_cap_and_grows_with_its_s
     assert huge.bonus <= 3.5 + MAX_FARM_POINTS
     assert any("a content farm" in w for w in large.words)
     assert not farm(CONTENT_FARM_MEMBERS - 1).farm
+    # Members that mostly re-send their own few questions are scheduled jobs, not a farm.
+    jobs = [_farm_row(prompt_variety=0.03) for _ in range(4 * CONTENT_FARM_MEMBERS)]
+    assert not coordination(jobs, yield_per_account=100).farm
 
 
 def _scenario(seed: int) -> Scenario:
@@ -112,6 +116,7 @@ def _scenario(seed: int) -> Scenario:
     campaign = UNITS["evol_rewrites"].build(rng)
     classroom = UNITS["classroom"].build(rng)
     team = UNITS["benchmark_team"].build(rng)
+    cron = UNITS["cron_jobs"].build(rng)
     casual = BenignPersona(persona="casual_chat", accounts=120, prompts=["arena_hard", "koala", "oasst"],
                            daily_requests=4, active_days=0.5, client="browser", network="home",
                            diurnal=True, multi_turn=0.35)  # fmt: skip
@@ -121,7 +126,7 @@ def _scenario(seed: int) -> Scenario:
     return Scenario(
         name="content-farm", start=datetime(2026, 3, 2), days=5.0,
         base_models=["atlas-2", "atlas-2-mini"], launch_model="atlas-3", launch_day=4.0,
-        benign=[casual, developer, classroom, team], campaigns=[campaign],
+        benign=[casual, developer, classroom, team, cron], campaigns=[campaign],
     )  # fmt: skip
 
 

@@ -488,6 +488,60 @@ def test_lockstep_accounts_share_slot_signatures_and_people_do_not(tmp_path):
     assert sum(partners[f"person{p}"] > 0 for p in range(40)) <= 1
 
 
+def test_cron_jobs_of_unrelated_customers_are_not_lockstep(tmp_path):
+    """Jobs at the same minutes of every hour (or every morning) share their slots because they
+    share a clock: the shift test removes them; one scheduler's jittered waves stay."""
+    import random
+
+    rng = random.Random(7)
+    records = []
+    for a in range(12):  # hourly at :00 and every 30 minutes, from different days on
+        period, first = (60, 30)[a % 2], rng.randrange(0, 36)
+        for i, minute in enumerate(range(first * 60, 7 * 24 * 60, period)):
+            records.append(
+                rec(i, f"cron{a}", f"job {a}-{i}: digest", (minute + rng.uniform(0, 1.5)) / 60)
+            )
+    for a in range(6):  # a daily report at nine
+        for i, day in enumerate(range(7)):
+            for k in range(3):
+                records.append(
+                    rec(3 * i + k, f"daily{a}", f"report {a}-{i}-{k}", day * 24 + 9 + k / 60)
+                )
+    waves, t = [], rng.uniform(0, 40)
+    while t < 7 * 24 * 60:
+        waves.append(t)
+        t += 40 * rng.uniform(0.8, 1.2)
+    for a in range(8):  # one operator: waves every ~40 minutes, jittered
+        for i, wave in enumerate(w for w in waves if rng.random() < 0.85):
+            records.append(rec(i, f"bot{a}", f"task {a}-{i}", (wave + rng.uniform(0, 4)) / 60))
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, records)
+        evidence_for(store)
+        partners = dict(store.run("SELECT account_id, lockstep_with FROM evid"))
+    # MinHash banding finds most of a jittered group (pairs at Jaccard ~0.6 collide in 2 of 3).
+    assert sum(partners[f"bot{a}"] >= 2 for a in range(8)) >= 6
+    assert not any(partners[f"cron{a}"] for a in range(12))
+    assert not any(partners[f"daily{a}"] for a in range(6))
+
+
+def test_prompt_variety_sees_through_time_stamps_but_not_through_rewording(tmp_path):
+    inputs = [f"the quarterly notes of team {name}" for name in "abcdefghij"]
+    openers = ["Summarise", "Give me a summary of", "Briefly recap", "Condense", "Sum up"]
+    records = []
+    for i in range(100):  # a job: ten inputs, each run stamped with its time
+        stamp = f"[run 2026-03-02 {i % 24:02d}:{i % 60:02d} UTC]"
+        records.append(rec(i, "job", f"{stamp} Summarise {inputs[i % 10]}", i / 4))
+        # a paraphrase harvest: the same ten questions in five wordings each, each sent twice
+        opener, topic = openers[i % 5], inputs[(i // 5) % 10]
+        records.append(rec(i, "para", f"{opener} {topic}", i / 4))
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, records)
+        evidence_for(store)
+        variety = dict(store.run("SELECT account_id, prompt_variety FROM evid"))
+    assert variety["job"] == pytest.approx(10 / 100)
+    assert variety["para"] == pytest.approx(50 / 100)
+
+
 def test_a_classroom_is_not_a_campaign(tmp_path):
     """40 students who signed up in one lesson and ask the same homework "step by step": a
     sign-up burst, a shared wrapper, duplicates and CoT, but a dozen distinct prompts in all.

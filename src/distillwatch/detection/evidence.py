@@ -22,6 +22,8 @@ COMMON_SHARE = 0.2
 #: Semantic evidence needs this many embedded prompts (one lucky collision is not a pattern).
 MIN_SEMANTIC_PROMPTS = 10
 MAX_EDGES_PER_KIND = 12
+#: Prompt variety (``prompt_variety``) is measured from this many requests on.
+MIN_VARIETY_PROMPTS = 20
 #: Artefact kinds that say what accounts ask (wrappers, prompt texts, MinHash and embedding band
 #: signatures), as opposed to who they are (cards, sign-up hours, networks, timing).
 CONTENT_KINDS = ("tpl", "txt", "near", "sem")
@@ -75,6 +77,13 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
             -- Share of an account's MinHash band signatures that collide with prompts of 3+
             -- other accounts: paraphrases and mutations of a shared seed list.
             {_shared_share("near", "sig", common)}
+        ), variety AS (
+            -- Distinct prompt shapes (the prompt with its numbers masked) per request: about
+            -- 1 when every prompt is new, near 0 for a job that re-sends its own few inputs
+            -- with a fresh time stamp or counter each run (so exact hashes never repeat).
+            -- Rewordings of one question are new shapes: a paraphrase harvest stays varied.
+            SELECT account_id, count(DISTINCT shape) / sum(uses) AS variety FROM content
+            GROUP BY account_id HAVING sum(uses) >= {MIN_VARIETY_PROMPTS}
         ), sem_reach AS (
             -- Embedding LSH bands that 3+ accounts share *in different words* (more than one
             -- distinct prompt): rewrites of one seed set. Verbatim copies are the copies rule's.
@@ -97,6 +106,7 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
                coalesce(s.reach, 0) AS template_reach,
                coalesce(d.share, 0) AS duplicate_share,
                coalesce(nv.share, 0) AS novel_share,
+               coalesce(vr.variety, 1.0) AS prompt_variety,
                coalesce(nd.share, 0) AS near_duplicate_share,
                CASE WHEN coalesce(ss.prompts, 0) >= {MIN_SEMANTIC_PROMPTS} THEN coalesce(sd.share, 0)
                     ELSE 0 END AS semantic_share,
@@ -114,6 +124,7 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
         LEFT JOIN dup d USING (account_id)
         LEFT JOIN novel nv USING (account_id)
         LEFT JOIN near_dup nd USING (account_id)
+        LEFT JOIN variety vr USING (account_id)
         LEFT JOIN sem_dup sd USING (account_id)
         LEFT JOIN sem_sampled ss USING (account_id)
         LEFT JOIN signup sg USING (account_id)
@@ -204,12 +215,34 @@ LOCKSTEP_ROWS = 4
 LOCKSTEP_MIN_SLOTS = 12
 
 
+#: The clock explains co-activity that survives moving an account's timeline by these many
+#: hours: hourly and quarter-hourly cron jobs (1 h), daily jobs and office hours (24 h).
+LOCKSTEP_SHIFTS_HOURS = (1, 24)
+#: A member counts as in lockstep with its band's group when at most this share of its
+#: co-activity with the group remains after the best of those shifts. A clock-driven schedule
+#: keeps all of it (about 1.0); for a timeline the clock does not drive, what remains is about
+#: the share of slots the group is active in (0.2-0.7 for one scheduler's waves every 20-60
+#: minutes).
+LOCKSTEP_MAX_CLOCK_SHARE = 0.8
+
+
 def build_lockstep(store: Store, common: int) -> None:
     """Temp table ``sync`` (account_id, sig, reach): lockstep band signatures shared by 3+ and at
-    most ``common`` accounts (CopyCatch/SynchroTrap-style co-activity, one pass, no pair join).
+    most ``common`` accounts (CopyCatch/SynchroTrap-style co-activity, one pass, no pair join),
+    kept only for members whose co-activity the wall clock does not explain.
 
     One operator driving many accounts from one scheduler makes them active in the same
     windows; people, even colleagues on one shift, rarely share most of their 10-minute slots.
+    But unrelated customers whose cron jobs fire at :00 every hour, or every morning at nine,
+    share their slots too, because they share a clock. The null model is a circular-shift test
+    (as for spike-train synchrony): move a member's timeline by an hour or a day and measure
+    its co-activity with the rest of its band's group again. A clock-driven schedule keeps it
+    (the group is active at the same minutes of every hour or day); one operator's jittered
+    waves lose it. A member passes when its co-activity after the best shift is at most
+    LOCKSTEP_MAX_CLOCK_SHARE of the unshifted one (both over the slots whose shifted slot lies
+    in the group's observed span); a band keeps 3+ passing members. Linear in
+    (member, slot) rows per band: each member is compared with the group's per-slot counts,
+    not with every other member.
     """
     mins = ", ".join(f"min(hash(slot, {i})) AS m{i}" for i in range(LOCKSTEP_BANDS * LOCKSTEP_ROWS))
     bands = " UNION ALL ".join(
@@ -232,6 +265,41 @@ def build_lockstep(store: Store, common: int) -> None:
         SELECT DISTINCT s.account_id, s.sig, r.reach
         FROM sigs s JOIN reach r USING (sig)
         WHERE r.reach >= 3 AND r.reach <= {common}
+        """
+    )
+    shifts = ", ".join(f"(to_hours({sign}{h}))" for h in LOCKSTEP_SHIFTS_HOURS for sign in "+-")
+    store.run(
+        f"""
+        CREATE OR REPLACE TEMP TABLE sync AS
+        WITH slots AS (
+            SELECT DISTINCT y.sig, y.account_id, d.slot
+            FROM sync y JOIN dw_slots d USING (account_id)
+        ), counts AS (
+            SELECT sig, slot, count(*) AS c FROM slots GROUP BY sig, slot
+        ), span AS (
+            SELECT sig, min(slot) AS lo, max(slot) AS hi FROM slots GROUP BY sig
+        ), moved AS (
+            -- Per shift, over the member's slots whose shifted slot lies inside the group's
+            -- observed span (so the first and last day do not count as lost): the other
+            -- members active in those slots, and in the shifted ones (itself excluded).
+            SELECT s.sig, s.account_id, k.shift,
+                   sum(here.c - 1) AS co,
+                   sum(coalesce(there.c, 0) - CASE WHEN o.slot IS NULL THEN 0 ELSE 1 END) AS moved
+            FROM slots s CROSS JOIN (VALUES {shifts}) k(shift)
+            JOIN span p ON p.sig = s.sig AND s.slot + k.shift BETWEEN p.lo AND p.hi
+            JOIN counts here ON here.sig = s.sig AND here.slot = s.slot
+            LEFT JOIN counts there ON there.sig = s.sig AND there.slot = s.slot + k.shift
+            LEFT JOIN slots o ON o.sig = s.sig AND o.account_id = s.account_id
+                             AND o.slot = s.slot + k.shift
+            GROUP BY s.sig, s.account_id, k.shift
+        ), kept AS (
+            SELECT sig, account_id FROM moved GROUP BY sig, account_id
+            HAVING max(co) > 0
+               AND coalesce(max(moved / nullif(co, 0)), 1) <= {LOCKSTEP_MAX_CLOCK_SHARE}
+        ), reach AS (
+            SELECT sig, count(*) AS reach FROM kept GROUP BY sig HAVING count(*) >= 3
+        )
+        SELECT k.account_id, k.sig, r.reach FROM kept k JOIN reach r USING (sig)
         """
     )
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from distillwatch.detection.text import (
     CAPABILITIES,
     COT_PATTERN,
+    NUMBER_PATTERN,
     TEMPLATE_WORDS,
     normalise_sql,
     skeleton_sql,
@@ -95,6 +96,8 @@ def build_exchange_features(
                     ELSE array_to_string(string_split(ip, '.')[1:3], '.') || '.0/24' END
                    AS ip_prefix,  -- one definition: distillwatch.sharing.artefacts.ip_prefix
                hash(norm) AS content_hash,
+               -- The same prompt up to its numbers: a job's time stamps, counters and run ids.
+               hash(regexp_replace(norm, '{NUMBER_PATTERN}', '0', 'g')) AS shape_hash,
                CASE WHEN len(words) >= {TEMPLATE_WORDS * 2}
                     THEN array_to_string(words[1:{TEMPLATE_WORDS}], ' ') END AS prefix_gram,
                CASE WHEN len(words) >= {TEMPLATE_WORDS * 2}
@@ -117,7 +120,7 @@ def build_account_features(store: Store) -> None:
     # The append-only state tables, summed per key once for everything downstream.
     for table, source, keys in (
         ("kv", "dw_kv", "kind, value"),
-        ("content", "dw_content", "h"),
+        ("content", "dw_content", "h, shape"),
         ("near", "dw_near", "sig"),
         ("sem", "dw_sem", "sig, h"),
     ):

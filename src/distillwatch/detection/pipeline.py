@@ -98,8 +98,9 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
         clusters.setdefault(cluster, []).append(account)
     # Beside Leiden's communities, a narrower grouping that Leiden splits up: content groups
     # (accounts shaped like a content farm's members, linked by what they ask, however little
-    # else they share). Timing groups (lockstep slots) were tried and left out: they flagged
-    # unrelated customers whose cron jobs fire at the same minutes (the cron_jobs persona).
+    # else they share). Timing groups (lockstep slots) were tried, before lockstep had its
+    # clock-shift test, and left out: they flagged unrelated customers whose cron jobs fire at
+    # the same minutes (the cron_jobs persona).
     candidates = {a for a, row in derived_by_id.items() if farm_candidate(row)}
     group_of: dict[str, int] = {}
     first = max(clusters, default=-1) + 1

@@ -294,9 +294,12 @@ CONTENT_FARM_MEMBERS = 10
 CONTENT_FARM_MEDIAN_REQUESTS = 40
 CONTENT_FARM_YIELD_PER_ACCOUNT = 30
 CONTENT_FARM_MAX_MULTI_TURN = 0.05
-#: ...and members that want rich answers (at least the population's typical output length):
+#: ...and members whose answers are not markedly shorter than the population's typical ones:
 #: short outputs behind a shared template are a product's classifier, little worth distilling.
-CONTENT_FARM_MIN_OUTPUT_RATIO = 1.0
+#: Not "at least typical": a harvest of ordinary questions gets answers of ordinary length,
+#: and the median moves with whoever else is in the population (long-answer scheduled jobs
+#: pushed one such campaign's members just under it).
+CONTENT_FARM_MIN_OUTPUT_RATIO = 0.75
 
 
 def fires(rule_name: str, row: Mapping[str, Any]) -> bool:
@@ -377,6 +380,8 @@ def _content_farm(rows: list[Mapping[str, Any]], yield_per_account: float | None
         and bool(outputs)
         and _median(outputs) >= CONTENT_FARM_MIN_OUTPUT_RATIO
         and yield_per_account >= CONTENT_FARM_YIELD_PER_ACCOUNT
+        and sum(_value(r, "prompt_variety", 1.0) * r["n"] for r in rows)
+        >= FARM_MIN_VARIETY * volume
         and not math.isnan(multi)
     )
 
@@ -387,13 +392,23 @@ FARM_MEMBER_SHARE = 0.25
 #: ...and at least this share of its distinct prompts are novel (sent by at most NOVEL_REACH
 #: accounts): a farm splits its work, a team running a public suite sends the same items.
 FARM_MIN_NOVEL_SHARE = 0.2
+#: ...and its prompts are largely new to itself (``prompt_variety``: distinct prompt shapes,
+#: the prompt with its numbers masked, per request; about 1 when every prompt is new): a
+#: scheduled job re-sending a few dozen inputs with a fresh time stamp each run has novel
+#: strings and no novel questions; a harvest's stay new, reworded ones included.
+FARM_MIN_VARIETY = 0.4
+
+
+def _value(row: Mapping[str, Any], name: str, default: float) -> float:
+    value = row.get(name)
+    return default if value is None else float(value)
 
 
 def farm_candidate(row: Mapping[str, Any]) -> bool:
     """Whether an account (a derived row) has a content-farm member's shape on its own: volume
-    (content evidence at full weight), single-turn traffic, answers at least the typical length,
+    (content evidence at full weight), single-turn traffic, answers not markedly short,
     a good share of its prompts shared with other accounts in some form yet a fifth of them
-    novel, and not sending its prompts to several models (a farm wants one model's answers;
+    novel and mostly new to the account itself, and not sending its prompts to several models (a farm wants one model's answers;
     comparing is evaluation). Content groups (:func:`~distillwatch.detection.graph.content_groups`)
     form among such accounts only, so an ordinary user whose few prompts resemble a campaign's
     is never drawn into one."""
@@ -403,6 +418,7 @@ def farm_candidate(row: Mapping[str, Any]) -> bool:
         and (row.get("output_ratio") or 0.0) >= CONTENT_FARM_MIN_OUTPUT_RATIO
         and shared_content_share(row) >= FARM_MEMBER_SHARE
         and (row.get("novel_share") or 0.0) >= FARM_MIN_NOVEL_SHARE
+        and _value(row, "prompt_variety", 1.0) >= FARM_MIN_VARIETY
         and not fires("comparative_evaluation", row)
     )
 

@@ -9,7 +9,8 @@ same numbers a full run gives:
   microseconds in HUGEINT, so sums of squares are exact and merge order cannot matter);
 - ``dw_kv``: (account, kind, value, uses) for IPs, prefixes, user agents, TLS fingerprints,
   models, capability tags, wrapper grams and system prompts;
-- ``dw_content``: (account, prompt hash, model, uses); ``dw_near``: (account, MinHash band
+- ``dw_content``: (account, prompt hash, model, uses, hash of the prompt with its numbers
+  masked); ``dw_near``: (account, MinHash band
   signature, uses); ``dw_sem``: (account, embedding LSH band signature, prompt hash, uses), when the
   embedding model is installed (:mod:`.embedding`), over a hash-chosen sample of prompts
   (``DISTILLWATCH_SEMANTIC_RATE``, default all), so that any split into folds samples the same
@@ -37,7 +38,7 @@ from distillwatch.detection.features import build_exchange_features
 from distillwatch.detection.text import normalise_sql
 from distillwatch.store import Store
 
-STATE_VERSION = "4"
+STATE_VERSION = "5"
 #: Distinct prompts embedded per fetch (bounded memory) when folding semantic signatures.
 SEMANTIC_BATCH = 20_000
 SLOT_MINUTES = 10
@@ -52,7 +53,8 @@ CREATE TABLE IF NOT EXISTS dw_acct (
     account_id VARCHAR, n BIGINT, first_ts TIMESTAMP, last_ts TIMESTAMP, cot BIGINT,
     multi_turn BIGINT, output_sum BIGINT, gap_n BIGINT, gap_sum HUGEINT, gap_sq HUGEINT);
 CREATE TABLE IF NOT EXISTS dw_kv (account_id VARCHAR, kind VARCHAR, value VARCHAR, uses BIGINT);
-CREATE TABLE IF NOT EXISTS dw_content (account_id VARCHAR, h UBIGINT, model VARCHAR, uses BIGINT);
+CREATE TABLE IF NOT EXISTS dw_content (account_id VARCHAR, h UBIGINT, model VARCHAR, uses BIGINT,
+    shape UBIGINT);
 CREATE TABLE IF NOT EXISTS dw_near (account_id VARCHAR, sig UBIGINT, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_hours (account_id VARCHAR, hour TIMESTAMP, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_slots (account_id VARCHAR, slot TIMESTAMP, uses BIGINT);
@@ -215,7 +217,8 @@ def fold(store: Store) -> int:
         """
     )
     store.run(
-        "INSERT INTO dw_content SELECT account_id, content_hash, model, count(*) FROM ex GROUP BY ALL"
+        "INSERT INTO dw_content SELECT account_id, content_hash, model, count(*), shape_hash "
+        "FROM ex GROUP BY ALL"
     )
     store.run(
         """INSERT INTO dw_near

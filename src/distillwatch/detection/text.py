@@ -70,7 +70,9 @@ TEMPLATE_WORDS = 5
 _SPACE = re.compile(r"[\t\n\f\r ]+")
 _CODE = re.compile(r"```.*?```")
 _QUOTED = re.compile(r'"[^"]{0,300}"')
-_NUMBER = re.compile(r"[0-9]+([.,][0-9]+)*")
+#: A number (digits with decimal or thousands separators), as masked in skeletons and shapes.
+NUMBER_PATTERN = r"[0-9]+([.,][0-9]+)*"
+_NUMBER = re.compile(NUMBER_PATTERN)
 _CJK = re.compile(f"([{_CJK_PY}])")
 _COT = re.compile(COT_PATTERN)
 
@@ -100,7 +102,7 @@ def skeleton_sql(norm: str) -> str:
     """SQL for :func:`skeleton_words` of the column or expression ``norm`` (already normalised)."""
     masked = (
         f"regexp_replace(regexp_replace(regexp_replace({norm}, '```.*?```', ' <code> ', 'g'), "
-        f"'\"[^\"]{{0,300}}\"', '\"_\"', 'g'), '[0-9]+([.,][0-9]+)*', '0', 'g')"
+        f"'\"[^\"]{{0,300}}\"', '\"_\"', 'g'), '{NUMBER_PATTERN}', '0', 'g')"
     )
     spaced = f"regexp_replace({masked}, '([{CJK_CLASS}])', ' \\1 ', 'g')"
     collapsed = f"trim(regexp_replace({spaced}, '\\s+', ' ', 'g'), ' ')"
