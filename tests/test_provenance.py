@@ -275,3 +275,33 @@ def test_scan_and_detect_name_every_record_they_skip(tmp_path, cli):
         assert result.returncode == 0, result.stderr
         assert "c.jsonl:2: not JSON, skipped" in result.stderr
         assert "c.jsonl:3: no string field 'text', skipped" in result.stderr
+
+
+def test_batched_tokens_and_counts_equal_the_per_document_ones(shared_data):
+    """The scan tokenises and counts a batch at a time (Arrow kernels for ASCII text); the
+    result must be exactly what the per-document tokenizer and counter give, on real answers,
+    real Chinese prompts and the characters where Python's and RE2's classes differ."""
+    from distillwatch.provenance.watermark import count_green_batch, count_green_fast
+
+    arena = shared_data / "arena_hard" / "arena-hard-v2.0_question.jsonl"
+    prompts = [json.loads(line)["prompt"] for line in arena.read_text().split("\n") if line]
+    chinese = [p for p in prompts if sum("\u4e00" <= c <= "\u9fff" for c in p) > 20]
+    assert len(chinese) >= 20
+    texts = _gpteacher_responses(shared_data, 300) + prompts[:100] + chinese
+    texts += [
+        "a\x1cb c\x1fd",
+        "tab\tvt\x0bff\x0ccr\r end",
+        "nul\x00byte",
+        "İSTANBUL ΣΑΣ",
+        "_x_ 1.5,2",
+    ]
+    tokenizer = WordTokenizer()
+    ids, owner = tokenizer.tokens_batch(texts)
+    assert owner.tolist() == sorted(owner.tolist())
+    for i, text in enumerate(texts):
+        assert ids[owner == i].tolist() == tokenizer.tokens(text), text[:60]
+    for context in (1, 2):
+        key = WatermarkKey.generate("k", context=context)
+        scored, green = count_green_batch(ids, owner, len(texts), key)
+        for i, text in enumerate(texts):
+            assert (scored[i], green[i]) == count_green_fast(tokenizer.tokens(text), key)

@@ -192,38 +192,78 @@ def marker_findings(doc: Document) -> Iterator[Finding]:
             yield Finding(doc.path, "assistant_marker", f"{reason}: {snippet!r}", line, doc.commit)
 
 
+#: Documents are scanned in batches of at most this many documents and characters (memory stays
+#: bounded; per-document Python work is left to the few documents that need it).
+BATCH_DOCUMENTS = 4096
+BATCH_CHARS = 8_000_000
+#: RE2 (Arrow) form of the marker prefilter, case-insensitive: exact for ASCII text, where
+#: lower-casing is one-to-one; other text takes the Python prefilter of :func:`marker_findings`.
+_LITERALS_RE2 = "|".join(re.escape(literal) for literal in _LITERALS if literal.isascii())
+
+
+def _batches(docs: Iterator[Document]) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    chars = 0
+    for doc in docs:
+        batch.append(doc)
+        chars += len(doc.text)
+        if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _marker_candidates(batch: list[Document]) -> list[bool]:
+    """Which documents may hold a marker: an ASCII one only where a literal occurs (one RE2 pass
+    over the batch), any other one always (the Python prefilter decides)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pa.array([d.text for d in batch], pa.large_string())
+    hit = pc.match_substring_regex(array, _LITERALS_RE2, ignore_case=True)
+    return pc.or_(hit, pc.invert(pc.string_is_ascii(array))).to_pylist()
+
+
 def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = None,
          field: str = "text", alpha: float = 1e-6, min_tokens: int = 50,
          threshold: float = 0.7, on_skip: Skipped | None = None) -> Iterator[Finding]:  # fmt: skip
-    """Findings over every document of ``paths`` (see the module docstring)."""
+    """Findings over every document of ``paths`` (see the module docstring), document by
+    document in input order, computed a batch of documents at a time."""
     from distillwatch.provenance.tokens import WordTokenizer
-    from distillwatch.provenance.watermark import binomial_test, count_green_fast
+    from distillwatch.provenance.watermark import binomial_test, count_green_batch
 
     tokenizer = WordTokenizer()
+    keys = list(keyring.keys) if keyring is not None else []
     lsh, shingles = _reference_index(references, threshold) if references else (None, None)
     for path in paths:
-        for doc in documents(path, field, on_skip=on_skip):
-            yield from marker_findings(doc)
-            if keyring is not None and keyring.keys:
-                tokens = tokenizer.tokens(doc.text)
-                for key in keyring.keys:
-                    scored, green = count_green_fast(tokens, key)
+        for batch in _batches(documents(path, field, on_skip=on_skip)):
+            candidates = _marker_candidates(batch)
+            counts = []
+            if keys:
+                ids, owner = tokenizer.tokens_batch([d.text for d in batch])
+                counts = [count_green_batch(ids, owner, len(batch), key) for key in keys]
+            for index, doc in enumerate(batch):
+                if candidates[index]:
+                    yield from marker_findings(doc)
+                for key, (scored_all, green_all) in zip(keys, counts, strict=True):
+                    scored, green = int(scored_all[index]), int(green_all[index])
                     spread = (scored * key.gamma * (1 - key.gamma)) ** 0.5
                     if scored < min_tokens or green < key.gamma * scored + 3 * spread:
                         continue  # under 3 standard deviations: nowhere near alpha
                     p, _ = binomial_test(scored, green, key.gamma)
-                    if p * len(keyring.keys) < alpha:
+                    if p * len(keys) < alpha:
                         yield Finding(doc.path, "watermark", f"our watermark (key {key.key_id}): "
                                       f"{green} of {scored} pairs green, p = {p:.2g}",
                                       doc.line, doc.commit)  # fmt: skip
-            if lsh is not None and shingles is not None:
-                signature = shingles(doc.text)
-                if signature is not None:
-                    hits = lsh.query(signature)
-                    if hits:
-                        yield Finding(doc.path, "near_duplicate", f"near-duplicate (MinHash Jaccard "
-                                      f">= {threshold}) of reference sample {sorted(hits)[0]}",
-                                      doc.line, doc.commit)  # fmt: skip
+                if lsh is not None and shingles is not None:
+                    signature = shingles(doc.text)
+                    if signature is not None:
+                        hits = lsh.query(signature)
+                        if hits:
+                            yield Finding(doc.path, "near_duplicate", f"near-duplicate (MinHash "
+                                          f"Jaccard >= {threshold}) of reference sample "
+                                          f"{sorted(hits)[0]}", doc.line, doc.commit)  # fmt: skip
 
 
 def _reference_index(references: list[str], threshold: float) -> tuple[Any, Any]:
