@@ -155,8 +155,14 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
         and sigmoid(c.log_odds) >= DISTILLATION_THRESHOLD
     ]  # fmt: skip
     number = 0
-    for cluster in sorted(flagged_clusters, key=lambda c: (-c.log_odds, c.cluster)):
-        # An account in a Leiden community and a content group belongs to the stronger one.
+    # Flagged Leiden communities claim their members first, then content groups the rest: a
+    # content group spans every farm-shaped account that asks alike, so campaigns of different
+    # operators drawing on one public corpus meet in it, while a community is held together by
+    # what its members share besides content (cards, networks, sign-up hours). A content-only
+    # campaign's communities are too small to be flagged, so its group still claims it whole.
+    for cluster in sorted(
+        flagged_clusters, key=lambda c: (c.cluster >= first, -c.log_odds, c.cluster)
+    ):
         members = sorted(
             m for m in cluster.members
             if final[m] >= SUSPICIOUS_THRESHOLD and m not in campaign_of
