@@ -214,13 +214,12 @@ def _batches(docs: Iterator[Document]) -> Iterator[list[Document]]:
         yield batch
 
 
-def _marker_candidates(batch: list[Document]) -> list[bool]:
-    """Which documents may hold a marker: an ASCII one only where a literal occurs (one RE2 pass
-    over the batch), any other one always (the Python prefilter decides)."""
-    import pyarrow as pa
+def _marker_candidates(array: Any) -> list[bool]:
+    """Which documents (``array``: their texts, Arrow strings) may hold a marker: an ASCII one
+    only where a literal occurs (one RE2 pass over the batch), any other one always (the Python
+    prefilter decides)."""
     import pyarrow.compute as pc
 
-    array = pa.array([d.text for d in batch], pa.large_string())
     hit = pc.match_substring_regex(array, _LITERALS_RE2, ignore_case=True)
     return pc.or_(hit, pc.invert(pc.string_is_ascii(array))).to_pylist()
 
@@ -230,6 +229,8 @@ def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = 
          threshold: float = 0.7, on_skip: Skipped | None = None) -> Iterator[Finding]:  # fmt: skip
     """Findings over every document of ``paths`` (see the module docstring), document by
     document in input order, computed a batch of documents at a time."""
+    import pyarrow as pa
+
     from distillwatch.provenance.tokens import WordTokenizer
     from distillwatch.provenance.watermark import binomial_test, count_green_batch
 
@@ -238,10 +239,12 @@ def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = 
     lsh, shingles = _reference_index(references, threshold) if references else (None, None)
     for path in paths:
         for batch in _batches(documents(path, field, on_skip=on_skip)):
-            candidates = _marker_candidates(batch)
+            texts = [d.text for d in batch]
+            array = pa.array(texts, pa.large_string())
+            candidates = _marker_candidates(array)
             counts = []
             if keys:
-                ids, owner = tokenizer.tokens_batch([d.text for d in batch])
+                ids, owner = tokenizer.tokens_batch(texts, array)
                 counts = [count_green_batch(ids, owner, len(batch), key) for key in keys]
             for index, doc in enumerate(batch):
                 if candidates[index]:

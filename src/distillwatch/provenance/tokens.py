@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,9 @@ class WordTokenizer:
     def tokens(self, text: str) -> list[int]:
         return [self.id(w) for w in self.words(text)]
 
-    def tokens_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def tokens_batch(
+        self, texts: Sequence[str], array: Any = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, doc)``: the :meth:`tokens` of every text, concatenated (uint64), and the
         index of the text each token belongs to (int64, non-decreasing). The same ids as
         :meth:`tokens` text by text (``tests/test_provenance.py`` checks on real text).
@@ -57,13 +60,15 @@ class WordTokenizer:
         split), where Python's classes and Arrow's coincide once written out (Python's ``\\s``
         also holds ``\\x1c``-``\\x1f``: texts with those take the slow path), and each distinct
         word is hashed once; other texts (Unicode word and space classes, special
-        lower-casing) go through :meth:`tokens`."""
+        lower-casing) go through :meth:`tokens`. ``array``: the texts as an Arrow string array,
+        where the caller already has one."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
         if not texts:
             return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        array = pa.array(texts, pa.large_string())
+        if array is None:
+            array = pa.array(texts, pa.large_string())
         # Python's \\s also holds \\x1c-\\x1f, Arrow's ASCII whitespace does not: rare, so slow.
         plain = pc.and_(pc.string_is_ascii(array),
                         pc.invert(pc.match_substring_regex(array, "[\\x1c-\\x1f]")))  # fmt: skip
