@@ -276,6 +276,47 @@ def experiment_command(
                   highlight=False)  # fmt: skip
 
 
+@provenance_app.command("shaping-experiment")
+def shaping_experiment_command(
+    profile: str = typer.Option("smoke", "--profile", help="smoke (about a minute) or full (about 15 minutes on 2 cores)."),
+    out: Path = typer.Option(Path("shaping-out"), "--out", "-o", help="Folder for results.json and shaping.png."),
+) -> None:  # fmt: skip
+    """What response shaping buys: students distilled from a scratchpad teacher's full, stripped
+    and capped answers, and what an honest user keeps under each policy."""
+    from distillwatch.provenance.shaping import POLICIES, PROFILES, run
+
+    if profile not in PROFILES:
+        err_console.print(f"[red]--profile: one of {', '.join(PROFILES)}[/]")
+        raise typer.Exit(2)
+    doc = run(PROFILES[profile], out, log=lambda m: console.print(m, highlight=False))
+
+    def mean(rows: list[dict], key: str) -> float:
+        return sum(r[key] for r in rows) / len(rows)
+
+    for name in ("scratchpad", "direct"):
+        rows = [t for t in doc["teachers"] if t["teacher"] == name]
+        console.print(f"teacher trained to answer {'with a scratchpad' if name == 'scratchpad' else 'directly'}: "
+                      f"accuracy {mean(rows, 'accuracy'):.3f}", highlight=False)  # fmt: skip
+    table = Table(
+        title=f"Response shaping, profile {profile} ({doc['seconds']:.0f} s, cap {doc['cap_tokens']} tokens)"
+    )
+    sizes = doc["profile"]["harvest_sizes"]
+    for column in [
+        "policy",
+        *(f"student, harvest {n:,}" for n in sizes),
+        "honest user: right answer",
+        "tokens served",
+    ]:
+        table.add_column(column)
+    for policy in POLICIES:
+        users = [u for u in doc["users"] if u["policy"] == policy]
+        cells = [f"{mean([s for s in doc['students'] if s['policy'] == policy and s['harvest'] == n], 'accuracy'):.3f}" for n in sizes]  # fmt: skip
+        table.add_row(policy, *cells, f"{mean(users, 'answer_accuracy'):.3f}",
+                      f"{mean(users, 'tokens_served'):.1f} of {mean(users, 'tokens_full'):.1f}")  # fmt: skip
+    console.print(table)
+    console.print(f"results and plot in {safe_text(str(out))}", highlight=False)
+
+
 @provenance_app.command("canary-test")
 def canary_test_command(
     keyring: Path = typer.Option(..., "--keys", help="The keyring the gateway's --canary-keys used."),
