@@ -278,7 +278,7 @@ def experiment_command(
 
 @provenance_app.command("shaping-experiment")
 def shaping_experiment_command(
-    profile: str = typer.Option("smoke", "--profile", help="smoke (about a minute) or full (about 15 minutes on 2 cores)."),
+    profile: str = typer.Option("smoke", "--profile", help="smoke (about a minute) or full (about 30 minutes on 2 busy cores)."),
     out: Path = typer.Option(Path("shaping-out"), "--out", "-o", help="Folder for results.json and shaping.png."),
 ) -> None:  # fmt: skip
     """What response shaping buys: students distilled from a scratchpad teacher's full, stripped
