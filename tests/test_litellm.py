@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from distillwatch.enforce.processes import free_port, wait_http
+from distillwatch.provenance.canary import canary_for
+from distillwatch.provenance.watermark import Keyring, WatermarkKey
 from tests.gateway import start, stop, verdicts_file
 
 pytest.importorskip(
@@ -42,9 +44,16 @@ def test_guard_in_real_litellm_proxy(tmp_path):
     from importlib import resources
 
     default = resources.files("distillwatch.enforce").joinpath("default_policy.yaml").read_text()
+    # ...and, first, the default's rule for suspicious reasoning requests with a canary.
+    canary_rule = ("rules:\n  - {name: canary, when: {verdict: suspicious, cot_elicitation: true}, "
+                   "action: shape, max_tokens: 512, strip_reasoning: true, canary: true}\n")  # fmt: skip
     (tmp_path / "policy.yaml").write_text(
-        default + "  - {name: streaming-test, when: {min_stream_score: 0.2}, action: block}\n"
+        default.replace("rules:\n", canary_rule, 1)
+        + "  - {name: streaming-test, when: {min_stream_score: 0.2}, action: block}\n"
     )
+    key = WatermarkKey("canaries", "7e" * 32)
+    Keyring([key]).write(tmp_path / "keys.json")
+    canary = canary_for(key, "c-2").sentence
     farm = [{"account_id": f"farm{i}", "created_at": f"2026-03-01T08:0{i}:00Z", "email_domain": "mailinator.com",
              "payment_fingerprint": "pm_farm"} for i in range(8)]  # fmt: skip
     farm += [{"account_id": f"person{d}", "created_at": f"2026-02-{d + 1:02d}T12:00:00Z",
@@ -54,7 +63,8 @@ def test_guard_in_real_litellm_proxy(tmp_path):
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "DISTILLWATCH_VERDICTS": str(verdicts),
            "DISTILLWATCH_STORE": str(tmp_path / "ll.duckdb"), "DISTILLWATCH_ACCOUNT_FROM": "user",
            "DISTILLWATCH_STREAM": "1", "DISTILLWATCH_ACCOUNTS": str(tmp_path / "accounts.jsonl"),
-           "DISTILLWATCH_POLICY": str(tmp_path / "policy.yaml")}  # fmt: skip
+           "DISTILLWATCH_POLICY": str(tmp_path / "policy.yaml"),
+           "DISTILLWATCH_CANARY_KEYS": str(tmp_path / "keys.json")}  # fmt: skip
     litellm_bin = Path(sys.executable).with_name("litellm")
     proc = subprocess.Popen([str(litellm_bin), "--config", "config.yaml", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
@@ -89,6 +99,7 @@ def test_guard_in_real_litellm_proxy(tmp_path):
             shaped.status_code == 200 and "<think>" not in content and content.count("word") <= 512
         )
         assert "private chain of thought" not in shaped.text  # reasoning_content removed too
+        assert content.endswith(canary) and canary not in ok.text
 
         def stream(user: str, content: str) -> bytes:
             body = {"model": "atlas-2", "user": user, "stream": True,
@@ -102,6 +113,13 @@ def test_guard_in_real_litellm_proxy(tmp_path):
         shaped_stream = stream("edgy", "Think step by step: is 91 prime?")
         assert b"private chain of thought" not in shaped_stream and b"hidden" not in shaped_stream
         assert b"word" in shaped_stream
+        streamed = "".join(
+            (choice.get("delta") or {}).get("content") or ""
+            for line in shaped_stream.decode().splitlines()
+            if line.startswith("data: {")
+            for choice in json.loads(line[6:]).get("choices") or []
+        )
+        assert streamed.endswith(canary), streamed[-200:]
         tools = [
             {
                 "type": "function",

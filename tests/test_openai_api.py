@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 from distillwatch.errors import RecordError
 from distillwatch.openai_api import (
+    StreamAppender,
     StreamReader,
     StreamShaper,
     ThinkFilter,
+    append_text,
     normalise_messages,
     responses_messages,
     strip_reasoning,
@@ -169,3 +171,83 @@ def test_responses_objects_lose_reasoning_but_keep_their_shape():
     assert summary.text == "answer" and summary.tool_calls == [
         {"name": "f", "arguments": "{}", "id": "c"}
     ]
+
+
+def _responses_stream(pieces: list[str]) -> list[dict]:
+    """A Responses API stream as OpenAI sends it: a reasoning item, then a message whose text
+    arrives in ``pieces``, then the objects that repeat the whole text."""
+    text = "".join(pieces)
+    part = {"type": "output_text", "text": text, "annotations": []}
+    item = {"type": "message", "id": "msg_1", "role": "assistant", "content": [part]}
+    at = {"item_id": "msg_1", "output_index": 1, "content_index": 0}
+    final = {"object": "response", "status": "completed",
+             "output": [{"type": "reasoning", "id": "rs_1", "summary": []}, item]}  # fmt: skip
+    return [
+        {"type": "response.created", "response": {**final, "output": []}},
+        {"type": "response.output_item.added", "output_index": 1, "item": {**item, "content": []}},
+        {"type": "response.content_part.added", **at, "part": {**part, "text": ""}},
+        *({"type": "response.output_text.delta", **at, "delta": p} for p in pieces),
+        {"type": "response.output_text.done", **at, "text": text},
+        {"type": "response.content_part.done", **at, "part": part},
+        {"type": "response.output_item.done", "output_index": 1, "item": item},
+        {"type": "response.completed", "response": final},
+    ]
+
+
+@settings(max_examples=200)
+@given(tag_text, st.lists(st.integers(min_value=0, max_value=60), max_size=6))
+def test_a_suffix_reaches_the_end_of_a_responses_stream_in_every_place_that_repeats_the_text(
+    text, cuts
+):
+    """Shaped, then extended: the deltas a client assembles, the ``done`` text, the finished
+    part, the finished item and the final response all read the same, and end with the suffix."""
+    points = sorted({min(c, len(text)) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+    shaper, appender, sent = StreamShaper(), StreamAppender("\n\nField note."), []
+    for event in orjson.loads(orjson.dumps(_responses_stream(pieces))):
+        for shaped in shaper.shape(event):
+            sent.extend(appender.apply(shaped))
+    deltas = "".join(e["delta"] for e in sent if e["type"] == "response.output_text.delta")
+    done = {e["type"]: e for e in sent}
+    assert deltas == strip_think(text) + "\n\nField note."
+    assert done["response.output_text.done"]["text"] == deltas
+    assert done["response.content_part.done"]["part"]["text"] == deltas
+    assert done["response.output_item.done"]["item"]["content"][0]["text"] == deltas
+    assert done["response.completed"]["response"]["output"][1]["content"][0]["text"] == deltas
+    assert [e["type"] for e in sent].index("response.output_text.done") == len(sent) - 4
+
+
+def test_a_suffix_goes_once_per_chat_choice_before_its_finishing_chunk_and_never_to_tool_calls():
+    chunks = [
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "a"}},
+                                                       {"index": 1, "delta": {"content": "b"}}]},
+        {"object": "chat.completion.chunk", "choices": [{"index": 1, "delta": {}, "finish_reason": "stop"}]},
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]  # fmt: skip
+    appender, text = StreamAppender(" +x"), {0: "", 1: ""}
+    for chunk in chunks:
+        for event in appender.apply(chunk):
+            for choice in event["choices"]:
+                text[choice["index"]] += choice["delta"].get("content", "")
+    assert text == {0: "a +x", 1: "b +x"}
+    completion = StreamAppender(" +x").apply({"object": "text_completion", "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})  # fmt: skip
+    assert completion[0]["choices"][0]["text"] == " +x"
+    tool_only = [*_responses_stream([])[:2], _responses_stream([])[-1]]
+    tool_only[-1]["response"]["output"][1] = {"type": "function_call", "call_id": "c"}
+    appender = StreamAppender(" +x")
+    assert [e for event in tool_only for e in appender.apply(event)] == tool_only
+
+
+def test_append_text_extends_chat_completion_and_responses_objects():
+    chat = {"choices": [{"message": {"content": "Answer. "}}, {"text": "done"}]}
+    assert append_text(chat, "\n\nX")["choices"] == [{"message": {"content": "Answer.\n\nX"}},
+                                                      {"text": "done\n\nX"}]  # fmt: skip
+    response = {"output": [{"type": "reasoning", "summary": []},
+                           {"type": "message", "content": [{"type": "refusal", "refusal": "no"},
+                                                           {"type": "output_text", "text": "A"},
+                                                           {"type": "output_text", "text": "B"}]}],
+                "output_text": "AB"}  # fmt: skip
+    append_text(response, "\n\nX")
+    assert [p.get("text") for p in response["output"][1]["content"]] == [None, "A\n\nX", "B"]
+    assert response["output_text"] == "A\n\nXB"  # the convenience field follows its parts

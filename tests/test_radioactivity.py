@@ -189,6 +189,16 @@ def test_gateway_serves_a_clusters_canary_and_canary_test_names_the_cluster(mode
             # Streamed, the canary comes as one more content chunk before the finishing one.
             streamed = _stream_text(port, account)
             assert streamed.endswith(canary.sentence) == (account == "harvester"), streamed[-200:]
+            # The Responses API too: the object's text, and in a stream the deltas, the
+            # final object alike.
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/responses", timeout=10,
+                           headers={"Authorization": f"Bearer sk-{account}"},
+                           json={"model": "atlas-2", "input": "explain"})  # fmt: skip
+            answer = next(i for i in r.json()["output"] if i["type"] == "message")
+            text = answer["content"][0]["text"]
+            assert (canary.sentence in text) == (account == "harvester"), text
+            deltas, final = _responses_stream_text(port, account)
+            assert deltas == final and deltas.endswith(canary.sentence) == (account == "harvester")
     finally:
         stop(proxy)
         stop(upstream)
@@ -238,3 +248,27 @@ def _stream_text(port: int, account: str) -> str:
                 finished = finished or bool(choice.get("finish_reason"))
     assert finished
     return text
+
+
+def _responses_stream_text(port: int, account: str) -> tuple[str, str]:
+    """A streamed Responses answer through the proxy: the text its deltas assemble and the text
+    of the final response object (every SSE block's ``event:`` name matching its type)."""
+    deltas, final = "", None
+    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/responses", timeout=10,
+                      headers={"Authorization": f"Bearer sk-{account}"},
+                      json={"model": "atlas-2", "stream": True, "input": "explain"}) as r:  # fmt: skip
+        assert r.status_code == 200
+        name = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                event = json.loads(line[6:])
+                assert event["type"] == name
+                if event["type"] == "response.output_text.delta":
+                    deltas += event["delta"]
+                elif event["type"] == "response.completed":
+                    output = event["response"]["output"]
+                    final = next(i for i in output if i["type"] == "message")["content"][0]["text"]
+    assert final is not None
+    return deltas, final

@@ -17,6 +17,8 @@ what ingest stores from a provider's own logs cannot drift apart:
 - :func:`strip_reasoning` and :class:`StreamShaper` remove reasoning (``<think>`` sections,
   ``reasoning_content`` fields, Responses reasoning items and events) from a response and from a
   stream, including tags split across chunks (:class:`ThinkFilter`).
+- :func:`append_text` and :class:`StreamAppender` add text to the end of an answer (a canary),
+  in a response object and in a stream, for chat completions, completions and the Responses API.
 """
 
 from __future__ import annotations
@@ -611,6 +613,133 @@ class StreamShaper:
         elif isinstance(event.get("response"), dict):
             strip_reasoning(event["response"])
         return [event]
+
+
+def _first_output_text(output: Any) -> dict[str, Any] | None:
+    """The first ``output_text`` part of a Responses object's message items (where text is
+    appended, in a response object and in its stream alike)."""
+    for item in output if isinstance(output, list) else []:
+        if isinstance(item, dict) and item.get("type") == "message":
+            for part in item.get("content") or []:
+                if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str):  # fmt: skip
+                    return part
+    return None
+
+
+def append_text(payload: dict[str, Any], suffix: str) -> dict[str, Any]:
+    """``payload`` with ``suffix`` after its answer text (trailing space trimmed first): every
+    choice of a chat completion or completion, the first ``output_text`` part of a Responses
+    object (where its stream gets it too: :class:`StreamAppender`). In place."""
+    for choice in payload.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            message["content"] = message["content"].rstrip() + suffix
+        elif isinstance(choice.get("text"), str):
+            choice["text"] = choice["text"].rstrip() + suffix
+    part = _first_output_text(payload.get("output"))
+    if part is not None:
+        part["text"] = part["text"].rstrip() + suffix
+        _rejoin_output_text(payload)
+    return payload
+
+
+def _rejoin_output_text(response: dict[str, Any]) -> None:
+    """A Responses object's ``output_text`` convenience field (where a server sends one) as the
+    concatenation of its message items' text parts, which it abbreviates."""
+    if isinstance(response.get("output_text"), str):
+        response["output_text"] = "".join(
+            part["text"]
+            for item in response.get("output") or []
+            if isinstance(item, dict) and item.get("type") == "message"
+            for part in item.get("content") or []
+            if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str)
+        )  # fmt: skip
+
+
+class StreamAppender:
+    """Adds ``suffix`` to the end of a streamed answer, once, event by event.
+
+    Chat completion and completion streams get one more chunk per choice, carrying the suffix,
+    just before the chunk that finishes that choice. A Responses stream gets one more
+    ``response.output_text.delta`` before the first ``response.output_text.done``, and the
+    suffix in the events that repeat that text (the ``done`` event itself,
+    ``response.content_part.done``, ``response.output_item.done`` and the final response
+    object), so a client that reads deltas and one that reads the final object see the same
+    text. A stream with no answer text (a tool call only) is left alone. Inserted events carry
+    no ``sequence_number``.
+    """
+
+    _FINAL = ("response.completed", "response.incomplete", "response.failed")
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self._done = not suffix
+        self._target: tuple[Any, Any] | None = None  # (item_id, content_index) that got it
+        self._finished: set[Any] = set()  # chat choices that got it
+
+    def apply(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events to send instead of ``event`` (``event`` first rewritten, or preceded)."""
+        kind = event.get("type")
+        if isinstance(kind, str):
+            return self._responses(kind, event)
+        if not self.suffix:
+            return [event]
+        extra = []
+        for choice in event.get("choices") or []:
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                index = choice.get("index", 0)
+                if index not in self._finished:
+                    self._finished.add(index)
+                    extra.append(self._chunk(event, choice))
+        return [*extra, event]
+
+    def _chunk(self, like: dict[str, Any], choice: dict[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = (
+            {"text": self.suffix} if "text" in choice and "delta" not in choice else {"delta": {"content": self.suffix}}
+        )  # fmt: skip
+        return {"id": like.get("id"), "object": like.get("object"), "created": like.get("created"),
+                "model": like.get("model"),
+                "choices": [{"index": choice.get("index", 0), **body, "finish_reason": None}]}  # fmt: skip
+
+    def _responses(self, kind: str, event: dict[str, Any]) -> list[dict[str, Any]]:
+        if kind == "response.output_text.done" and not self._done:
+            self._done = True
+            self._target = (event.get("item_id"), event.get("content_index"))
+            if isinstance(event.get("text"), str):
+                event["text"] += self.suffix
+            held = {k: event[k] for k in ("item_id", "output_index", "content_index") if k in event}
+            return [{"type": "response.output_text.delta", **held, "delta": self.suffix}, event]
+        if self._target is None:
+            return [event]
+        item_id, index = self._target
+        if kind == "response.content_part.done" and (event.get("item_id"), event.get("content_index")) == self._target:  # fmt: skip
+            part = event.get("part")
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                part["text"] += self.suffix
+        elif kind == "response.output_item.done" and isinstance(event.get("item"), dict):
+            self._extend(event["item"], item_id, index)
+        elif kind in self._FINAL and isinstance(event.get("response"), dict):
+            for item in event["response"].get("output") or []:
+                if isinstance(item, dict):
+                    self._extend(item, item_id, index)
+            _rejoin_output_text(event["response"])
+        return [event]
+
+    def _extend(self, item: dict[str, Any], item_id: Any, index: Any) -> None:
+        content = item.get("content")
+        if item.get("id") != item_id or not isinstance(content, list) or not isinstance(index, int):
+            return
+        if 0 <= index < len(content) and isinstance(content[index], dict) and isinstance(content[index].get("text"), str):  # fmt: skip
+            content[index]["text"] += self.suffix
+
+
+def event_name(block_name: str | None, payload: dict[str, Any]) -> str | None:
+    """The SSE ``event:`` name for ``payload`` (an event rewritten or inserted in a stream whose
+    blocks were named): a Responses event is named by its ``type``."""
+    kind = payload.get("type")
+    return kind if block_name is not None and isinstance(kind, str) else block_name
 
 
 def encode_event(name: str | None, payload: dict[str, Any] | str) -> bytes:

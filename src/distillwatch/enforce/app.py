@@ -58,9 +58,11 @@ from distillwatch.openai_api import (
     EventSplitter,
     Messages,
     ResponseSummary,
+    StreamAppender,
     StreamReader,
     StreamShaper,
     encode_event,
+    event_name,
     parse_event,
     request_messages,
     strip_reasoning,
@@ -74,6 +76,8 @@ ENFORCED_ROUTES = ("/v1/chat/completions", "/v1/responses", "/v1/completions", "
 MAX_LOGGED_TEXT = DEFAULT_MAX_TEXT_CHARS
 #: Request fields the proxy reads or rewrites: they must have the type the API documents.
 TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+#: Streams whose answer text response hooks may extend.
+STREAM_TEXT_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 MAX_ADMIN_TTL_SECONDS = 366 * 86400
 #: Accounts one /admin/extend call may set (a campaign action from the workspace, in chunks).
 MAX_ADMIN_BATCH = 5_000
@@ -574,10 +578,10 @@ class Proxy:
         reader = StreamReader(_bound, MAX_LOGGED_TEXT + 1)
         shaper = StreamShaper() if call.shaping and call.decision.strip_reasoning else None
         splitter = EventSplitter()
-        # Text a response hook adds to a shaped chat stream (a canary), sent as one more content
-        # chunk just before the chunk that finishes the answer.
-        tail = [t for t in self._stream_tails(call) if t]
-        rewrite = shaper is not None or bool(tail)
+        # Text response hooks add to a shaped stream (a canary): at the end of the answer.
+        tail = "".join(t for t in self._stream_tails(call) if t)
+        appender = StreamAppender(tail) if tail else None
+        rewrite = shaper is not None or appender is not None
 
         def events(blocks: list[bytes]) -> bytes:
             out: list[bytes] = []
@@ -588,13 +592,9 @@ class Proxy:
                     continue
                 name = event.name if event else None
                 for shaped in shaper.shape(data) if shaper else [data]:
-                    if tail and _finishes(shaped):
-                        extra = _content_chunk(shaped, "".join(tail))
-                        tail.clear()
-                        reader.observe(extra)
-                        out.append(encode_event(name, extra))
-                    reader.observe(shaped)
-                    out.append(encode_event(name, shaped) if rewrite else block)
+                    for sent in appender.apply(shaped) if appender else [shaped]:
+                        reader.observe(sent)
+                        out.append(encode_event(event_name(name, sent), sent) if rewrite else block)
             return b"".join(out)
 
         try:
@@ -618,8 +618,9 @@ class Proxy:
             await self._log(call, reader.summary(), upstream.status)
 
     def _stream_tails(self, call: _Call) -> list[str]:
-        """What response hooks with a ``stream_text`` add to a shaped chat completions stream."""
-        if not call.shaping or call.route != "/v1/chat/completions":
+        """What response hooks with a ``stream_text`` add to a shaped stream (chat completions,
+        completions and Responses)."""
+        if not call.shaping or call.route not in STREAM_TEXT_ROUTES:
             return []
         return [hook.stream_text(call.decision) or "" for hook in self.config.response_hooks
                 if hasattr(hook, "stream_text")]  # fmt: skip
@@ -927,20 +928,6 @@ def _standing_params(action: Any, body: dict[str, Any]) -> dict[str, Any] | None
         if isinstance(strip, bool):
             return {"max_tokens": body["max_tokens"], "strip_reasoning": strip}
     return None
-
-
-def _finishes(chunk: dict[str, Any]) -> bool:
-    """A chat completion chunk that ends a choice (its ``finish_reason`` is set)."""
-    return chunk.get("object") == "chat.completion.chunk" and any(
-        isinstance(c, dict) and c.get("finish_reason") for c in chunk.get("choices") or []
-    )
-
-
-def _content_chunk(like: dict[str, Any], text: str) -> dict[str, Any]:
-    """A chat completion chunk carrying ``text`` as content, with ``like``'s id and model."""
-    return {"id": like.get("id"), "object": "chat.completion.chunk", "created": like.get("created"),
-            "model": like.get("model"),
-            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}  # fmt: skip
 
 
 def _bearer(header: str) -> str | None:

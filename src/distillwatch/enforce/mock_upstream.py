@@ -198,7 +198,13 @@ def create_app(delay_s: float = 0.0, watermark_keys: Path | None = None) -> Star
                 part = {"type": "output_text", "text": "", "annotations": []}
                 yield _sse({"type": "response.content_part.added", "sequence_number": next(seq), "item_id": "msg_1",
                             "output_index": 1, "content_index": 0, "part": part}, "response.content_part.added")  # fmt: skip
-                for piece in ("<think>scr", "atchpad</thi", "nk>", *(["word "] * min(words, 16))):
+                for piece in (
+                    "<think>scr",
+                    "atchpad</thi",
+                    "nk>",
+                    "word",
+                    *([" word"] * (min(words, 16) - 1)),
+                ):
                     yield _sse({"type": "response.output_text.delta", "sequence_number": next(seq),
                                 "item_id": "msg_1", "output_index": 1, "content_index": 0, "delta": piece},
                                "response.output_text.delta")  # fmt: skip

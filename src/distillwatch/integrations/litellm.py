@@ -19,14 +19,18 @@ Settings come from the environment: ``DISTILLWATCH_VERDICTS`` (Contract-2 file, 
 or key hash, the default; ``user``: the request's ``user`` field, for platforms whose customers
 are end users), ``DISTILLWATCH_TLS_HEADER`` (default ``x-ja4``), ``DISTILLWATCH_INDICATORS`` (STIX bundles,
 ``os.pathsep``-separated, hot-reloaded), ``DISTILLWATCH_SHARING_KEY`` (their group key file),
-``DISTILLWATCH_STREAM=1`` (streaming evidence, in ``DISTILLWATCH_REDIS`` when set) and
-``DISTILLWATCH_ACCOUNTS`` (account records: sign-up evidence and cards for it).
+``DISTILLWATCH_STREAM=1`` (streaming evidence, in ``DISTILLWATCH_REDIS`` when set),
+``DISTILLWATCH_ACCOUNTS`` (account records: sign-up evidence and cards for it) and
+``DISTILLWATCH_CANARY_KEYS`` (a watermark keyring, as ``proxy --canary-keys``: shaped answers
+of a rule with ``canary: true`` end with the account's cluster's canary).
 
 Hooks: ``async_pre_call_hook`` checks the request's shape (400 for malformed messages), decides
 and refuses (LiteLLM answers with the status and an OpenAI-shaped error) or caps ``max_tokens``;
 ``async_post_call_success_hook`` strips reasoning from shaped responses and
 ``async_post_call_streaming_iterator_hook`` from shaped streams (``<think>`` tags split across
-chunks included, see :class:`~distillwatch.openai_api.ThinkFilter`); ``async_log_success_event``
+chunks included, see :class:`~distillwatch.openai_api.ThinkFilter`), and both append the
+cluster's canary where the decision asks for one (in a stream, to each choice's finishing
+chunk); ``async_log_success_event``
 journals the exchange in Contract-1 form, tool calls included.
 """
 
@@ -53,6 +57,8 @@ from distillwatch.openai_api import (
     strip_think,
     summarise_response,
 )
+from distillwatch.provenance.canary import canary_for
+from distillwatch.provenance.watermark import Keyring, WatermarkKey
 from distillwatch.sharing.keys import ENV_KEY_FILE, SharingKey
 
 MAX_LOGGED_TEXT = 32_768
@@ -80,19 +86,23 @@ def _strip_message(message: Any, field: str = "content") -> None:
         setattr(message, field, strip_think(content))
 
 
-def _shaping(data: dict[str, Any], shadow: bool) -> bool:
+def _shape(data: dict[str, Any], shadow: bool) -> dict[str, Any]:
+    """The shape decision the pre-call hook stored with the request ({} when not shaping)."""
     decision = ((data.get("metadata") or {}).get("distillwatch") or {}).get("decision") or {}
-    return (
-        not shadow and decision.get("action") == "shape" and bool(decision.get("strip_reasoning"))
-    )
+    return decision if not shadow and decision.get("action") == "shape" else {}
 
 
 class DistillwatchGuard(CustomLogger):
     def __init__(
-        self, enforcer: Enforcer, account_from: str = "key", tls_header: str = "x-ja4"
+        self,
+        enforcer: Enforcer,
+        account_from: str = "key",
+        tls_header: str = "x-ja4",
+        canary_key: WatermarkKey | None = None,
     ) -> None:
         super().__init__()
         self.enforcer = enforcer
+        self.canary_key = canary_key
         self.account_from = account_from
         self.tls_header = tls_header.lower()
         self._started = False
@@ -124,7 +134,16 @@ class DistillwatchGuard(CustomLogger):
             enforcer,
             env.get("DISTILLWATCH_ACCOUNT_FROM", "key"),
             env.get("DISTILLWATCH_TLS_HEADER", "x-ja4"),
+            Keyring.read(Path(env["DISTILLWATCH_CANARY_KEYS"])).active
+            if env.get("DISTILLWATCH_CANARY_KEYS")
+            else None,
         )
+
+    def _canary_suffix(self, decision: dict[str, Any]) -> str:
+        """The canary text a shape decision asks for ("" when none, or no keyring)."""
+        if self.canary_key is None or not decision.get("canary") or not decision.get("cluster_id"):
+            return ""
+        return canary_for(self.canary_key, str(decision["cluster_id"])).suffix
 
     def _account(self, user_api_key_dict: Any, data: dict[str, Any]) -> str:
         if self.account_from == "user" and isinstance(data.get("user"), str) and data["user"]:
@@ -187,16 +206,24 @@ class DistillwatchGuard(CustomLogger):
     async def async_post_call_success_hook(
         self, data: dict, user_api_key_dict: Any, response: Any
     ) -> Any:
-        if not _shaping(data, self.enforcer.shadow):
+        decision = _shape(data, self.enforcer.shadow)
+        if not decision:
             return response
+        suffix = self._canary_suffix(decision)
         for choice in getattr(response, "choices", None) or []:
-            _strip_message(getattr(choice, "message", None))
+            message = getattr(choice, "message", None)
+            if decision.get("strip_reasoning"):
+                _strip_message(message)
+            if suffix and isinstance(getattr(message, "content", None), str):
+                message.content = message.content.rstrip() + suffix
         return response
 
     async def async_post_call_streaming_iterator_hook(
         self, user_api_key_dict: Any, response: Any, request_data: dict
     ) -> Any:
-        if not _shaping(request_data, self.enforcer.shadow):
+        decision = _shape(request_data, self.enforcer.shadow)
+        strip, suffix = bool(decision.get("strip_reasoning")), self._canary_suffix(decision)
+        if not strip and not suffix:
             async for chunk in response:
                 yield chunk
             return
@@ -206,14 +233,19 @@ class DistillwatchGuard(CustomLogger):
                 delta = getattr(choice, "delta", None)
                 if delta is None:
                     continue
-                for name in (*REASONING_FIELDS, "thinking_blocks"):
-                    if getattr(delta, name, None):
-                        setattr(delta, name, None)
-                thinker = filters.setdefault(getattr(choice, "index", 0) or 0, ThinkFilter())
                 content = getattr(delta, "content", None)
-                shown = thinker.feed(content) if isinstance(content, str) else None
-                if getattr(choice, "finish_reason", None):
-                    shown = (shown or "") + thinker.flush()
+                shown = content if isinstance(content, str) else None
+                index = getattr(choice, "index", 0) or 0
+                if strip:
+                    for name in (*REASONING_FIELDS, "thinking_blocks"):
+                        if getattr(delta, name, None):
+                            setattr(delta, name, None)
+                    thinker = filters.setdefault(index, ThinkFilter())
+                    shown = thinker.feed(content) if isinstance(content, str) else None
+                    if getattr(choice, "finish_reason", None):
+                        shown = (shown or "") + thinker.flush()
+                if suffix and getattr(choice, "finish_reason", None):
+                    shown = (shown or "") + suffix  # each choice finishes once
                 if shown is not None:
                     delta.content = shown
             yield chunk

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from distillwatch.openai_api import append_text
 from distillwatch.provenance.watermark import WatermarkKey
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
@@ -53,6 +54,11 @@ class Canary:
         return TEMPLATE.format(trigger=self.trigger, secret=self.secret)
 
     @property
+    def suffix(self) -> str:
+        """What is appended to an answer: a blank line, then the sentence."""
+        return f"\n\n{self.sentence}"
+
+    @property
     def prompt(self) -> str:
         """What a probe sends: the sentence up to the secret."""
         return TEMPLATE.format(trigger=self.trigger, secret="").rstrip(" .") + " "
@@ -67,23 +73,16 @@ def canary_for(key: WatermarkKey, cluster_id: str) -> Canary:
 
 
 def add_canary(payload: dict[str, Any], canary: Canary) -> dict[str, Any]:
-    """Append the canary sentence to a chat completion's (or completion's) answer text."""
-    for choice in payload.get("choices") or []:
-        if not isinstance(choice, dict):
-            continue
-        message = choice.get("message")
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            message["content"] = f"{message['content'].rstrip()}\n\n{canary.sentence}"
-        elif isinstance(choice.get("text"), str):
-            choice["text"] = f"{choice['text'].rstrip()}\n\n{canary.sentence}"
-    return payload
+    """Append the canary sentence to the answer text of a chat completion, completion or
+    Responses object (:func:`~distillwatch.openai_api.append_text`)."""
+    return append_text(payload, canary.suffix)
 
 
 class CanaryHook:
     """A proxy response hook: a shaped answer whose decision asks for a canary and names a
-    cluster gets that cluster's canary, appended to the answer (JSON responses) or sent as one
-    more content chunk before the finishing one (chat completion streams, via
-    :meth:`stream_text`)."""
+    cluster gets that cluster's canary, appended to the answer (JSON responses) or streamed at
+    its end (chat completion, completion and Responses streams, via :meth:`stream_text` and
+    :class:`~distillwatch.openai_api.StreamAppender`)."""
 
     def __init__(self, key: WatermarkKey) -> None:
         self.key = key
@@ -101,7 +100,7 @@ class CanaryHook:
 
     def stream_text(self, decision: Any) -> str | None:
         canary = self._canary(decision)
-        return f"\n\n{canary.sentence}" if canary else None
+        return canary.suffix if canary else None
 
 
 def response_hook(key: WatermarkKey) -> CanaryHook:
