@@ -402,6 +402,75 @@ def test_a_false_positive_report_flows_back_and_stops_the_indicator(bundle_dir, 
     assert bad.returncode != 0 and "indicator--" in bad.stderr
 
 
+def test_a_false_positive_found_in_review_goes_back_to_the_partner_and_stops_its_indicators(
+    bundle_dir, tmp_path, cli
+):
+    """Lab B imports lab A's bundle; three of its accounts match it. An analyst marks one a
+    false positive in the workspace: a report is owed to lab A for exactly the indicators that
+    account matched; ``share outbox`` writes it (naming no account) and owes nothing after;
+    with the report beside lab A's bundle, detection no longer links accounts on them."""
+    import asyncio
+
+    from distillwatch.workspace import Workspace
+    from distillwatch.workspace.cases import Desk
+    from distillwatch.workspace.channels import RecordOnlyChannel
+
+    records, accounts = hydra(12, 20)
+    fresh = {f"h{a:02d}": f"b-new{a}" for a in range(3)}
+    b_records = [{**r, "id": "b-" + r["id"], "account_id": fresh[r["account_id"]]}
+                 for r in records if r["account_id"] in fresh and int(r["id"].rsplit("-", 1)[1]) < 4]  # fmt: skip
+    b_accounts = [{**a, "account_id": fresh[a["account_id"]], "email_domain": "gmail.com"}
+                  for a in accounts if a["account_id"] in fresh]  # fmt: skip
+    p_records, p_accounts = people(120, 4)
+    log, meta = tmp_path / "b.jsonl", tmp_path / "b-accounts.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in b_records + p_records))
+    meta.write_text("".join(json.dumps(a) + "\n" for a in b_accounts + p_accounts))
+    ours, db = bundle_dir / "out1" / "indicators.json", tmp_path / "b.duckdb"
+    key = bundle_dir / "group.key"
+    result = cli("detect", log, "--accounts", meta, "--out", tmp_path / "with", "--store", db,
+                 "--sharing-key", key, "--indicators", ours)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((tmp_path / "with" / "verdicts.json").read_text())
+    matched = {m["account_id"]: m for m in doc["partner_matches"]}
+    assert set(matched) == set(fresh.values()) and {m["source"] for m in matched.values()} == {
+        "lab-a"
+    }
+    innocent = "b-new1"
+    with Store(db) as store:
+        desk = Desk(Workspace(store), RecordOnlyChannel())
+        asyncio.run(desk.mark_false_positive("vera", innocent, "a long-standing customer"))
+    listed = cli("share", "outbox", "--store", db)
+    assert listed.returncode == 0 and "lab-a" in listed.stdout, listed.stderr
+    sent = cli("share", "outbox", "--store", db, "--out", tmp_path / "sent", "--producer", "lab-b")
+    assert sent.returncode == 0, sent.stderr
+    (report,) = (tmp_path / "sent").glob("false-positive-lab-a-*.json")
+    raw = report.read_text()
+    assert innocent not in raw and "long-standing" not in raw  # indicators only
+    (opinion,) = [o for o in json.loads(raw)["objects"] if o["type"] == "opinion"]
+    assert opinion["opinion"] == "strongly-disagree"
+    assert opinion["object_refs"] == matched[innocent]["indicators"]
+    again = cli("share", "outbox", "--store", db, "--out", tmp_path / "sent")
+    assert again.returncode == 0 and "nothing owed" in again.stdout
+    # In lab B's own store the review outranks the partner's link, report or not.
+    result = cli("detect", "--store", db, "--out", tmp_path / "reviewed", "--sharing-key", key,
+                 "--indicators", ours)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    reviewed = {a["account_id"]: a for a in
+                json.loads((tmp_path / "reviewed" / "verdicts.json").read_text())["accounts"]}  # fmt: skip
+    assert reviewed[innocent]["verdict"] == "benign" and reviewed[innocent]["score"] <= 0.1
+    assert "reviewed by vera" in reviewed[innocent]["reasons"][0]
+    assert reviewed["b-new0"]["verdict"] == "suspicious"  # the others still linked
+    # Lab B's next run with lab A's bundle and the report beside it: no link on those indicators.
+    result = cli("detect", log, "--accounts", meta, "--out", tmp_path / "after",
+                 "--sharing-key", key, "--indicators", ours, "--indicators", report)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    after = json.loads((tmp_path / "after" / "verdicts.json").read_text())
+    disputed = set(opinion["object_refs"])
+    assert all(not disputed & set(m["indicators"]) for m in after["partner_matches"])
+    reasons = {a["account_id"]: a["reasons"] for a in after["accounts"]}
+    assert not any("indicators lab-a shared" in r for r in reasons[innocent])
+
+
 def test_gateway_micro_batch_detects_from_its_own_log(tmp_path, upstream):
     """POST /admin/detect: the gateway detects over what it has logged (the same code as batch
     detection) and its verdicts and indicators are live when the call returns: the hydra's

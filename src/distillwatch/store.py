@@ -22,7 +22,7 @@ import pyarrow as pa
 from distillwatch import __version__
 from distillwatch.errors import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_STORE = "distillwatch.duckdb"
 #: DuckDB's buffer-pool cap. Override with DISTILLWATCH_MEMORY_LIMIT (e.g. "8GB") for big jobs.
 DEFAULT_MEMORY_LIMIT = os.environ.get("DISTILLWATCH_MEMORY_LIMIT", "1GB")
@@ -200,11 +200,28 @@ def _migrate_3_to_4(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _migrate_4_to_5(con: duckdb.DuckDBPyConnection) -> None:
+    # v5 closes the loop with partners: which shared indicators each account matched in a
+    # detection run, and the false-positive reports owed to their sources once an analyst
+    # finds such an account innocent (``share outbox`` sends them).
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS partner_matches (
+            run_id VARCHAR NOT NULL, account_id VARCHAR NOT NULL, source VARCHAR NOT NULL,
+            campaign VARCHAR NOT NULL, indicators VARCHAR NOT NULL)"""
+    )
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS share_outbox (
+            account_id VARCHAR NOT NULL, source VARCHAR NOT NULL, indicator VARCHAR NOT NULL,
+            queued_at TIMESTAMP NOT NULL, sent_at TIMESTAMP)"""
+    )
+
+
 #: ``MIGRATIONS[n]`` upgrades a store from schema ``n`` to ``n + 1``.
 MIGRATIONS: dict[int, Callable[[duckdb.DuckDBPyConnection], None]] = {
     1: _migrate_1_to_2,
     2: _migrate_2_to_3,
     3: _migrate_3_to_4,
+    4: _migrate_4_to_5,
 }
 
 
@@ -422,6 +439,8 @@ class Store:
             "actions",
             "labels",
             "ws_cases",
+            "partner_matches",
+            "share_outbox",
         }:
             raise ValueError(f"unknown table {table}")
         return int(self.run(f"SELECT count(*) FROM {table}")[0][0])

@@ -213,3 +213,40 @@ def report_false_positive(
     console.print(
         safe_text(f"{out}: a false-positive opinion on {len(set(indicators))} indicator(s)")
     )
+
+
+@share_app.command("outbox")
+def outbox(
+    store_path: Path = typer.Option(..., "--store", "-s", help="The store the workspace writes."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the reports (share push, or by hand); without it, list what is owed."),
+    producer: str = typer.Option("distillwatch", "--producer", help="Our STIX identity's name."),
+    tlp: str = typer.Option("amber", "--tlp", help="TLP 2.0 level: clear, green, amber, amber+strict, red."),
+) -> None:  # fmt: skip
+    """False-positive reports owed to partners: accounts their indicators linked that analysts
+    found innocent in the workspace. With --out, write one STIX opinion bundle per partner
+    (naming only the indicators, never an account) and mark them sent."""
+    from distillwatch.sharing.feedback import pending, send_reports
+    from distillwatch.sharing.stix import TLP2
+    from distillwatch.store import Store
+
+    if tlp not in TLP2:
+        raise fail(f"--tlp must be one of {', '.join(TLP2)}")
+    try:
+        with Store(store_path, read_only=out is None) as store:
+            if out is None:
+                owed = pending(store)
+                table = Table("partner", "indicators", "accounts")
+                for source, (ids, accounts) in sorted(owed.items()):
+                    table.add_row(safe_text(source), f"{len(ids):,}", f"{len(accounts):,}")
+                console.print(table if owed else "nothing owed")
+                return
+            reports = send_reports(store, out, producer, tlp)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    for report in reports:
+        console.print(safe_text(f"{report.path}: {report.source}, a false-positive opinion on "
+                                f"{report.indicators} indicator(s) ({report.accounts} account(s))"))  # fmt: skip
+    if not reports:
+        console.print("nothing owed")

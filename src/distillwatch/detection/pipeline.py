@@ -77,6 +77,7 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     timings["exchange_features"] = time.perf_counter() - started
     exchanges = fold.total
     rows = account_rows(store, until)
+    priors: dict[str, dict[str, Any]] = {}
     if shared is not None and shared.links:
         # Indicators age against the data's own time (the last exchange folded), not the clock.
         priors = partner_links(store, shared, sharing_key, until or fold.watermark)
@@ -205,7 +206,7 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
             }
         )
     timings["total"] = time.perf_counter() - started
-    return {
+    doc: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "exchanges": int(exchanges),
         "accounts": accounts,
@@ -224,6 +225,15 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
             "timings_s": {k: round(v, 3) for k, v in timings.items()},
         },
     }
+    if shared is not None:
+        # Which partner indicators each account matched (docs/sharing.md): what a false
+        # positive found in review reports back to their source.
+        doc["partner_matches"] = [
+            {"account_id": a, "source": p["source"], "campaign": p["campaign"],
+             "indicators": p["indicators"]}
+            for a, p in sorted(priors.items()) if p["indicators"]
+        ]  # fmt: skip
+    return doc
 
 
 def account_rows(store: Store, until: datetime | None = None) -> list[dict[str, Any]]:
@@ -325,7 +335,9 @@ def reviewed_false_positives(store: Store) -> dict[str, str]:
 
 
 def store_verdicts(store: Store, doc: dict[str, Any]) -> str:
-    """Append this run's verdicts and campaigns to the store (one bulk insert each)."""
+    """Append this run's verdicts, campaigns and partner matches to the store.
+
+    Stage: writes ``verdicts``, ``campaigns``, ``partner_matches`` and ``audit_log``."""
     run_id = uuid.uuid4().hex[:12]
     generated = datetime.fromisoformat(doc["generated_at"]).replace(tzinfo=None)
     accounts = doc["accounts"]
@@ -351,6 +363,13 @@ def store_verdicts(store: Store, doc: dict[str, Any]) -> str:
             [run_id, campaign["campaign_id"], campaign["score"], json.dumps(campaign["accounts"]),
              campaign["exchanges"], campaign["first_seen"][:-1], campaign["last_seen"][:-1],
              json.dumps(campaign["evidence"])],
+        )  # fmt: skip
+    matches = doc.get("partner_matches") or []
+    if matches:
+        store.con.executemany(
+            "INSERT INTO partner_matches VALUES (?, ?, ?, ?, ?)",
+            [[run_id, m["account_id"], m["source"], m["campaign"], json.dumps(m["indicators"])]
+             for m in matches],
         )  # fmt: skip
     flagged = sum(a["verdict"] == "distillation" for a in accounts)
     store.audit(

@@ -28,7 +28,9 @@ HALF_LIFE_DAYS = 14.0
 
 def partner_links(store: Store, shared: IndicatorSet, key: SharingKey | None,
                   until: datetime | None = None, bound: float = DEFAULT_BOUND) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """``{account: {"strength": s, "reason": text}}`` for accounts linked to a shared campaign."""
+    """``{account: {"strength", "reason", "source", "campaign", "indicators"}}`` for accounts
+    linked to a shared campaign (the strongest link each; ``indicators``: the STIX ids of the
+    indicators it matched, what a false-positive report names)."""
     if not shared.links:
         return {}
     public = [
@@ -75,9 +77,13 @@ def partner_links(store: Store, shared: IndicatorSet, key: SharingKey | None,
             meta = shared.campaigns.get(campaign, {})
             families = sorted({link.family for _, link in matched})
             if strength > result.get(account, {}).get("strength", 0.0):
+                source = meta.get("source", matched[0][1].source)
                 result[account] = {
                     "strength": round(strength, 4),
-                    "reason": f"matches indicators {meta.get('source', matched[0][1].source)} shared "
+                    "reason": f"matches indicators {source} shared "
                     f"for {meta.get('name', campaign)} ({', '.join(families)})",
+                    "source": source,
+                    "campaign": campaign,
+                    "indicators": sorted({link.indicator for _, link in matched if link.indicator}),
                 }
     return result

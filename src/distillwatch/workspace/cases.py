@@ -5,8 +5,13 @@ exist), records it (``ws_cases``, ``ws_notes``, ``actions``, ``labels``), append
 hash-chained audit log, and hands enforcement to a :class:`~.channels.Channel` so running proxies
 apply it. A false positive is labelled (``labels``, which detection and sharing read as ground
 truth from reviewers), lifted and allowlisted in one step; *restore* undoes the allowlist.
+Where the account matched a partner's shared indicators in the latest detection run
+(``partner_matches``), the false positive also queues a report to that partner
+(``share_outbox``; ``distillwatch share outbox`` sends it as a STIX opinion); *restore*
+withdraws a report not yet sent.
 
-Reads and writes: ws_cases, ws_notes, actions, labels, audit_log.
+Reads and writes: ws_cases, ws_notes, actions, labels, share_outbox, audit_log; reads
+partner_matches.
 """
 
 from __future__ import annotations
@@ -286,7 +291,28 @@ class Desk:
         self._record(
             actor, "account", account, "allowlist", f"false positive: {why}", None, [account], 1
         )
+        self._queue_reports(actor, account)
         self.update_case(self.case_for("account", account, actor), actor, status="false_positive")
+
+    def _queue_reports(self, actor: str, account: str) -> None:
+        """Owe each partner whose indicators linked the account (in the latest run) a report."""
+        run = self.ws.run_id
+        rows = self.store.run(
+            "SELECT source, indicators FROM partner_matches WHERE run_id = ? AND account_id = ?",
+            [run, account],
+        ) if run else []  # fmt: skip
+        now = _now()
+        queued: dict[str, int] = {}
+        for source, indicators in rows:
+            for indicator in orjson.loads(indicators):
+                self.store.run(
+                    "INSERT INTO share_outbox VALUES (?, ?, ?, ?, NULL)",
+                    [account, source, indicator, now],
+                )
+                queued[source] = queued.get(source, 0) + 1
+        if queued:
+            self.store.audit(actor, "workspace.share.report_queued",
+                             {"account": account, "indicators_by_source": queued})  # fmt: skip
 
     async def restore(self, actor: str, account: str, reason: str | None) -> None:
         """Undo a false-positive decision: remove the allowlist entry, label it restored."""
@@ -297,4 +323,7 @@ class Desk:
             "INSERT INTO labels VALUES (?, 'restored', ?, ?, ?)", [account, why, actor, _now()]
         )
         self._record(actor, "account", account, "lift", f"restored: {why}", None, [account], 1)
+        self.store.run(
+            "DELETE FROM share_outbox WHERE account_id = ? AND sent_at IS NULL", [account]
+        )
         self.update_case(self.case_for("account", account, actor), actor, status="investigating")
