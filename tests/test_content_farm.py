@@ -91,6 +91,18 @@ def test_farm_candidates_are_accounts_shaped_like_a_farms_members(change, why):
     assert farm_candidate(_farm_row(**change)) is (why is None), why
 
 
+def test_shorter_answers_are_a_farms_when_nearly_all_it_asks_is_novel():
+    # 0.65 of the typical length: under the usual floor (0.75), over the short_outputs line.
+    assert not farm_candidate(_farm_row(mean_output=195.0, novel_share=0.8))
+    assert farm_candidate(_farm_row(mean_output=195.0, novel_share=0.95))
+    assert not farm_candidate(_farm_row(mean_output=120.0, novel_share=1.0))  # 0.4: too short
+    # The cluster-level shape follows its median member.
+    rows = [_farm_row(mean_output=195.0, novel_share=0.95) for _ in range(CONTENT_FARM_MEMBERS)]
+    assert coordination(rows, yield_per_account=100).farm
+    rows = [_farm_row(mean_output=195.0, novel_share=0.6) for _ in range(CONTENT_FARM_MEMBERS)]
+    assert not coordination(rows, yield_per_account=100).farm
+
+
 def test_a_content_farm_counts_outside_the_coordination_cap_and_grows_with_its_size():
     def farm(members: int):
         return coordination([_farm_row() for _ in range(members)], yield_per_account=100)

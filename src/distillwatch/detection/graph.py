@@ -85,13 +85,19 @@ def content_groups(index: EdgeIndex, candidates: set[str], kinds: tuple[str, ...
     Leiden's modularity splits a campaign that shares nothing but content into many small
     communities (each seed's rewrites link a few accounts at a time); components over the
     candidates alone keep it whole, and the pruning keeps out an account that hangs on one chance
-    collision, however many members share that one artefact. Groups of at least ``min_size``
+    collision, however many members share that one artefact. An artefact links only when more
+    candidates than other accounts hold it (what the group asks is its own, not the
+    population's: public benchmark items, a popular question). Groups of at least ``min_size``
     accounts, each sorted, largest first.
     """
     if index.kind is None or not len(index) or not candidates:
         return []
     member = np.isin(index.names, list(candidates))
-    chosen = np.isin(index.kind, list(kinds)) & member[index.account_index]
+    of_kind = np.isin(index.kind, list(kinds))
+    chosen = of_kind & member[index.account_index]
+    # Holders of each artefact among the other accounts (each account once).
+    others = np.unique(np.column_stack([index.artefact_index, index.account_index])[of_kind & ~member[index.account_index]], axis=0)  # fmt: skip
+    outside = np.bincount(others[:, 0], minlength=int(index.artefact_index.max()) + 1)
     accounts, rows = np.unique(index.account_index[chosen], return_inverse=True)
     artefacts, cols = np.unique(index.artefact_index[chosen], return_inverse=True)
     holders = sparse.csr_matrix(
@@ -99,7 +105,10 @@ def content_groups(index: EdgeIndex, candidates: set[str], kinds: tuple[str, ...
     )
     holders.data[:] = 1  # duplicate (account, artefact) pairs count once
     reach = np.asarray(holders.sum(axis=0)).ravel()
-    holders = holders[:, np.flatnonzero((reach >= 2) & (reach <= MAX_GROUP_REACH))].tocsr()
+    # Content the candidates hold mostly among themselves: a public benchmark item that a team
+    # of ordinary accounts also sends links nobody, though a harvest asks it too.
+    own = reach > outside[artefacts]
+    holders = holders[:, np.flatnonzero((reach >= 2) & (reach <= MAX_GROUP_REACH) & own)].tocsr()
     kept = np.ones(len(accounts), dtype=bool)
     while True:
         reach = np.asarray(holders[kept].sum(axis=0)).ravel()
@@ -119,3 +128,62 @@ def content_groups(index: EdgeIndex, candidates: set[str], kinds: tuple[str, ...
         if len(component) >= min_size
     ]
     return sorted(groups, key=lambda g: (-len(g), g[0]))
+
+
+#: Artefact kinds that say where traffic came from, not who sent it: a stray is not attached to a
+#: community on these alone (a residential proxy's exit IPs carry strangers' traffic too).
+INFRASTRUCTURE_KINDS = ("net", "tls")
+
+
+def attach_strays(index: EdgeIndex, membership: dict[str, int], min_size: int = 3,
+                  min_share: float = 0.5, min_artefacts: int = 3) -> dict[str, int]:  # fmt: skip
+    """``membership`` with each stray (an account whose community has fewer than ``min_size``
+    accounts, too few to be scored) moved into the community it is most linked to, when that
+    community holds at least ``min_share`` of the stray's link weight and the stray shares at
+    least ``min_artefacts`` distinct artefacts with its members, not counting
+    :data:`INFRASTRUCTURE_KINDS` (a stray that asked one or two of a campaign's questions stays
+    where it is).
+
+    Modularity leaves some accounts on their own, holding their own artefacts, although most
+    of what they share they share with one community (a scheduler's accounts that also send
+    near-copies of its prompts, or that keep its schedule: lockstep links alone, verified
+    against the clock, are specific enough). Link weight from stray ``i`` to community ``C``: for every
+    artefact ``i`` holds, ``i``'s edge weight times the weight other holders in ``C`` give it,
+    over the same sum for all other holders. Returns a new mapping; communities do not move.
+    """
+    if not len(index) or not membership:
+        return dict(membership)
+    accounts = len(index.names)
+    labels, community = np.unique([membership.get(str(n), -1) for n in index.names], return_inverse=True)  # fmt: skip
+    sizes = np.bincount(community, minlength=len(labels))
+    strays = np.flatnonzero(sizes[community] < min_size)
+    if not len(strays):
+        return dict(membership)
+    shape = (accounts, int(index.artefact_index.max()) + 1)
+    member = sparse.csr_matrix((np.ones(accounts), (np.arange(accounts), community)),
+                               shape=(accounts, len(labels)))  # fmt: skip
+    scorable = sparse.diags((sizes >= min_size).astype(float))
+
+    w = sparse.csr_matrix((index.weight, (index.account_index, index.artefact_index)), shape=shape)  # fmt: skip
+    mass = (w.T @ member).tocsr()  # artefact x community: the weight its holders give it
+    mine = w[strays]
+    # Everything a stray is linked to, less its own weight on its own artefacts.
+    total = (
+        np.asarray((mine @ mass).sum(axis=1)).ravel()
+        - np.asarray(mine.multiply(mine).sum(axis=1)).ravel()
+    )
+    link = (mine @ (mass @ scorable)).tocsr()
+    best = np.asarray(link.argmax(axis=1)).ravel()
+    rows = np.arange(len(strays))
+    best_link = np.asarray(link[rows, best]).ravel()
+    share = np.divide(best_link, total, out=np.zeros(len(strays)), where=total > 0)
+    specific = np.flatnonzero(~np.isin(index.kind, INFRASTRUCTURE_KINDS)) if index.kind is not None else np.arange(len(index))  # fmt: skip
+    held = sparse.csr_matrix((np.ones(len(specific)), (index.account_index[specific], index.artefact_index[specific])), shape=shape)  # fmt: skip
+    held.data[:] = 1.0  # duplicate (account, artefact) pairs count once
+    holds = ((held.T @ member) > 0).astype(float)  # artefact x community: some member holds it
+    shared = np.asarray((held[strays] @ holds).tocsr()[rows, best]).ravel()
+    result = dict(membership)
+    for stray, target, ok in zip(strays, best, (share >= min_share) & (shared >= min_artefacts) & (best_link > 0), strict=True):  # fmt: skip
+        if ok:
+            result[str(index.names[stray])] = int(labels[target])
+    return result

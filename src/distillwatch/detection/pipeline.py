@@ -17,7 +17,7 @@ import pyarrow as pa
 from distillwatch.detection.dense import cluster_density
 from distillwatch.detection.evidence import CONTENT_KINDS, artefact_edges, build_evidence
 from distillwatch.detection.features import build_account_features, build_templates
-from distillwatch.detection.graph import EdgeIndex, communities, content_groups
+from distillwatch.detection.graph import EdgeIndex, attach_strays, communities, content_groups
 from distillwatch.detection.rules import (
     CONTENT_FARM_MEMBERS,
     NOVEL_REACH,
@@ -93,7 +93,9 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     derived_by_id = {r["account_id"]: r for r in derived}
 
     edges = EdgeIndex.of(artefact_edges(store))
-    membership = communities(edges)
+    # Modularity leaves a few linked accounts on their own; those mostly linked to one community
+    # (by more than where their traffic came from) join it.
+    membership = attach_strays(edges, communities(edges))
     clusters: dict[int, list[str]] = {}
     for account, cluster in membership.items():
         clusters.setdefault(cluster, []).append(account)
@@ -246,7 +248,14 @@ def account_rows(store: Store, until: datetime | None = None) -> list[dict[str, 
 
 def _yields(store: Store, membership: dict[str, int]) -> dict[int, int]:
     """Novel prompts each cluster obtained answers to: distinct prompt hashes that at most
-    ``NOVEL_REACH`` accounts sent (from the folded prompt hashes)."""
+    ``NOVEL_REACH`` accounts *outside the cluster* sent (from the folded prompt hashes).
+
+    Reach is counted outside the cluster because what a cluster's members ask one another
+    again is still the cluster's own harvest (a capability sweep spreads each benchmark item
+    over dozens of its accounts, and resamples it for more answers), while what the rest of
+    the population also asks (public benchmark items other teams run, a class's shared
+    homework seen in other classes) is not. Each distinct prompt counts once.
+    """
     if not membership:
         return {}
     table = pa.table(
@@ -255,9 +264,11 @@ def _yields(store: Store, membership: dict[str, int]) -> dict[int, int]:
     store.con.register("_membership", table)
     try:
         rows = store.run(
-            f"""WITH reach AS (SELECT h FROM content GROUP BY h HAVING count(*) <= {NOVEL_REACH})
-                SELECT m.cluster, count(DISTINCT c.h) FROM content c
-                JOIN _membership m USING (account_id) JOIN reach USING (h) GROUP BY m.cluster"""
+            f"""WITH reach AS (SELECT h, count(*) AS accounts FROM content GROUP BY h),
+                inside AS (SELECT m.cluster, c.h, count(*) AS members FROM content c
+                           JOIN _membership m USING (account_id) GROUP BY m.cluster, c.h)
+                SELECT i.cluster, count(*) FROM inside i JOIN reach r USING (h)
+                WHERE r.accounts - i.members <= {NOVEL_REACH} GROUP BY i.cluster"""
         )
     finally:
         store.con.unregister("_membership")

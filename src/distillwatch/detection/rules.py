@@ -275,12 +275,13 @@ MAX_FARM_POINTS = 5.0
 YIELD_SCALE = 1000
 YIELD_POINTS = 1.0
 MIN_COORDINATED_CLUSTER = 5
-#: A cluster whose members together obtained answers to fewer *novel* prompts than this (prompts
-#: at most NOVEL_REACH accounts sent), or fewer than MIN_YIELD_PER_ACCOUNT per member, is not
+#: A cluster whose members together obtained answers to fewer *novel* prompts than this (distinct
+#: prompts at most NOVEL_REACH accounts outside the cluster sent), or fewer than MIN_YIELD_PER_ACCOUNT per member, is not
 #: harvesting, whatever its prompts look like: distillation needs data, and every account costs
 #: its operator a sign-up. A class that shares its homework (each question asked by most of the
 #: class) and adds a few questions of its own, a team running one product, are not campaigns;
-#: a harvest splits its work, so its prompts are novel.
+#: a harvest splits its work, so its prompts are novel. (Per account, ``novel_share`` counts
+#: reach over the whole population: an account alone has no cluster to discount.)
 NOVEL_REACH = 3
 MIN_CAMPAIGN_YIELD = 100
 MIN_YIELD_PER_ACCOUNT = 15
@@ -300,6 +301,23 @@ CONTENT_FARM_MAX_MULTI_TURN = 0.05
 #: and the median moves with whoever else is in the population (long-answer scheduled jobs
 #: pushed one such campaign's members just under it).
 CONTENT_FARM_MIN_OUTPUT_RATIO = 0.75
+#: ...or at least this (the ``short_outputs`` rule's line) when nearly everything the account
+#: asks is novel (``novel_share`` at least NOVEL_FARM_SHARE): a harvest's answers are as long as
+#: its questions make them, and a seed set of short-answer questions still costs its operator
+#: novel prompts at volume, which a shared product's classifier or a team re-running a public
+#: suite (most of its items sent by others too) does not have.
+NOVEL_FARM_MIN_OUTPUT_RATIO = 0.5
+NOVEL_FARM_SHARE = 0.9
+
+
+def farm_output_floor(novel_share: float) -> float:
+    """The shortest answers (a ratio to the typical length) a content farm's member may get,
+    given the share of its distinct prompts that are novel."""
+    return (
+        NOVEL_FARM_MIN_OUTPUT_RATIO
+        if novel_share >= NOVEL_FARM_SHARE
+        else CONTENT_FARM_MIN_OUTPUT_RATIO
+    )
 
 
 def fires(rule_name: str, row: Mapping[str, Any]) -> bool:
@@ -378,7 +396,8 @@ def _content_farm(rows: list[Mapping[str, Any]], yield_per_account: float | None
         _median([r["n"] for r in rows]) >= CONTENT_FARM_MEDIAN_REQUESTS
         and multi <= CONTENT_FARM_MAX_MULTI_TURN
         and bool(outputs)
-        and _median(outputs) >= CONTENT_FARM_MIN_OUTPUT_RATIO
+        and _median(outputs)
+        >= farm_output_floor(_median([r.get("novel_share") or 0.0 for r in rows]))
         and yield_per_account >= CONTENT_FARM_YIELD_PER_ACCOUNT
         and sum(_value(r, "prompt_variety", 1.0) * r["n"] for r in rows)
         >= FARM_MIN_VARIETY * volume
@@ -415,7 +434,7 @@ def farm_candidate(row: Mapping[str, Any]) -> bool:
     return (
         (row.get("n") or 0) >= FULL_CONTENT_EVIDENCE
         and (row.get("multi_turn") or 0.0) <= CONTENT_FARM_MAX_MULTI_TURN
-        and (row.get("output_ratio") or 0.0) >= CONTENT_FARM_MIN_OUTPUT_RATIO
+        and (row.get("output_ratio") or 0.0) >= farm_output_floor(row.get("novel_share") or 0.0)
         and shared_content_share(row) >= FARM_MEMBER_SHARE
         and (row.get("novel_share") or 0.0) >= FARM_MIN_NOVEL_SHARE
         and _value(row, "prompt_variety", 1.0) >= FARM_MIN_VARIETY
