@@ -104,10 +104,16 @@ def scan_command(
     reference: list[Path] = typer.Option([], "--reference", help="A sample of a vendor's outputs (JSONL --field, or text files): report near-duplicates of it."),
     field: str = typer.Option("text", "--field", help="JSONL / Parquet: the text field."),
     alpha: float = typer.Option(1e-6, "--alpha", help="Watermark findings need a corrected p-value below this."),
+    vendor_sample: list[Path] = typer.Option([], "--vendor-sample", help="Texts known to be the vendor's outputs (JSONL --sample-field, or text files): train a style classifier (with --other-sample)."),
+    other_sample: list[Path] = typer.Option([], "--other-sample", help="Texts known not to be (your own, human-written)."),
+    sample_field: str | None = typer.Option(None, "--sample-field", help="JSONL: the samples' text field (default: --field)."),
+    target_precision: float = typer.Option(0.95, "--target-precision", min=0.5, max=0.999, help="The classifier flags at the lowest score whose held-out precision reaches this..."),
+    max_fpr: float = typer.Option(0.02, "--max-fpr", min=0.0, max=0.5, help="...and that flags at most this share of the held-out other texts."),
 ) -> None:  # fmt: skip
     """Scan a corpus for other models' outputs before training on it: assistant markers (commit
-    trailers, 'Generated with' footers, bot e-mails, chat boilerplate), our own watermark, and
-    near-duplicates of a vendor's reference sample. Streams in bounded memory."""
+    trailers, 'Generated with' footers, bot e-mails, chat boilerplate), our own watermark,
+    near-duplicates of a vendor's reference sample and, given a labelled sample, a style
+    classifier measured on held-out data (never proof). Streams in bounded memory."""
     import time
 
     from distillwatch.provenance import Keyring
@@ -127,11 +133,29 @@ def scan_command(
     references = [
         doc.text for ref in reference for doc in documents(ref, field, on_skip=_report_skip)
     ]
+    classifier = None
+    if vendor_sample or other_sample:
+        from distillwatch.provenance.classifier import VendorClassifier
+
+        if not (vendor_sample and other_sample):
+            err_console.print("[red]give both --vendor-sample and --other-sample[/]")
+            raise typer.Exit(2)
+        labelled = [(doc.text, label) for label, samples in ((1, vendor_sample), (0, other_sample))
+                    for path in samples for doc in documents(path, sample_field or field, on_skip=_report_skip)]  # fmt: skip
+        try:
+            classifier = VendorClassifier(target_precision=target_precision, max_fpr=max_fpr).fit(
+                [t for t, _ in labelled], [y for _, y in labelled]
+            )
+        except ValueError as exc:
+            err_console.print(f"[red]vendor classifier: {exc}[/]")
+            raise typer.Exit(2) from None
+        err_console.print(safe_text(f"vendor classifier: {classifier.describe()}"))
     started = time.perf_counter()
     counts: dict[str, int] = {}
     handle = out.open("w") if out else None
     try:
-        for finding in scan(paths, ring, references, field, alpha, on_skip=_report_skip):
+        for finding in scan(paths, ring, references, field, alpha, on_skip=_report_skip,
+                            classifier=classifier):  # fmt: skip
             counts[finding.kind] = counts.get(finding.kind, 0) + 1
             line = json.dumps(finding.as_dict())
             if handle is not None:

@@ -11,7 +11,11 @@ lines it added, via ``git log -p``), in bounded memory, and yields findings:
 - ``watermark``: our own watermark (a keyring), per document with at least ``min_tokens``
   scored pairs and a p-value below ``alpha`` (the exact test of :mod:`.watermark`);
 - ``near_duplicate``: a document whose MinHash collides with a reference sample of a vendor's
-  outputs (``--reference FILE``, JSONL or text; datasketch LSH, Jaccard threshold).
+  outputs (``--reference FILE``, JSONL or text; datasketch LSH, Jaccard threshold);
+- ``vendor_classifier``: only where a labelled sample is given (``--vendor-sample`` and
+  ``--other-sample``), a document a :class:`~.classifier.VendorClassifier` trained on it scores
+  at or above the threshold chosen on held-out data; the reason repeats the held-out precision
+  and recall, and says it is a resemblance, not proof.
 
 Each finding: ``path``, ``commit`` (git), ``line`` (1-based, where known), ``kind``, ``reason``.
 A finding is evidence for a data team's quarantine list, never proof of who wrote the text.
@@ -226,7 +230,8 @@ def _marker_candidates(array: Any) -> list[bool]:
 
 def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = None,
          field: str = "text", alpha: float = 1e-6, min_tokens: int = 50,
-         threshold: float = 0.7, on_skip: Skipped | None = None) -> Iterator[Finding]:  # fmt: skip
+         threshold: float = 0.7, on_skip: Skipped | None = None,
+         classifier: Any = None) -> Iterator[Finding]:  # fmt: skip
     """Findings over every document of ``paths`` (see the module docstring), document by
     document in input order, computed a batch of documents at a time."""
     import pyarrow as pa
@@ -243,6 +248,7 @@ def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = 
             array = pa.array(texts, pa.large_string())
             candidates = _marker_candidates(array)
             counts = []
+            vendor = classifier.score_samples(texts) if classifier is not None else None
             if keys:
                 ids, owner = tokenizer.tokens_batch(texts, array)
                 counts = [count_green_batch(ids, owner, len(batch), key) for key in keys]
@@ -259,6 +265,10 @@ def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = 
                         yield Finding(doc.path, "watermark", f"our watermark (key {key.key_id}): "
                                       f"{green} of {scored} pairs green, p = {p:.2g}",
                                       doc.line, doc.commit)  # fmt: skip
+                if vendor is not None and vendor[index] >= classifier.threshold_:
+                    yield Finding(doc.path, "vendor_classifier", f"reads like the vendor sample: "
+                                  f"score {vendor[index]:.2f} ({classifier.describe()}); a "
+                                  "resemblance in style, not proof", doc.line, doc.commit)  # fmt: skip
                 if lsh is not None and shingles is not None:
                     signature = shingles(doc.text)
                     if signature is not None:
