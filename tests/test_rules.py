@@ -72,6 +72,15 @@ def test_comparative_evaluation_is_evidence_against():
     assert points(row(multi_model_share=0.8), "comparative_evaluation") == pytest.approx(-1.5)
 
 
+def test_a_job_re_sending_a_few_prompt_shapes_is_evidence_against_unless_it_asks_for_reasoning():
+    job = row(n=1000, prompt_variety=0.02, shared_template_share=1.0, cot_rate=0.1)
+    assert points(job, "repetitive") == pytest.approx(-3.0)
+    assert points(row(n=1000, prompt_variety=0.9), "repetitive") == 0.0  # a harvest's variety
+    assert points(row(n=1000, prompt_variety=None), "repetitive") == 0.0  # not measured
+    # Numeric problems with worked steps are one shape each and worth distilling.
+    assert points(row(n=1000, prompt_variety=0.02, cot_rate=0.7), "repetitive") == 0.0
+
+
 def test_scorer_follows_scikit_learn_conventions():
     rows = [row(account_id=f"a{i}", n=20 + i) for i in range(60)]
     scorer = EvidenceScorer(prior=-4.0)

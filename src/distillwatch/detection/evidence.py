@@ -14,7 +14,7 @@ import numpy as np
 
 from distillwatch.detection.embedding import LSH_BANDS as _SEM_BANDS
 from distillwatch.detection.features import DISPOSABLE_DOMAINS, WEBMAIL_DOMAINS, _sql_list
-from distillwatch.detection.rules import NOVEL_REACH
+from distillwatch.detection.rules import MIN_VARIETY_PROMPTS, NOVEL_REACH
 from distillwatch.store import Store
 
 #: An artefact shared by more than this share of all accounts is too common to mean anything.
@@ -22,8 +22,6 @@ COMMON_SHARE = 0.2
 #: Semantic evidence needs this many embedded prompts (one lucky collision is not a pattern).
 MIN_SEMANTIC_PROMPTS = 10
 MAX_EDGES_PER_KIND = 12
-#: Prompt variety (``prompt_variety``) is measured from this many requests on.
-MIN_VARIETY_PROMPTS = 20
 #: Artefact kinds that say what accounts ask (wrappers, prompt texts, MinHash and embedding band
 #: signatures), as opposed to who they are (cards, sign-up hours, networks, timing).
 CONTENT_KINDS = ("tpl", "txt", "near", "sem")

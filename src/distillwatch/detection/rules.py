@@ -163,6 +163,12 @@ def derive(row: dict[str, Any], median_output: float, anomaly_rank: float | None
     return out
 
 
+#: Prompt variety (``prompt_variety``: distinct prompt shapes per request) is measured from
+#: this many requests on, and below REPETITIVE_VARIETY an account is repetitive.
+MIN_VARIETY_PROMPTS = 20
+REPETITIVE_VARIETY = 0.2
+
+
 #: The account rule table. Weights were set from what the disclosed campaigns had in common and
 #: what honest heavy users do, not fitted to one simulator; ``bench detect --leave-one-out``
 #: compares them with weights fitted without the tactic being evaluated.
@@ -200,6 +206,15 @@ ACCOUNT_RULES: tuple[Rule, ...] = (
     # Distillation needs rich answers; short, reasoning-free outputs are little worth copying.
     Rule("short_outputs", "output_ratio", 0.5, -1.0, below=True, min_requests=20, when=(("cot_rate", "<", 0.1),),
          reason="asks for short outputs ({mean_output:.0f} tokens vs {median_output:.0f} typical) without reasoning: little to distil"),
+    # Distillation needs many distinct questions. An account that re-sends a few prompt shapes
+    # (numbers masked: a job's fresh time stamps and counters do not make new questions) asks
+    # little that is new, however much it shares with its siblings; a harvest stays near 1
+    # (rewordings are new shapes). Not when most prompts ask for reasoning: numeric problems
+    # with worked steps are one shape and worth distilling. Cutting variety below the line
+    # would cost a harvester most of its requests.
+    Rule("repetitive", "prompt_variety", REPETITIVE_VARIETY, -3.0, below=True, min_requests=MIN_VARIETY_PROMPTS,
+         when=(("cot_rate", "<", 0.5),),
+         reason="re-sends a few prompt shapes ({prompt_variety:.0%} of {n:,} requests are new shapes, numbers masked): a scheduled job, little new to distil"),
     Rule("launch_surge", "new_model_lift", 2.5, 1.0, when=(("new_model_share", ">=", 0.3),),
          reason="{new_model_share:.0%} of its traffic moved to the newly launched model (population: {population_new_model_share:.0%})"),
     Rule("prefix_rotation", "rotates_prefixes", 1, 0.8, min_requests=10, when=(("new_prefix_per_request", "<", 1),),
