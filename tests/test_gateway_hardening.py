@@ -249,8 +249,12 @@ BAD_BODIES = [
 ]  # fmt: skip
 
 
-def test_malformed_requests_get_400_never_500(proxy):
-    base, _ = proxy()
+def test_malformed_requests_get_400_never_500(proxy, tmp_path):
+    # A shape that caps the request (not the answer), so the suspect's body gets rewritten.
+    policy = tmp_path / "request-cap.yaml"
+    policy.write_text("rules:\n  - {name: cap, when: {verdict: suspicious}, action: shape, "
+                      "max_tokens: 512, strip_reasoning: true}\n")  # fmt: skip
+    base, _ = proxy("--policy", str(policy))
     ok = [{"role": "user", "content": COT}]
     for account in ("good", "suspect"):  # suspect is shaped: its body gets rewritten
         for bad in BAD_BODIES:

@@ -45,8 +45,9 @@ def test_guard_in_real_litellm_proxy(tmp_path):
 
     default = resources.files("distillwatch.enforce").joinpath("default_policy.yaml").read_text()
     # ...and, first, the default's rule for suspicious reasoning requests with a canary.
+    # (The answer capped after reasoning, at 10 tokens: 40 characters.)
     canary_rule = ("rules:\n  - {name: canary, when: {verdict: suspicious, cot_elicitation: true}, "
-                   "action: shape, max_tokens: 512, strip_reasoning: true, canary: true}\n")  # fmt: skip
+                   "action: shape, max_tokens: 10, cap_answer: true, strip_reasoning: true, canary: true}\n")  # fmt: skip
     (tmp_path / "policy.yaml").write_text(
         default.replace("rules:\n", canary_rule, 1)
         + "  - {name: streaming-test, when: {min_stream_score: 0.2}, action: block}\n"
@@ -100,6 +101,9 @@ def test_guard_in_real_litellm_proxy(tmp_path):
         )
         assert "private chain of thought" not in shaped.text  # reasoning_content removed too
         assert content.endswith(canary) and canary not in ok.text
+        # The upstream was asked for 3000 tokens; the client sees 40 characters, marked as cut.
+        assert content.split("\n\n")[0] == ("word " * 8)[:40].rstrip(), content[:200]
+        assert shaped.json()["choices"][0]["finish_reason"] == "length"
 
         def stream(user: str, content: str) -> bytes:
             body = {"model": "atlas-2", "user": user, "stream": True,
@@ -119,7 +123,8 @@ def test_guard_in_real_litellm_proxy(tmp_path):
             if line.startswith("data: {")
             for choice in json.loads(line[6:]).get("choices") or []
         )
-        assert streamed.endswith(canary), streamed[-200:]
+        assert streamed.endswith(canary) and streamed.startswith(("word " * 8)[:40]), streamed
+        assert len(streamed) == 40 + len(canary_for(key, "c-2").suffix)
         tools = [
             {
                 "type": "function",

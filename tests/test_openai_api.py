@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 from distillwatch.errors import RecordError
 from distillwatch.openai_api import (
     StreamAppender,
+    StreamCapper,
     StreamReader,
     StreamShaper,
     ThinkFilter,
     append_text,
+    cap_answer,
     normalise_messages,
     responses_messages,
     strip_reasoning,
@@ -251,3 +253,35 @@ def test_append_text_extends_chat_completion_and_responses_objects():
     append_text(response, "\n\nX")
     assert [p.get("text") for p in response["output"][1]["content"]] == [None, "A\n\nX", "B"]
     assert response["output_text"] == "A\n\nXB"  # the convenience field follows its parts
+
+
+@settings(max_examples=200)
+@given(tag_text, st.lists(st.integers(min_value=0, max_value=60), max_size=6), st.integers(1, 12))
+def test_a_capped_stream_gives_what_cap_answer_gives_the_whole_answer(text, cuts, tokens):
+    """Any split, reasoning stripped first: the chat deltas and the Responses deltas, done text
+    and final object equal :func:`cap_answer` of the whole response, and both say when they cut."""
+    points = sorted({min(c, len(text)) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+    whole_chat = cap_answer(strip_reasoning({"choices": [{"index": 0, "message": {"content": text},
+                                                         "finish_reason": "stop"}]}), tokens)  # fmt: skip
+    shaper, capper, got, finish = StreamShaper(), StreamCapper(tokens), "", None
+    chunks = [{"choices": [{"index": 0, "delta": {"content": p}}]} for p in pieces]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    for chunk in chunks:
+        for event in (e for shaped in shaper.shape(chunk) for e in capper.apply(shaped)):
+            got += event["choices"][0]["delta"].get("content", "")
+            finish = event["choices"][0].get("finish_reason") or finish
+    assert got == whole_chat["choices"][0]["message"]["content"]
+    assert finish == whole_chat["choices"][0]["finish_reason"]
+
+    stream = orjson.loads(orjson.dumps(_responses_stream(pieces)))
+    whole = cap_answer(strip_reasoning(orjson.loads(orjson.dumps(stream[-1]["response"]))), tokens)
+    shaper, capper, sent = StreamShaper(), StreamCapper(tokens), []
+    for event in stream:
+        sent += [e for shaped in shaper.shape(event) for e in capper.apply(shaped)]
+    deltas = "".join(e["delta"] for e in sent if e["type"] == "response.output_text.delta")
+    expected = whole["output"][1]["content"][0]["text"]
+    last = sent[-1]
+    assert deltas == expected == last["response"]["output"][1]["content"][0]["text"]
+    assert next(e for e in sent if e["type"] == "response.output_text.done")["text"] == expected
+    assert (last["type"] == "response.incomplete") == (whole.get("status") == "incomplete")

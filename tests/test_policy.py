@@ -34,6 +34,42 @@ from distillwatch.enforce.signals import cot_elicitation, template_signatures
             "fail_open",
         ),
         ({"rulez": []}, "rulez"),
+        (
+            {
+                "rules": [
+                    {"name": "x", "when": {"any": True}, "action": "shape", "cap_answer": True}
+                ]
+            },
+            "rules[0].cap_answer",
+        ),
+        (
+            {
+                "rules": [
+                    {
+                        "name": "x",
+                        "when": {"any": True},
+                        "action": "block",
+                        "cap_answer": True,
+                        "max_tokens": 5,
+                    }
+                ]
+            },
+            "rules[0].cap_answer",
+        ),
+        (
+            {
+                "rules": [
+                    {
+                        "name": "x",
+                        "when": {"any": True},
+                        "action": "shape",
+                        "max_tokens": 5,
+                        "cap_answer": "yes",
+                    }
+                ]
+            },
+            "rules[0].cap_answer",
+        ),
     ],
 )
 def test_invalid_policies_name_the_field(doc, field):
@@ -49,15 +85,14 @@ def test_default_policy_decisions():
         ).action
         == "challenge"
     )
-    assert (
-        decide(
-            {"account_id": "a", "verdict": "suspicious", "cot_elicitation": True},
-            policy,
-            False,
-            None,
-        ).action
-        == "shape"
+    shaped = decide(
+        {"account_id": "a", "verdict": "suspicious", "cot_elicitation": True}, policy, False, None
     )
+    # The shipped shape caps the answer after its reasoning is stripped, not the request: a
+    # cap below a reasoning model's reasoning would leave honest users with no answer
+    # (docs/provenance.md, response shaping measured).
+    assert shaped.action == "shape" and shaped.strip_reasoning and shaped.cap_answer
+    assert shaped.max_tokens == 512
     throttle = decide(
         {"account_id": "a", "verdict": "suspicious", "cluster_id": "c-2"}, policy, False, None
     )

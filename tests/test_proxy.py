@@ -3,6 +3,7 @@ real DuckDB. Each proxy is the installed CLI (`distillwatch proxy`) in its own p
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -80,7 +81,7 @@ def test_policy_actions_and_audit(proxy, tmp_path):
     base, _ = proxy("--replay-time-header", "X-Replay-Time", store=store)
     flagged = chat(base, "flagged")
     assert flagged.status_code == 403 and flagged.json()["error"]["code"] == "verification_required"
-    # suspicious + chain-of-thought: shaped (reasoning stripped, max_tokens capped)
+    # suspicious + chain-of-thought: shaped (reasoning stripped, the answer capped at 512 tokens)
     shaped = chat(base, "suspect", "Think step by step about primes.", max_tokens=4000)
     content = shaped.json()["choices"][0]["message"]["content"]
     assert shaped.status_code == 200 and "<think>" not in content and content.count("word") <= 512
@@ -105,6 +106,69 @@ def test_policy_actions_and_audit(proxy, tmp_path):
     assert all(
         k.startswith("kh-") and "sk-" not in k for _, k in logged
     )  # keys stored only as hashes
+
+
+def test_cap_answer_cuts_what_the_client_sees_after_reasoning_not_the_request(proxy, tmp_path):
+    """With ``cap_answer`` the upstream gets the client's own max_tokens (a reasoning model can
+    finish its reasoning), the reasoning is stripped, and the answer the client sees is cut at
+    the cap (4 characters a token), marked as cut, in JSON and in streams, chat and Responses
+    alike. Without it the request is capped, as before."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "rules:\n  - {name: after, when: {verdict: suspicious}, action: shape, max_tokens: 10, "
+        "strip_reasoning: true, cap_answer: true}\n"
+        "  - {name: before, when: {verdict: distillation}, action: shape, max_tokens: 10}\n"
+    )
+    base, _ = proxy("--policy", str(policy))
+    auth = {"Authorization": "Bearer sk-suspect"}
+    answer = chat(base, "suspect", "explain", max_tokens=200).json()["choices"][0]
+    assert (
+        answer["message"]["content"] == ("word " * 8)[:40] and answer["finish_reason"] == "length"
+    )
+    assert "private chain" not in str(answer)
+    capped_request = chat(base, "flagged", "explain", max_tokens=200).json()["choices"][0]
+    assert (
+        capped_request["message"]["content"].endswith(" word")
+        and capped_request["message"]["content"].count("word") == 10
+    )
+    whole = chat(base, "good", "explain", max_tokens=200).json()["choices"][0]["message"]["content"]
+    assert whole.count("word") == 200  # a benign account: untouched
+
+    body = {"model": "atlas-2", "stream": True, "max_tokens": 200,
+            "messages": [{"role": "user", "content": "explain"}]}  # fmt: skip
+    text, finish = "", None
+    with httpx.stream(
+        "POST", f"{base}/v1/chat/completions", json=body, headers=auth, timeout=10
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                for choice in json.loads(line[6:]).get("choices") or []:
+                    text += (choice.get("delta") or {}).get("content") or ""
+                    finish = choice.get("finish_reason") or finish
+    assert text == ("word " * 8)[:40] and finish == "length"
+
+    response = httpx.post(f"{base}/v1/responses", headers=auth, timeout=10,
+                          json={"model": "atlas-2", "input": "explain", "max_output_tokens": 200}).json()  # fmt: skip
+    message = next(i for i in response["output"] if i["type"] == "message")
+    assert message["content"][0]["text"] == " ".join(["word"] * 16)[:40]
+    assert response["status"] == "incomplete"
+    deltas, final = "", None
+    with httpx.stream("POST", f"{base}/v1/responses", headers=auth, timeout=10,
+                      json={"model": "atlas-2", "input": "explain", "stream": True,
+                            "max_output_tokens": 200}) as r:  # fmt: skip
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                event = json.loads(line[6:])
+                if event["type"] == "response.output_text.delta":
+                    deltas += event["delta"]
+                elif event["type"].startswith("response.") and event["type"] in (
+                    "response.completed",
+                    "response.incomplete",
+                ):
+                    final = event
+    assert deltas == " ".join(["word"] * 16)[:40] and final["type"] == "response.incomplete"
+    item = next(i for i in final["response"]["output"] if i["type"] == "message")
+    assert item["content"][0]["text"] == deltas
 
 
 def test_shadow_mode_enforces_nothing(proxy):

@@ -19,6 +19,8 @@ what ingest stores from a provider's own logs cannot drift apart:
   stream, including tags split across chunks (:class:`ThinkFilter`).
 - :func:`append_text` and :class:`StreamAppender` add text to the end of an answer (a canary),
   in a response object and in a stream, for chat completions, completions and the Responses API.
+- :func:`cap_answer` and :class:`StreamCapper` cut the answer a client sees (after reasoning is
+  stripped) at a token budget, in a response object and in a stream alike.
 """
 
 from __future__ import annotations
@@ -733,6 +735,125 @@ class StreamAppender:
             return
         if 0 <= index < len(content) and isinstance(content[index], dict) and isinstance(content[index].get("text"), str):  # fmt: skip
             content[index]["text"] += self.suffix
+
+
+#: Characters per token for a cap applied to text already generated (OpenAI's rule of thumb for
+#: English). Counting characters, not words, makes the cut the same for a whole answer and for
+#: any split of it into stream chunks.
+CHARS_PER_TOKEN = 4
+
+
+def cap_answer(payload: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    """``payload`` with its answer text cut at about ``max_tokens`` tokens
+    (:data:`CHARS_PER_TOKEN` characters each), in place: each choice of a chat completion or
+    completion on its own (its ``finish_reason`` becomes ``length`` where cut), and a Responses
+    object's message text in order under one budget (``status`` ``incomplete``, reason
+    ``max_output_tokens``, where cut), as the upstream reports a cap it hit itself."""
+    budget = max_tokens * CHARS_PER_TOKEN
+    for choice in payload.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        holder, name = (message, "content") if isinstance(message, dict) else (choice, "text")
+        text = holder.get(name)
+        if isinstance(text, str) and len(text) > budget:
+            holder[name] = text[:budget]
+            choice["finish_reason"] = "length"
+    left, cut = budget, False
+    for item in payload.get("output") if isinstance(payload.get("output"), list) else []:
+        if not isinstance(item, dict) or item.get("type") != "message":
+            continue
+        for part in item.get("content") or []:
+            if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str):  # fmt: skip
+                kept = part["text"][:left]
+                cut = cut or len(kept) < len(part["text"])
+                part["text"], left = kept, left - len(kept)
+    if cut:
+        payload["status"] = "incomplete"
+        payload["incomplete_details"] = {"reason": "max_output_tokens"}
+        _rejoin_output_text(payload)
+    return payload
+
+
+class StreamCapper:
+    """:func:`cap_answer` for a stream, event by event: the client receives exactly the text
+    :func:`cap_answer` leaves of the whole answer, whatever the split.
+
+    Chat and completion chunks keep each choice's text up to its budget (text after it is
+    emptied; the finishing chunk says ``length``); a Responses stream keeps deltas up to one
+    budget for the response (later deltas are dropped), and once it has cut, the events that
+    repeat the text (``output_text.done``, ``content_part.done``, ``output_item.done``) carry
+    what was sent and the final event becomes ``response.incomplete``.
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.budget = max_tokens * CHARS_PER_TOKEN
+        self._used: dict[Any, int] = {}
+        self._cut: set[Any] = set()
+        self._left = self.budget
+        self._sent: dict[tuple[Any, Any], str] = {}
+        self._truncated = False
+
+    def apply(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        kind = event.get("type")
+        if isinstance(kind, str):
+            return self._responses(kind, event)
+        for choice in event.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            holder = choice.get("delta") if isinstance(choice.get("delta"), dict) else choice
+            name = "content" if holder is not choice else "text"
+            text = holder.get(name)
+            if isinstance(text, str):
+                used = self._used.get(index, 0)
+                kept = text[: max(0, self.budget - used)]
+                self._used[index] = used + len(kept)
+                if len(kept) < len(text):
+                    self._cut.add(index)
+                holder[name] = kept
+            if choice.get("finish_reason") and index in self._cut:
+                choice["finish_reason"] = "length"
+        return [event]
+
+    def _responses(self, kind: str, event: dict[str, Any]) -> list[dict[str, Any]]:
+        key = (event.get("item_id"), event.get("content_index"))
+        if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
+            kept = event["delta"][: self._left]
+            self._left -= len(kept)
+            self._truncated = self._truncated or len(kept) < len(event["delta"])
+            self._sent[key] = self._sent.get(key, "") + kept
+            if not kept:
+                return []
+            event["delta"] = kept
+            return [event]
+        if not self._truncated:
+            return [event]
+        if kind == "response.output_text.done":
+            event["text"] = self._sent.get(key, "")
+        elif kind == "response.content_part.done" and isinstance(event.get("part"), dict):
+            if event["part"].get("type") == "output_text":
+                event["part"]["text"] = self._sent.get(key, "")
+        elif kind == "response.output_item.done" and isinstance(event.get("item"), dict):
+            self._resend(event["item"])
+        elif kind in StreamAppender._FINAL and isinstance(event.get("response"), dict):
+            response = event["response"]
+            for item in response.get("output") or []:
+                if isinstance(item, dict):
+                    self._resend(item)
+            response["status"] = "incomplete"
+            response["incomplete_details"] = {"reason": "max_output_tokens"}
+            _rejoin_output_text(response)
+            event["type"] = "response.incomplete"
+        return [event]
+
+    def _resend(self, item: dict[str, Any]) -> None:
+        """An item's output-text parts as what was sent of them."""
+        if item.get("type") != "message":
+            return
+        for index, part in enumerate(item.get("content") or []):
+            if isinstance(part, dict) and part.get("type") == "output_text":
+                part["text"] = self._sent.get((item.get("id"), index), "")
 
 
 def event_name(block_name: str | None, payload: dict[str, Any]) -> str | None:

@@ -59,8 +59,10 @@ from distillwatch.openai_api import (
     Messages,
     ResponseSummary,
     StreamAppender,
+    StreamCapper,
     StreamReader,
     StreamShaper,
+    cap_answer,
     encode_event,
     event_name,
     parse_event,
@@ -494,7 +496,7 @@ class Proxy:
                 openai_error(refusal.status, refusal.message, refusal.kind, refusal.code, headers),
             )
         call.enforce = not self.config.shadow
-        if call.shaping and call.decision.max_tokens:
+        if call.shaping and call.decision.max_tokens and not call.decision.cap_answer:
             _cap_tokens(route, body, call.decision.max_tokens)
             call.modified = True
         return await self._forward(request, call)
@@ -567,6 +569,8 @@ class Proxy:
         elif call.shaping and isinstance(payload, dict):
             if call.decision.strip_reasoning:
                 payload = strip_reasoning(payload)
+            if call.decision.cap_answer and call.decision.max_tokens:
+                payload = cap_answer(payload, call.decision.max_tokens)
             for hook in self.config.response_hooks:
                 payload = hook(payload, call.decision, call.body)
             content = orjson.dumps(payload)
@@ -581,7 +585,13 @@ class Proxy:
         # Text response hooks add to a shaped stream (a canary): at the end of the answer.
         tail = "".join(t for t in self._stream_tails(call) if t)
         appender = StreamAppender(tail) if tail else None
-        rewrite = shaper is not None or appender is not None
+        capper = (
+            StreamCapper(call.decision.max_tokens)
+            if call.shaping and call.decision.cap_answer and call.decision.max_tokens
+            else None
+        )
+        rewrite = shaper is not None or appender is not None or capper is not None
+        stages = [stage.apply for stage in (capper, appender) if stage is not None]
 
         def events(blocks: list[bytes]) -> bytes:
             out: list[bytes] = []
@@ -591,10 +601,12 @@ class Proxy:
                     out.append(block)
                     continue
                 name = event.name if event else None
-                for shaped in shaper.shape(data) if shaper else [data]:
-                    for sent in appender.apply(shaped) if appender else [shaped]:
-                        reader.observe(sent)
-                        out.append(encode_event(event_name(name, sent), sent) if rewrite else block)
+                sent = shaper.shape(data) if shaper else [data]
+                for stage in stages:  # cap the answer, then add to it (a canary is never cut)
+                    sent = [after for before in sent for after in stage(before)]
+                for one in sent:
+                    reader.observe(one)
+                    out.append(encode_event(event_name(name, one), one) if rewrite else block)
             return b"".join(out)
 
         try:
@@ -854,7 +866,7 @@ class Proxy:
                 400,
                 f"ttl_seconds: integer from 1 to {MAX_ADMIN_TTL_SECONDS}; action: challenge, "
                 "block, throttle (requests_per_minute 1-100000) or shape (max_tokens 1-100000, "
-                "strip_reasoning true/false)",
+                "strip_reasoning and cap_answer true/false)",
                 "invalid_request_error",
             )
         try:
@@ -863,7 +875,7 @@ class Proxy:
                     "action": action,
                     "rule": "admin",
                 }
-                for stale in ("requests_per_minute", "max_tokens", "strip_reasoning"):
+                for stale in ("requests_per_minute", "max_tokens", "strip_reasoning", "cap_answer"):
                     current.pop(stale, None)
                 current.update(params)
                 current["action"] = action
@@ -924,9 +936,9 @@ def _standing_params(action: Any, body: dict[str, Any]) -> dict[str, Any] | None
     if action == "throttle" and bounded(body.get("requests_per_minute")):
         return {"requests_per_minute": body["requests_per_minute"]}
     if action == "shape" and bounded(body.get("max_tokens")):
-        strip = body.get("strip_reasoning", True)
-        if isinstance(strip, bool):
-            return {"max_tokens": body["max_tokens"], "strip_reasoning": strip}
+        strip, after = body.get("strip_reasoning", True), body.get("cap_answer", False)
+        if isinstance(strip, bool) and isinstance(after, bool):
+            return {"max_tokens": body["max_tokens"], "strip_reasoning": strip, "cap_answer": after}
     return None
 
 

@@ -25,6 +25,7 @@ class Decision:
     scope: str = "account"
     max_tokens: int | None = None
     strip_reasoning: bool = False
+    cap_answer: bool = False  # max_tokens caps the answer the client sees, not the request
     watermark: bool = False
     canary: bool = False
     ttl_seconds: int | None = None
@@ -83,6 +84,7 @@ def decide(
         scope=rule.scope,
         max_tokens=rule.max_tokens,
         strip_reasoning=rule.strip_reasoning,
+        cap_answer=rule.cap_answer,
         watermark=rule.watermark,
         canary=rule.canary,
         ttl_seconds=rule.ttl_seconds,

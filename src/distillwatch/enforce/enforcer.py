@@ -318,9 +318,10 @@ class Enforcer:
             return
         try:
             if self.streaming is not None and not (
-                decision.action == "shape" and decision.max_tokens
+                decision.action == "shape" and decision.max_tokens and not decision.cap_answer
             ):
-                # A capped answer says what we allowed, not what the account asked for.
+                # A capped request says what we allowed, not what the account asked for (a
+                # cap on the answer leaves the request, and so the usage, the account's).
                 await self.streaming.add_output(account, completion_tokens, when)
             key = self._limit_key(account, decision)
             await self.state.hit(

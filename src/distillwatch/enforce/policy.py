@@ -28,8 +28,9 @@ class Rule:
     requests_per_minute: int | None = None
     output_tokens_per_minute: int | None = None
     scope: str = "account"  # throttle scope: account or cluster
-    max_tokens: int | None = None  # shape: cap the request's max_tokens
+    max_tokens: int | None = None  # shape: cap the request's max_tokens (or the answer's)
     strip_reasoning: bool = False  # shape: remove reasoning sections from the response
+    cap_answer: bool = False  # shape: max_tokens caps the answer after reasoning, not the request
     watermark: bool = False  # shape: ask the upstream to watermark its answer (request header)
     canary: bool = False  # shape: append the cluster's canary (proxy --canary-keys)
     message: str = "Additional verification is required for this account."
@@ -123,6 +124,10 @@ def parse_policy(doc: Any, source: str = "<policy>") -> Policy:
             raise PolicyError(f"{where}.watermark: expected true or false")
         if raw.get("watermark") and raw["action"] != "shape":
             raise PolicyError(f"{where}.watermark: only a shape action can ask for a watermark")
+        if "cap_answer" in raw and not isinstance(raw["cap_answer"], bool):
+            raise PolicyError(f"{where}.cap_answer: expected true or false")
+        if raw.get("cap_answer") and (raw["action"] != "shape" or not raw.get("max_tokens")):
+            raise PolicyError(f"{where}.cap_answer: only a shape action with max_tokens")
         if "canary" in raw and not isinstance(raw["canary"], bool):
             raise PolicyError(f"{where}.canary: expected true or false")
         if raw.get("canary") and raw["action"] != "shape":

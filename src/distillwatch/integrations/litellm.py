@@ -50,6 +50,7 @@ from distillwatch.enforce.policy import load_policy
 from distillwatch.enforce.signals import key_account
 from distillwatch.errors import RecordError
 from distillwatch.openai_api import (
+    CHARS_PER_TOKEN,
     REASONING_FIELDS,
     Messages,
     ThinkFilter,
@@ -90,6 +91,13 @@ def _shape(data: dict[str, Any], shadow: bool) -> dict[str, Any]:
     """The shape decision the pre-call hook stored with the request ({} when not shaping)."""
     decision = ((data.get("metadata") or {}).get("distillwatch") or {}).get("decision") or {}
     return decision if not shadow and decision.get("action") == "shape" else {}
+
+
+def _answer_budget(decision: dict[str, Any]) -> int | None:
+    """Characters of answer a ``cap_answer`` shape decision leaves (None: no such cap)."""
+    if decision.get("cap_answer") and decision.get("max_tokens"):
+        return int(decision["max_tokens"]) * CHARS_PER_TOKEN
+    return None
 
 
 class DistillwatchGuard(CustomLogger):
@@ -197,7 +205,12 @@ class DistillwatchGuard(CustomLogger):
             "decision": decision.as_dict(),
             "ts": when.isoformat(),
         }
-        if not self.enforcer.shadow and decision.action == "shape" and decision.max_tokens:
+        if (
+            not self.enforcer.shadow
+            and decision.action == "shape"
+            and decision.max_tokens
+            and not decision.cap_answer
+        ):
             data["max_tokens"] = min(
                 int(data.get("max_tokens") or decision.max_tokens), decision.max_tokens
             )
@@ -210,10 +223,15 @@ class DistillwatchGuard(CustomLogger):
         if not decision:
             return response
         suffix = self._canary_suffix(decision)
+        budget = _answer_budget(decision)
         for choice in getattr(response, "choices", None) or []:
             message = getattr(choice, "message", None)
             if decision.get("strip_reasoning"):
                 _strip_message(message)
+            content = getattr(message, "content", None)
+            if budget is not None and isinstance(content, str) and len(content) > budget:
+                message.content = content[:budget]
+                choice.finish_reason = "length"
             if suffix and isinstance(getattr(message, "content", None), str):
                 message.content = message.content.rstrip() + suffix
         return response
@@ -223,11 +241,14 @@ class DistillwatchGuard(CustomLogger):
     ) -> Any:
         decision = _shape(request_data, self.enforcer.shadow)
         strip, suffix = bool(decision.get("strip_reasoning")), self._canary_suffix(decision)
-        if not strip and not suffix:
+        budget = _answer_budget(decision)
+        if not strip and not suffix and budget is None:
             async for chunk in response:
                 yield chunk
             return
         filters: dict[int, ThinkFilter] = {}
+        used: dict[int, int] = {}
+        cut: set[int] = set()
         async for chunk in response:
             for choice in getattr(chunk, "choices", None) or []:
                 delta = getattr(choice, "delta", None)
@@ -244,6 +265,14 @@ class DistillwatchGuard(CustomLogger):
                     shown = thinker.feed(content) if isinstance(content, str) else None
                     if getattr(choice, "finish_reason", None):
                         shown = (shown or "") + thinker.flush()
+                if budget is not None and shown is not None:
+                    kept = shown[: max(0, budget - used.get(index, 0))]
+                    used[index] = used.get(index, 0) + len(kept)
+                    if len(kept) < len(shown):
+                        cut.add(index)
+                    shown = kept
+                if index in cut and getattr(choice, "finish_reason", None):
+                    choice.finish_reason = "length"
                 if suffix and getattr(choice, "finish_reason", None):
                     shown = (shown or "") + suffix  # each choice finishes once
                 if shown is not None:
