@@ -343,10 +343,10 @@ def test_share_export_keys_each_group_apart(bundle_dir, tmp_path, cli):
     assert theirs.key_ids == {"group-b"}
 
 
-def test_imported_indicators_are_priors_in_detection(bundle_dir, tmp_path, cli):
-    """Lab B sees a few accounts of lab A's hydra (same template, client and cards), each with a
-    handful of requests: not enough on their own. With lab A's bundle imported they rise to
-    suspicious and the reason names lab A; B's ordinary users are not affected."""
+def _lab_b(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    """Lab B's log and account records: three accounts of lab A's hydra (same template, client
+    and cards, four requests each, under new ids and webmail addresses) among 120 ordinary
+    users. Returns (log, accounts file, {lab A id: lab B id})."""
     records, accounts = hydra(12, 20)
     fresh = {f"h{a:02d}": f"b-new{a}" for a in range(3)}
     b_records = [{**r, "id": "b-" + r["id"], "account_id": fresh[r["account_id"]]}
@@ -357,6 +357,14 @@ def test_imported_indicators_are_priors_in_detection(bundle_dir, tmp_path, cli):
     log, meta = tmp_path / "b.jsonl", tmp_path / "b-accounts.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in b_records + p_records))
     meta.write_text("".join(json.dumps(a) + "\n" for a in b_accounts + p_accounts))
+    return log, meta, fresh
+
+
+def test_imported_indicators_are_priors_in_detection(bundle_dir, tmp_path, cli):
+    """Lab B sees a few accounts of lab A's hydra (same template, client and cards), each with a
+    handful of requests: not enough on their own. With lab A's bundle imported they rise to
+    suspicious and the reason names lab A; B's ordinary users are not affected."""
+    log, meta, fresh = _lab_b(tmp_path)
     verdicts = {}
     for name, extra in (
         ("alone", []),
@@ -415,16 +423,7 @@ def test_a_false_positive_found_in_review_goes_back_to_the_partner_and_stops_its
     from distillwatch.workspace.cases import Desk
     from distillwatch.workspace.channels import RecordOnlyChannel
 
-    records, accounts = hydra(12, 20)
-    fresh = {f"h{a:02d}": f"b-new{a}" for a in range(3)}
-    b_records = [{**r, "id": "b-" + r["id"], "account_id": fresh[r["account_id"]]}
-                 for r in records if r["account_id"] in fresh and int(r["id"].rsplit("-", 1)[1]) < 4]  # fmt: skip
-    b_accounts = [{**a, "account_id": fresh[a["account_id"]], "email_domain": "gmail.com"}
-                  for a in accounts if a["account_id"] in fresh]  # fmt: skip
-    p_records, p_accounts = people(120, 4)
-    log, meta = tmp_path / "b.jsonl", tmp_path / "b-accounts.jsonl"
-    log.write_text("".join(json.dumps(r) + "\n" for r in b_records + p_records))
-    meta.write_text("".join(json.dumps(a) + "\n" for a in b_accounts + p_accounts))
+    log, meta, fresh = _lab_b(tmp_path)
     ours, db = bundle_dir / "out1" / "indicators.json", tmp_path / "b.duckdb"
     key = bundle_dir / "group.key"
     result = cli("detect", log, "--accounts", meta, "--out", tmp_path / "with", "--store", db,
