@@ -660,6 +660,10 @@ def _rejoin_output_text(response: dict[str, Any]) -> None:
         )  # fmt: skip
 
 
+#: Responses stream events that carry the whole response object at its end.
+FINAL_RESPONSE_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+
+
 class StreamAppender:
     """Adds ``suffix`` to the end of a streamed answer, once, event by event.
 
@@ -672,8 +676,6 @@ class StreamAppender:
     text. A stream with no answer text (a tool call only) is left alone. Inserted events carry
     no ``sequence_number``.
     """
-
-    _FINAL = ("response.completed", "response.incomplete", "response.failed")
 
     def __init__(self, suffix: str) -> None:
         self.suffix = suffix
@@ -722,7 +724,7 @@ class StreamAppender:
                 part["text"] += self.suffix
         elif kind == "response.output_item.done" and isinstance(event.get("item"), dict):
             self._extend(event["item"], item_id, index)
-        elif kind in self._FINAL and isinstance(event.get("response"), dict):
+        elif kind in FINAL_RESPONSE_EVENTS and isinstance(event.get("response"), dict):
             for item in event["response"].get("output") or []:
                 if isinstance(item, dict):
                     self._extend(item, item_id, index)
@@ -836,7 +838,7 @@ class StreamCapper:
                 event["part"]["text"] = self._sent.get(key, "")
         elif kind == "response.output_item.done" and isinstance(event.get("item"), dict):
             self._resend(event["item"])
-        elif kind in StreamAppender._FINAL and isinstance(event.get("response"), dict):
+        elif kind in FINAL_RESPONSE_EVENTS and isinstance(event.get("response"), dict):
             response = event["response"]
             for item in response.get("output") or []:
                 if isinstance(item, dict):
