@@ -649,6 +649,13 @@ def test_actions_through_the_admin_api_reach_a_proxy_in_batches(proxy):
     assert {chat(base, a).status_code for a in ("good", "suspect")} == {403}
     asyncio.run(run(lambda c: c.lift(["good"])))
     assert chat(base, "good").status_code == 200 and chat(base, "suspect").status_code == 403
+    # A shape as the desk sends it: the answer capped after the reasoning, not the request.
+    shape = {"action": "shape", "rule": "analyst", "reasons": ["analyst ana: check"],
+             "max_tokens": 10, "strip_reasoning": True, "cap_answer": True}  # fmt: skip
+    assert asyncio.run(run(lambda c: c.decide(["good"], shape, 600))) == 1
+    answer = chat(base, "good", "explain", max_tokens=200).json()["choices"][0]
+    assert answer["finish_reason"] == "length" and len(answer["message"]["content"]) == 40
+    asyncio.run(run(lambda c: c.lift(["good"])))
     auth = {"Authorization": f"Bearer {ADMIN}"}
     for bad in ([], ["x"] * 5001, [""], [7], "good"):
         r = httpx.post(f"{base}/admin/extend", headers=auth,

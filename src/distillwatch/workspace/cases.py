@@ -215,7 +215,8 @@ class Desk:
         if action == "throttle":
             decision["requests_per_minute"] = THROTTLE_REQUESTS_PER_MINUTE
         if action == "shape":
-            decision.update(max_tokens=SHAPE_MAX_TOKENS, strip_reasoning=True)
+            # As the shipped policy shapes: reasoning stripped, the answer after it capped.
+            decision.update(max_tokens=SHAPE_MAX_TOKENS, strip_reasoning=True, cap_answer=True)
         if action in EXPIRING:
             delivered = await self.channel.decide(accounts, decision, ttl or 60)
         elif action == "allowlist":
