@@ -208,7 +208,9 @@ def test_robust_cases_give_valid_contract_2(tmp_path, records):
 
 
 def test_all_attacker_log(tmp_path):
-    h_records, h_accounts = hydra(6, 15)
+    # Harvest volume (60 requests each): with no one else in the log nothing links them (what
+    # everyone shares is common), and an account flagged alone needs 50 (rules.lone_capped).
+    h_records, h_accounts = hydra(6, 60)
     with Store(tmp_path / "s.duckdb") as store:
         fill(store, h_records, h_accounts)
         doc = detect(store)
@@ -218,7 +220,7 @@ def test_all_attacker_log(tmp_path):
 
 def test_report_escapes_attacker_text(tmp_path):
     evil = '<script>alert("x")</script>'
-    h_records, h_accounts = hydra(5, 15)
+    h_records, h_accounts = hydra(5, 60)
     h_records = [dict(r, account_id=evil + r["account_id"]) for r in h_records]
     h_accounts = [dict(a, account_id=evil + a["account_id"]) for a in h_accounts]
     with Store(tmp_path / "s.duckdb") as store:

@@ -13,8 +13,10 @@ from distillwatch.detection.anomaly import AnomalyModel
 from distillwatch.detection.rules import (
     ACCOUNT_RULES,
     CONTENT_RULES,
+    MIN_LONE_HARVEST,
     derive,
     evaluate,
+    lone_capped,
     pooled_row,
 )
 from distillwatch.detection.scoring import EvidenceScorer, RuleWeights
@@ -79,6 +81,17 @@ def test_a_job_re_sending_a_few_prompt_shapes_is_evidence_against_unless_it_asks
     assert points(row(n=1000, prompt_variety=None), "repetitive") == 0.0  # not measured
     # Numeric problems with worked steps are one shape each and worth distilling.
     assert points(row(n=1000, prompt_variety=0.02, cot_rate=0.7), "repetitive") == 0.0
+
+
+def test_an_account_flagged_alone_on_a_few_dozen_requests_is_suspicious_at_most():
+    strong, none = 3.0, float("-inf")  # log-odds: 0.95; no group
+    assert lone_capped(row(n=18), strong, none, 1)  # a student's homework, "step by step"
+    assert lone_capped(row(n=18), strong, -2.0, 2)  # in a class that is no campaign
+    assert not lone_capped(row(n=18), strong, -2.0, 3)  # three such linked: a split-off hydra
+    assert not lone_capped(row(n=18), strong, 2.0, 1)  # its campaign scores as high
+    assert not lone_capped(row(n=18, partner_link=0.8), strong, none, 1)  # a partner's link
+    assert not lone_capped(row(n=MIN_LONE_HARVEST), strong, none, 1)  # harvest volume
+    assert not lone_capped(row(n=18), 0.5, none, 1)  # already below the cap
 
 
 def test_scorer_follows_scikit_learn_conventions():

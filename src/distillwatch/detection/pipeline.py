@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,10 @@ from distillwatch.detection.features import build_account_features, build_templa
 from distillwatch.detection.graph import EdgeIndex, attach_strays, communities, content_groups
 from distillwatch.detection.rules import (
     CONTENT_FARM_MEMBERS,
+    LONE_SCORE_CAP,
     NOVEL_REACH,
     farm_candidate,
+    lone_capped,
 )
 from distillwatch.detection.scoring import (
     MAX_CLUSTER_UPLIFT,
@@ -128,10 +132,21 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     timings["scoring_and_graph"] = time.perf_counter() - started - sum(timings.values())
 
     final: dict[str, float] = {}
+    lone: dict[str, int] = {}
+    # Members of each group (cluster or content group) that score above the lone cap on their
+    # own evidence: several of them together are a group's evidence, not a lone account's.
+    strong = {a for a, s in scores.items() if s.log_odds > logit(LONE_SCORE_CAP)}
+    strong_in = [Counter(g[a] for a in strong if a in g) for g in groupings]
     for account, score in scores.items():
         log_odds = score.log_odds
-        for grouping in groupings:
+        group_log_odds = -math.inf  # the best score of a group the account is in
+        peers = 0  # the most strong accounts in a group the account is in
+        for grouping, counts in zip(groupings, strong_in, strict=True):
+            if account in grouping:
+                peers = max(peers, counts[grouping[account]])
             cluster = cluster_scores.get(grouping.get(account, -1))
+            if cluster is not None:
+                group_log_odds = max(group_log_odds, cluster.log_odds)
             if cluster is None or cluster.log_odds <= score.log_odds:
                 continue
             if cluster.farm and account in candidates:
@@ -143,6 +158,10 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
                 # uplift is bounded so that an innocent caught in a campaign's proxy pool stays
                 # benign.
                 log_odds = max(log_odds, min(cluster.log_odds, score.log_odds + MAX_CLUSTER_UPLIFT))
+        if lone_capped(by_id[account], log_odds, group_log_odds, peers):
+            # Flagged alone on a few dozen requests: too little harvest to call it distillation.
+            lone[account] = int(by_id[account].get("n") or 0)
+            log_odds = logit(LONE_SCORE_CAP)
         final[account] = sigmoid(log_odds)
     reviewed = reviewed_false_positives(store)
     for account in reviewed.keys() & final.keys():
@@ -194,6 +213,9 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     for account_id in sorted(scores):
         score = final[account_id]
         reasons = [e.reason for e in scores[account_id].evidence[:MAX_REASONS]]
+        if account_id in lone:
+            reasons.insert(0, f"only {lone[account_id]} requests, flagged on its own evidence: "
+                              f"too little harvest to call it distillation (suspicious at most)")  # fmt: skip
         if account_id in reviewed:
             reasons.insert(0, reviewed[account_id])
         if account_id in campaign_of:

@@ -163,6 +163,19 @@ def derive(row: dict[str, Any], median_output: float, anomaly_rank: float | None
     return out
 
 
+#: An account flagged on its own evidence alone (no cluster or content group it is in scores
+#: as high or holds other accounts so flagged, no partner's indicators link it) has sent at
+#: least this many requests: distillation needs data,
+#: and a student's eighteen homework questions "step by step" in a class's shared wrapper read
+#: like a harvest's first hour. Below it such an account scores at most LONE_SCORE_CAP
+#: (suspicious: the gateway's shape rules apply; a campaign or a partner can still flag it).
+#: Content evidence itself reaches full weight earlier (FULL_CONTENT_EVIDENCE), for the
+#: gateway's streaming evidence, which scores accounts in their first requests.
+MIN_LONE_HARVEST = 50
+LONE_SCORE_CAP = 0.75
+#: ...unless a group it is in has this many accounts so flagged (itself included): three strong
+#: accounts linked to one another are a small campaign Leiden split off, not a lone student.
+LONE_MAX_STRONG = 3
 #: Prompt variety (``prompt_variety``: distinct prompt shapes per request) is measured from
 #: this many requests on, and below REPETITIVE_VARIETY an account is repetitive.
 MIN_VARIETY_PROMPTS = 20
@@ -323,6 +336,23 @@ CONTENT_FARM_MIN_OUTPUT_RATIO = 0.75
 #: suite (most of its items sent by others too) does not have.
 NOVEL_FARM_MIN_OUTPUT_RATIO = 0.5
 NOVEL_FARM_SHARE = 0.9
+
+
+def lone_capped(row: Mapping[str, Any], log_odds: float, group_log_odds: float,
+                strong_peers: int) -> bool:  # fmt: skip
+    """Whether an account's score is held at LONE_SCORE_CAP: it scores above it with fewer than
+    MIN_LONE_HARVEST requests and is alone in that: no group it is in (a cluster or a content
+    group) scores as high (``group_log_odds`` at best), no such group has LONE_MAX_STRONG
+    accounts scoring above the cap on their own (``strong_peers``, the account included), and
+    no partner's indicators link it."""
+    cap = math.log(LONE_SCORE_CAP / (1 - LONE_SCORE_CAP))
+    return (
+        (row.get("n") or 0) < MIN_LONE_HARVEST
+        and not row.get("partner_link")
+        and log_odds > cap
+        and group_log_odds < cap
+        and strong_peers < LONE_MAX_STRONG
+    )
 
 
 def farm_output_floor(novel_share: float) -> float:
