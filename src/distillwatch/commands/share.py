@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 import orjson
@@ -49,17 +47,11 @@ def _token(path: Path | None) -> str:
 
 def _accept(raw: bytes, where: str, trusted: set[str] | None, into: Path) -> tuple[Path, object]:
     """Validate a bundle (all or nothing) and, if it passes, store it in ``into``."""
+    from distillwatch.sharing.feedback import write_bundle_file
     from distillwatch.sharing.stix import parse_bundle
 
     found = parse_bundle(raw, where, trusted)
-    source = next(iter(found.sources.values()), "unknown")
-    slug = re.sub(r"[^a-z0-9]+", "-", source.lower()).strip("-")[:40] or "source"
-    into.mkdir(parents=True, exist_ok=True)
-    target = into / f"{slug}-{hashlib.sha256(raw).hexdigest()[:12]}.json"
-    scratch = target.with_suffix(".tmp")
-    scratch.write_bytes(raw)
-    os.replace(scratch, target)  # gateways watching the folder never read half a file
-    return target, found
+    return write_bundle_file(into, next(iter(found.sources.values()), "unknown"), raw), found
 
 
 @share_app.command("export")

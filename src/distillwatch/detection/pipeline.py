@@ -22,7 +22,7 @@ from distillwatch.detection.features import build_account_features, build_templa
 from distillwatch.detection.graph import EdgeIndex, attach_strays, communities, content_groups
 from distillwatch.detection.rules import (
     CONTENT_FARM_MEMBERS,
-    LONE_SCORE_CAP,
+    LONE_LOG_ODDS,
     NOVEL_REACH,
     farm_candidate,
     lone_capped,
@@ -135,7 +135,7 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     lone: dict[str, int] = {}
     # Members of each group (cluster or content group) that score above the lone cap on their
     # own evidence: several of them together are a group's evidence, not a lone account's.
-    strong = {a for a, s in scores.items() if s.log_odds > logit(LONE_SCORE_CAP)}
+    strong = {a for a, s in scores.items() if s.log_odds > LONE_LOG_ODDS}
     strong_in = [Counter(g[a] for a in strong if a in g) for g in groupings]
     for account, score in scores.items():
         log_odds = score.log_odds
@@ -161,7 +161,7 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
         if lone_capped(by_id[account], log_odds, group_log_odds, peers):
             # Flagged alone on a few dozen requests: too little harvest to call it distillation.
             lone[account] = int(by_id[account].get("n") or 0)
-            log_odds = logit(LONE_SCORE_CAP)
+            log_odds = LONE_LOG_ODDS
         final[account] = sigmoid(log_odds)
     reviewed = reviewed_false_positives(store)
     for account in reviewed.keys() & final.keys():

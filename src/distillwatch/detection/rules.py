@@ -173,6 +173,7 @@ def derive(row: dict[str, Any], median_output: float, anomaly_rank: float | None
 #: gateway's streaming evidence, which scores accounts in their first requests.
 MIN_LONE_HARVEST = 50
 LONE_SCORE_CAP = 0.75
+LONE_LOG_ODDS = math.log(LONE_SCORE_CAP / (1 - LONE_SCORE_CAP))
 #: ...unless a group it is in has this many accounts so flagged (itself included): three strong
 #: accounts linked to one another are a small campaign Leiden split off, not a lone student.
 LONE_MAX_STRONG = 3
@@ -345,12 +346,11 @@ def lone_capped(row: Mapping[str, Any], log_odds: float, group_log_odds: float,
     group) scores as high (``group_log_odds`` at best), no such group has LONE_MAX_STRONG
     accounts scoring above the cap on their own (``strong_peers``, the account included), and
     no partner's indicators link it."""
-    cap = math.log(LONE_SCORE_CAP / (1 - LONE_SCORE_CAP))
     return (
         (row.get("n") or 0) < MIN_LONE_HARVEST
         and not row.get("partner_link")
-        and log_odds > cap
-        and group_log_odds < cap
+        and log_odds > LONE_LOG_ODDS
+        and group_log_odds < LONE_LOG_ODDS
         and strong_peers < LONE_MAX_STRONG
     )
 

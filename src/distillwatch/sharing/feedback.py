@@ -53,24 +53,30 @@ def pending(store: Store) -> dict[str, tuple[set[str], set[str]]]:
     return owed
 
 
-def send_reports(store: Store, out: Path, producer: str, tlp: str = "amber") -> list[Report]:
-    """Write each partner's owed report into ``out`` and mark it sent; returns what was written.
+def write_bundle_file(folder: Path, source: str, raw: bytes, prefix: str = "") -> Path:
+    """Write ``raw`` into ``folder`` as ``<prefix><source>-<hash>.json``, atomically (gateways
+    watching the folder never read half a file). The source's name is kept to lower-case
+    letters and digits, so an attacker-chosen name cannot reach outside ``folder``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", source.lower()).strip("-")[:40] or "source"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{prefix}{slug}-{hashlib.sha256(raw).hexdigest()[:12]}.json"
+    scratch = target.with_suffix(".tmp")
+    scratch.write_bytes(raw)
+    os.replace(scratch, target)
+    return target
 
-    File names carry the source's name (letters and digits only) and a hash of the content, so
-    an attacker-chosen source name cannot reach outside ``out``."""
+
+def send_reports(store: Store, out: Path, producer: str, tlp: str = "amber") -> list[Report]:
+    """Write each partner's owed report into ``out`` (:func:`write_bundle_file`) and mark it
+    sent; returns what was written."""
     reports = []
-    out.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC).replace(tzinfo=None)
     for source, (ids, accounts) in sorted(pending(store).items()):
         bundle = false_positive_report(
             sorted(ids), EXPLANATION.format(n=len(accounts)), producer, tlp
         )
-        raw = orjson.dumps(bundle, option=orjson.OPT_INDENT_2)
-        slug = re.sub(r"[^a-z0-9]+", "-", source.lower()).strip("-")[:40] or "source"
-        target = out / f"false-positive-{slug}-{hashlib.sha256(raw).hexdigest()[:12]}.json"
-        scratch = target.with_suffix(".tmp")
-        scratch.write_bytes(raw)
-        os.replace(scratch, target)
+        target = write_bundle_file(out, source, orjson.dumps(bundle, option=orjson.OPT_INDENT_2),
+                                   prefix="false-positive-")  # fmt: skip
         store.run(
             "UPDATE share_outbox SET sent_at = ? WHERE source = ? AND sent_at IS NULL",
             [now, source],
