@@ -41,3 +41,16 @@ def test_every_declared_dependency_is_imported():
         if module not in modules and name not in INDIRECT:
             unused.append(name)
     assert not unused, f"declared but never imported under src/: {unused}"
+
+
+def test_the_command_line_loads_no_command_s_heavy_dependencies():
+    """``distillwatch --help`` (and so every command, scans and proxies included) must not
+    pay for detection's imports: scikit-learn, igraph (which pulls in matplotlib), SciPy."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, distillwatch.cli; print(' '.join(m for m in ('sklearn', 'igraph', "
+             "'matplotlib', 'scipy') if m in sys.modules))")  # fmt: skip
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout.split()  # fmt: skip
+    assert loaded == [], f"imported at start-up: {loaded}"

@@ -238,6 +238,44 @@ def test_scan_finds_assistant_markers_our_watermark_and_vendor_copies(tmp_path, 
     assert not any(f["path"].endswith("a.py") for f in findings)  # plain code, plain commit
 
 
+def test_scan_with_worker_processes_reports_exactly_what_one_process_does(
+    tmp_path, shared_data, monkeypatch
+):
+    """Units of work go to worker processes and come back in order: the findings, their line
+    numbers and the skipped records are those of the in-process scan."""
+    from distillwatch.provenance import scan as scan_module
+
+    key = WatermarkKey.generate("wm")
+    writer = MarkedWriter(list(WORDS))
+    answers = _gpteacher_responses(shared_data, 120)
+    lines, marked, skipped = [], [], []
+    for i, answer in enumerate(answers):
+        if i % 17 == 5:
+            lines.append("{broken")
+            skipped.append(len(lines))
+        if i % 11 == 3:
+            answer += "\n\nGenerated with Claude Code"
+        if i % 13 == 7:
+            answer = writer.write(200, key, i)
+            marked.append(len(lines) + 1)
+        lines.append(json.dumps({"text": answer}))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(scan_module, "BATCH_CHARS", 8_000)  # many units, split mid-corpus
+    assert len(list(scan_module.read(corpus))) >= 8
+    results = []
+    for workers in (1, 2):
+        skips: list[tuple] = []
+        found = [f.as_dict() for f in scan_module.scan([corpus], Keyring([key]), workers=workers,
+                                                       on_skip=lambda *s, into=skips: into.append(s))]  # fmt: skip
+        results.append((found, skips))
+    assert results[0] == results[1]
+    found, skips = results[0]
+    assert [line for _, line, _ in skips] == skipped
+    assert [f["line"] for f in found if f["kind"] == "watermark"] == marked
+    assert len([f for f in found if f["kind"] == "assistant_marker"]) >= 10
+
+
 def _gpteacher_responses(shared_data, n):
     texts = []
     for path in sorted((shared_data / "gpteacher").rglob("*.json")):
@@ -278,9 +316,10 @@ def test_scan_and_detect_name_every_record_they_skip(tmp_path, cli):
 
 
 def test_batched_tokens_and_counts_equal_the_per_document_ones(shared_data):
-    """The scan tokenises and counts a batch at a time (Arrow kernels for ASCII text); the
-    result must be exactly what the per-document tokenizer and counter give, on real answers,
-    real Chinese prompts and the characters where Python's and RE2's classes differ."""
+    """The scan tokenises and counts a batch at a time (character classes from tables, over
+    the texts' bytes or code points); the result must be exactly what the per-document
+    tokenizer and counter give, on real answers, real Chinese prompts, the characters where
+    ASCII and Unicode classes differ, and texts that meet at a word."""
     from distillwatch.provenance.watermark import count_green_batch, count_green_fast
 
     arena = shared_data / "arena_hard" / "arena-hard-v2.0_question.jsonl"
@@ -294,12 +333,21 @@ def test_batched_tokens_and_counts_equal_the_per_document_ones(shared_data):
         "nul\x00byte",
         "İSTANBUL ΣΑΣ",
         "_x_ 1.5,2",
+        "",
+        "   leading and trailing spaces   ",
+        "end",  # the next text starts with a word: two tokens, never one
+        "x",
+        "emoji \U0001f600ok, a\u0301b x\u00b2y \u2028line",
+        "",
     ]
     tokenizer = WordTokenizer()
     ids, owner = tokenizer.tokens_batch(texts)
     assert owner.tolist() == sorted(owner.tolist())
     for i, text in enumerate(texts):
         assert ids[owner == i].tolist() == tokenizer.tokens(text), text[:60]
+    again, again_owner = tokenizer.tokens_batch(texts[::-1])  # words seen before: the same ids
+    for i, text in enumerate(texts[::-1]):
+        assert again[again_owner == i].tolist() == WordTokenizer().tokens(text), text[:60]
     for context in (1, 2):
         key = WatermarkKey.generate("k", context=context)
         scored, green = count_green_batch(ids, owner, len(texts), key)

@@ -9,8 +9,6 @@ import typer
 from rich.table import Table
 
 from distillwatch.commands._app import bench_app, console, fail
-from distillwatch.evaluation.harness import DETECTORS, HEADLINE, run_bench
-from distillwatch.traffic import ScenarioError
 
 
 @bench_app.command("detect")
@@ -47,6 +45,10 @@ def bench_detect(
     and report AUPRC, precision/recall/F1, benign FPR (overall and per persona), campaigns
     caught, ARI, time to detect and harvest before detection. Writes results.json,
     pr_curve.png and timeline.png."""
+    # Here, not at the top: every other command would pay for detection's imports.
+    from distillwatch.evaluation.harness import DETECTORS, HEADLINE, run_bench
+    from distillwatch.traffic import ScenarioError
+
     if leave_one_out:
         _leave_one_out(
             units,

@@ -12,13 +12,7 @@ import typer
 from rich.table import Table
 
 from distillwatch.commands._app import app, console, fail
-from distillwatch.detection.pipeline import detect_and_write
 from distillwatch.errors import BundleError, SharingKeyError
-from distillwatch.ingest import ingest_paths
-from distillwatch.schema import RecordError, parse_ts
-from distillwatch.sharing import load_or_create, write_indicators
-from distillwatch.sharing.stix import TLP2, read_bundles
-from distillwatch.store import Store, StoreError
 from distillwatch.terminal import safe_text
 
 
@@ -75,6 +69,14 @@ def detect_command(
     Writes OUT/verdicts.json (Contract 2), OUT/indicators.json (a STIX 2.1 bundle of what
     identifies each campaign, for gateways and partners) and OUT/report.html, and records the
     verdicts in the store."""
+    # Here, not at the top: every other command would pay for detection's imports.
+    from distillwatch.detection.pipeline import detect_and_write
+    from distillwatch.ingest import ingest_paths
+    from distillwatch.schema import RecordError, parse_ts
+    from distillwatch.sharing import load_or_create, write_indicators
+    from distillwatch.sharing.stix import TLP2, read_bundles
+    from distillwatch.store import Store, StoreError
+
     logs = logs or []
     if tlp not in TLP2:
         raise fail(f"--tlp must be one of {', '.join(TLP2)}")

@@ -109,11 +109,13 @@ def scan_command(
     sample_field: str | None = typer.Option(None, "--sample-field", help="JSONL: the samples' text field (default: --field)."),
     target_precision: float = typer.Option(0.95, "--target-precision", min=0.5, max=0.999, help="The classifier flags at the lowest score whose held-out precision reaches this..."),
     max_fpr: float = typer.Option(0.02, "--max-fpr", min=0.0, max=0.5, help="...and that flags at most this share of the held-out other texts."),
+    workers: int = typer.Option(0, "--workers", min=0, max=64, help="Worker processes for corpora of more than one batch (0: one per CPU core, at most 8; 1: none)."),
 ) -> None:  # fmt: skip
     """Scan a corpus for other models' outputs before training on it: assistant markers (commit
     trailers, 'Generated with' footers, bot e-mails, chat boilerplate), our own watermark,
     near-duplicates of a vendor's reference sample and, given a labelled sample, a style
     classifier measured on held-out data (never proof). Streams in bounded memory."""
+    import os
     import time
 
     from distillwatch.provenance import Keyring
@@ -155,7 +157,7 @@ def scan_command(
     handle = out.open("w") if out else None
     try:
         for finding in scan(paths, ring, references, field, alpha, on_skip=_report_skip,
-                            classifier=classifier):  # fmt: skip
+                            classifier=classifier, workers=workers or min(8, os.cpu_count() or 1)):  # fmt: skip
             counts[finding.kind] = counts.get(finding.kind, 0) + 1
             line = json.dumps(finding.as_dict())
             if handle is not None:

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 #: Documents are cut at this many characters (a git commit's added lines, a JSONL record's text).
@@ -86,41 +87,164 @@ class Finding:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+@dataclass
+class Batch:
+    """Documents read together (columns of equal length): the unit the scan works on."""
+
+    paths: list[str]
+    texts: list[str]
+    lines: list[int]
+    commits: list[str | None]
+    prompts: list[str]
+
+    @classmethod
+    def empty(cls) -> Batch:
+        return cls([], [], [], [], [])
+
+    def add(self, doc: Document) -> None:
+        self.paths.append(doc.path)
+        self.texts.append(doc.text)
+        self.lines.append(doc.line)
+        self.commits.append(doc.commit)
+        self.prompts.append(doc.prompt)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def document(self, i: int) -> Document:
+        return Document(
+            self.paths[i], self.texts[i], self.lines[i], self.commits[i], self.prompts[i]
+        )
+
+
+@dataclass(frozen=True)
+class JsonlChunk:
+    """Whole lines of a JSONL file, not yet parsed (parsing is part of the work a scan worker
+    does): ``data`` starts at line ``first_line``."""
+
+    path: str
+    first_line: int
+    data: bytes
+    field: str
+    prompt_field: str | None = None
+
+    def parse(self) -> tuple[Batch, list[tuple[str, int, str]]]:
+        """The chunk's documents, and its records that yield none (path, line, reason)."""
+        batch, skipped = Batch.empty(), []
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        field, prompt_field = self.field, self.prompt_field
+        lines = self.data.split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        for number, raw in enumerate(lines, self.first_line):
+            try:
+                record = loads(raw)
+            except decode_error:
+                try:  # invalid UTF-8 inside a valid record: read it with replacement characters
+                    record = loads(raw.decode("utf-8", "replace"))
+                except decode_error:
+                    skipped.append((self.path, number, "not JSON"))
+                    continue
+            is_dict = isinstance(record, dict)
+            value = record.get(field) if is_dict else record
+            if not isinstance(value, str):
+                skipped.append((self.path, number, f"no string field {field!r}"))
+                continue
+            prompt = record.get(prompt_field) if prompt_field and is_dict else None
+            batch.paths.append(self.path)
+            batch.texts.append(value[:MAX_DOCUMENT_CHARS])
+            batch.lines.append(number)
+            batch.commits.append(None)
+            batch.prompts.append(prompt[:MAX_DOCUMENT_CHARS] if isinstance(prompt, str) else "")
+        return batch, skipped
+
+
+#: What the readers hand the scan: documents, or JSONL lines to parse.
+Work = Batch | JsonlChunk
+
+
 def documents(path: Path, field: str = "text", prompt_field: str | None = None,
               on_skip: Skipped | None = None) -> Iterator[Document]:  # fmt: skip
     """The documents of one path (a file, a folder of files, or a git repository). JSONL
     records that are not JSON or lack a string ``field`` go to ``on_skip``."""
-    skip = on_skip or (lambda path, line, reason: None)
+    for work in read(path, field, prompt_field):
+        batch, skipped = load(work)
+        for skip in skipped:
+            if on_skip is not None:
+                on_skip(*skip)
+        for i in range(len(batch)):
+            yield batch.document(i)
+
+
+def load(work: Work) -> tuple[Batch, list[tuple[str, int, str]]]:
+    """The documents of one unit of work, and the records skipped on the way."""
+    return work.parse() if isinstance(work, JsonlChunk) else (work, [])
+
+
+def read(path: Path, field: str = "text", prompt_field: str | None = None) -> Iterator[Work]:
+    """The documents of one path as units of work of at most :data:`BATCH_DOCUMENTS`
+    documents and about :data:`BATCH_CHARS` characters, in order: a git repository's
+    commits, a folder's files (sorted; small files share a batch), Parquet row batches, JSONL
+    chunks of whole lines."""
     if (path / ".git").exists():
-        yield from _git_documents(path)
+        yield from _batched(_git_documents(path))
     elif path.is_dir():
+        plain: list[Path] = []
         for child in sorted(path.rglob("*")):
-            if child.is_file() and ".git" not in child.parts:
-                yield from documents(child, field, prompt_field, on_skip)
+            if not child.is_file() or ".git" in child.parts:
+                continue
+            if child.suffix in (".parquet", ".jsonl", ".ndjson"):
+                yield from _batched(d for p in plain for d in _text_document(p))
+                plain = []
+                yield from read(child, field, prompt_field)
+            else:
+                plain.append(child)
+        yield from _batched(d for p in plain for d in _text_document(p))
     elif path.suffix == ".parquet":
-        yield from _parquet_documents(path, field)
+        yield from _batched(_parquet_documents(path, field))
     elif path.suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            for number, line in enumerate(handle, 1):
-                try:
-                    record = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    skip(str(path), number, "not JSON")
-                    continue
-                value = record.get(field) if isinstance(record, dict) else record
-                if not isinstance(value, str):
-                    skip(str(path), number, f"no string field {field!r}")
-                    continue
-                prompt = (
-                    record.get(prompt_field) if prompt_field and isinstance(record, dict) else None
-                )
-                yield Document(str(path), value[:MAX_DOCUMENT_CHARS], number,
-                               prompt=prompt[:MAX_DOCUMENT_CHARS] if isinstance(prompt, str) else "")  # fmt: skip
+        yield from _jsonl_chunks(path, field, prompt_field)
     else:
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            chunk = handle.read(MAX_DOCUMENT_CHARS)  # one document per file, bounded
-        if chunk:
-            yield Document(str(path), chunk)
+        yield from _batched(_text_document(path))
+
+
+def _text_document(path: Path) -> Iterator[Document]:
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        chunk = handle.read(MAX_DOCUMENT_CHARS)  # one document per file, bounded
+    if chunk:
+        yield Document(str(path), chunk)
+
+
+def _jsonl_chunks(path: Path, field: str, prompt_field: str | None) -> Iterator[JsonlChunk]:
+    """Whole lines, about :data:`BATCH_CHARS` bytes at a time (a longer line: read to its end)."""
+    first_line, rest = 1, b""
+    with path.open("rb") as handle:
+        while True:
+            block = handle.read(BATCH_CHARS)
+            if not block:
+                break
+            data = rest + block
+            cut = data.rfind(b"\n") + 1
+            if not cut:
+                rest = data
+                continue
+            data, rest = data[:cut], data[cut:]
+            yield JsonlChunk(str(path), first_line, data, field, prompt_field)
+            first_line += data.count(b"\n")
+    if rest:
+        yield JsonlChunk(str(path), first_line, rest, field, prompt_field)
+
+
+def _batched(docs: Iterable[Document]) -> Iterator[Batch]:
+    batch, chars = Batch.empty(), 0
+    for doc in docs:
+        batch.add(doc)
+        chars += len(doc.text)
+        if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
+            yield batch
+            batch, chars = Batch.empty(), 0
+    if len(batch):
+        yield batch
 
 
 def _parquet_documents(path: Path, field: str) -> Iterator[Document]:
@@ -205,78 +329,162 @@ BATCH_CHARS = 8_000_000
 _LITERALS_RE2 = "|".join(re.escape(literal) for literal in _LITERALS if literal.isascii())
 
 
-def _batches(docs: Iterator[Document]) -> Iterator[list[Document]]:
-    batch: list[Document] = []
-    chars = 0
-    for doc in docs:
-        batch.append(doc)
-        chars += len(doc.text)
-        if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def _marker_candidates(array: Any) -> list[bool]:
-    """Which documents (``array``: their texts, Arrow strings) may hold a marker: an ASCII one
-    only where a literal occurs (one RE2 pass over the batch), any other one always (the Python
-    prefilter decides)."""
+def _marker_candidates(texts: list[str]) -> np.ndarray:
+    """Which documents may hold a marker: an ASCII one only where a literal occurs (one RE2
+    pass over the batch), any other one always (the Python prefilter decides)."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
+    array = pa.array(texts, pa.large_string())
     hit = pc.match_substring_regex(array, _LITERALS_RE2, ignore_case=True)
-    return pc.or_(hit, pc.invert(pc.string_is_ascii(array))).to_pylist()
+    return np.asarray(
+        pc.or_(hit, pc.invert(pc.string_is_ascii(array))).to_numpy(zero_copy_only=False), bool
+    )
+
+
+class Scanner:
+    """The scan of one unit of work at a time (see the module docstring); picklable, so that
+    worker processes each hold one. Parameters as :func:`scan`."""
+
+    def __init__(self, keyring: Any = None, references: list[str] | None = None,
+                 alpha: float = 1e-6, min_tokens: int = 50, threshold: float = 0.7,
+                 classifier: Any = None) -> None:  # fmt: skip
+        from distillwatch.provenance.tokens import WordTokenizer
+
+        self.keys = list(keyring.keys) if keyring is not None else []
+        self.references = references or []
+        self.alpha = alpha
+        self.min_tokens = min_tokens
+        self.threshold = threshold
+        self.classifier = classifier
+        self.tokenizer = WordTokenizer()
+        self._lsh: Any = None
+        self._signature: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_lsh": None, "_signature": None}  # rebuilt where used
+
+    def run(self, work: Work) -> tuple[list[Finding], list[tuple[str, int, str]]]:
+        """The findings of one unit of work, in document order, and its skipped records."""
+        batch, skipped = load(work)
+        return (self.findings(batch) if len(batch) else []), skipped
+
+    def findings(self, batch: Batch) -> list[Finding]:
+        from distillwatch.provenance.watermark import binomial_test, count_green_batch
+
+        texts = batch.texts
+        attention = _marker_candidates(texts)
+        marks: dict[int, list[Finding]] = {}
+        if self.keys:
+            ids, owner = self.tokenizer.tokens_batch(texts)
+            for key in self.keys:
+                scored, green = count_green_batch(ids, owner, len(texts), key)
+                spread = np.sqrt(scored * key.gamma * (1 - key.gamma))
+                # Under 3 standard deviations above chance is nowhere near alpha: no exact test.
+                for i in np.flatnonzero((scored >= self.min_tokens)
+                                        & (green >= key.gamma * scored + 3 * spread)).tolist():  # fmt: skip
+                    p, _ = binomial_test(int(scored[i]), int(green[i]), key.gamma)
+                    if p * len(self.keys) < self.alpha:
+                        marks.setdefault(i, []).append(Finding(
+                            batch.paths[i], "watermark", f"our watermark (key {key.key_id}): "
+                            f"{int(green[i])} of {int(scored[i])} pairs green, p = {p:.2g}",
+                            batch.lines[i], batch.commits[i]))  # fmt: skip
+        vendor = None
+        if self.classifier is not None:
+            vendor = np.asarray(self.classifier.score_samples(texts), float)
+            attention |= vendor >= self.classifier.threshold_
+        if self.references:
+            attention[:] = True  # every document is compared with the reference sample
+        out: list[Finding] = []
+        for i in sorted(set(np.flatnonzero(attention).tolist()) | set(marks)):
+            doc = batch.document(i)
+            out.extend(marker_findings(doc))
+            out.extend(marks.get(i, ()))
+            if vendor is not None and vendor[i] >= self.classifier.threshold_:
+                out.append(Finding(doc.path, "vendor_classifier", "reads like the vendor sample: "
+                                   f"score {vendor[i]:.2f} "
+                                   f"({self.classifier.describe()}); a resemblance in style, "
+                                   "not proof", doc.line, doc.commit))  # fmt: skip
+            if self.references:
+                out.extend(self._near_duplicates(doc))
+        return out
+
+    def _near_duplicates(self, doc: Document) -> Iterator[Finding]:
+        if self._lsh is None:
+            self._lsh, self._signature = _reference_index(self.references, self.threshold)
+        signature = self._signature(doc.text)
+        hits = self._lsh.query(signature) if signature is not None else []
+        if hits:
+            yield Finding(doc.path, "near_duplicate", f"near-duplicate (MinHash Jaccard >= "
+                          f"{self.threshold}) of reference sample {sorted(hits)[0]}",
+                          doc.line, doc.commit)  # fmt: skip
 
 
 def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = None,
          field: str = "text", alpha: float = 1e-6, min_tokens: int = 50,
          threshold: float = 0.7, on_skip: Skipped | None = None,
-         classifier: Any = None) -> Iterator[Finding]:  # fmt: skip
+         classifier: Any = None, workers: int = 1) -> Iterator[Finding]:  # fmt: skip
     """Findings over every document of ``paths`` (see the module docstring), document by
-    document in input order, computed a batch of documents at a time."""
-    import pyarrow as pa
+    document in input order, computed a unit of work (:func:`read`) at a time.
 
-    from distillwatch.provenance.tokens import WordTokenizer
-    from distillwatch.provenance.watermark import binomial_test, count_green_batch
+    ``workers`` > 1: that many worker processes parse and scan units while this process reads
+    the next ones (the findings and skip reports still come in input order; at most two units
+    per worker are in flight, so memory stays bounded). A scan of a single unit runs here. The
+    workers are spawned, not forked: a script calling this with ``workers`` > 1 needs the usual
+    ``if __name__ == "__main__":`` guard."""
+    scanner = Scanner(keyring, references, alpha, min_tokens, threshold, classifier)
+    units = (work for path in paths for work in read(path, field))
+    for found, skipped in _run_all(scanner, units, workers):
+        for skip in skipped:
+            if on_skip is not None:
+                on_skip(*skip)
+        yield from found
 
-    tokenizer = WordTokenizer()
-    keys = list(keyring.keys) if keyring is not None else []
-    lsh, shingles = _reference_index(references, threshold) if references else (None, None)
-    for path in paths:
-        for batch in _batches(documents(path, field, on_skip=on_skip)):
-            texts = [d.text for d in batch]
-            array = pa.array(texts, pa.large_string())
-            candidates = _marker_candidates(array)
-            counts = []
-            vendor = classifier.score_samples(texts) if classifier is not None else None
-            if keys:
-                ids, owner = tokenizer.tokens_batch(texts, array)
-                counts = [count_green_batch(ids, owner, len(batch), key) for key in keys]
-            for index, doc in enumerate(batch):
-                if candidates[index]:
-                    yield from marker_findings(doc)
-                for key, (scored_all, green_all) in zip(keys, counts, strict=True):
-                    scored, green = int(scored_all[index]), int(green_all[index])
-                    spread = (scored * key.gamma * (1 - key.gamma)) ** 0.5
-                    if scored < min_tokens or green < key.gamma * scored + 3 * spread:
-                        continue  # under 3 standard deviations: nowhere near alpha
-                    p, _ = binomial_test(scored, green, key.gamma)
-                    if p * len(keys) < alpha:
-                        yield Finding(doc.path, "watermark", f"our watermark (key {key.key_id}): "
-                                      f"{green} of {scored} pairs green, p = {p:.2g}",
-                                      doc.line, doc.commit)  # fmt: skip
-                if vendor is not None and vendor[index] >= classifier.threshold_:
-                    yield Finding(doc.path, "vendor_classifier", f"reads like the vendor sample: "
-                                  f"score {vendor[index]:.2f} ({classifier.describe()}); a "
-                                  "resemblance in style, not proof", doc.line, doc.commit)  # fmt: skip
-                if lsh is not None and shingles is not None:
-                    signature = shingles(doc.text)
-                    if signature is not None:
-                        hits = lsh.query(signature)
-                        if hits:
-                            yield Finding(doc.path, "near_duplicate", f"near-duplicate (MinHash "
-                                          f"Jaccard >= {threshold}) of reference sample "
-                                          f"{sorted(hits)[0]}", doc.line, doc.commit)  # fmt: skip
+
+def _run_all(scanner: Scanner, units: Iterator[Work],
+             workers: int) -> Iterator[tuple[list[Finding], list[tuple[str, int, str]]]]:  # fmt: skip
+    first = next(units, None)
+    second = next(units, None) if first is not None else None
+    if second is None or workers <= 1:
+        for work in (w for w in (first, second) if w is not None):
+            yield scanner.run(work)
+        for work in units:
+            yield scanner.run(work)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    # spawn, not fork: this process may hold Arrow's and DuckDB's threads.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(scanner,)) as pool:  # fmt: skip
+        pending: deque[Future[Any]] = deque()
+        for work in _chain(first, second, units):
+            pending.append(pool.submit(_work, work))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _chain(*head_and_rest: Any) -> Iterator[Work]:
+    *head, rest = head_and_rest
+    yield from head
+    yield from rest
+
+
+_WORKER: Scanner | None = None
+
+
+def _start_worker(scanner: Scanner) -> None:
+    global _WORKER
+    _WORKER = scanner
+
+
+def _work(work: Work) -> tuple[list[Finding], list[tuple[str, int, str]]]:
+    assert _WORKER is not None
+    return _WORKER.run(work)
 
 
 def _reference_index(references: list[str], threshold: float) -> tuple[Any, Any]:

@@ -22,8 +22,6 @@ import numpy as np
 from distillwatch.provenance.watermark import WatermarkKey, watermark_logits
 
 _WORD = re.compile(r"\w+|[^\w\s]")
-#: What Python's ``\s`` and Arrow's ASCII whitespace both match, written out for RE2.
-_ASCII_SPACE = "\\t\\n\\x0b\\x0c\\r "
 DEFAULT_VOCAB = 1 << 20
 
 
@@ -33,6 +31,8 @@ class WordTokenizer:
     def __init__(self, vocab_size: int = DEFAULT_VOCAB) -> None:
         self.vocab_size = vocab_size
         self._cache: dict[str, int] = {}
+        self._seen: Any = None  # Arrow array of the words :meth:`tokens_batch` has looked up
+        self._seen_ids = np.zeros(0, np.uint64)
 
     def id(self, word: str) -> int:
         found = self._cache.get(word)
@@ -49,54 +49,136 @@ class WordTokenizer:
     def tokens(self, text: str) -> list[int]:
         return [self.id(w) for w in self.words(text)]
 
-    def tokens_batch(
-        self, texts: Sequence[str], array: Any = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def tokens_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, doc)``: the :meth:`tokens` of every text, concatenated (uint64), and the
         index of the text each token belongs to (int64, non-decreasing). The same ids as
         :meth:`tokens` text by text (``tests/test_provenance.py`` checks on real text).
 
-        Pure-ASCII texts are split by Arrow's compute kernels (RE2 and its ASCII whitespace
-        split), where Python's classes and Arrow's coincide once written out (Python's ``\\s``
-        also holds ``\\x1c``-``\\x1f``: texts with those take the slow path), and each distinct
-        word is hashed once; other texts (Unicode word and space classes, special
-        lower-casing) go through :meth:`tokens`. ``array``: the texts as an Arrow string array,
-        where the caller already has one."""
+        Vectorised over the batch: every character gets its class from a table (Python's
+        ``\\w``, ``\\s`` or neither: for bytes of ASCII text a 256-entry table, for the code
+        points of other lower-cased text one filled from ``str.isalnum``/``isspace`` as code
+        points first occur); a token starts at a word character after a non-word one or at a
+        text's first character, and every other non-space character is a token of its own.
+        The spans between token starts, over the texts' own buffer (no copy), are
+        dictionary-encoded, so that each distinct span is trimmed, lower-cased and looked up
+        once, in a vocabulary kept across calls (one Arrow hash lookup per batch; :meth:`id`
+        only for words not seen before)."""
+        if not texts:
+            return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        ascii_ = np.fromiter((text.isascii() for text in texts), bool, len(texts))
+        if ascii_.all():
+            return self._split([*texts], wide=False)
+        parts = []
+        for wide, chosen in ((False, np.flatnonzero(ascii_)), (True, np.flatnonzero(~ascii_))):
+            if len(chosen):
+                ids, doc = self._split([texts[i] for i in chosen.tolist()], wide)
+                parts.append((ids, chosen[doc]))
+        # Interleave the two parts back into text order (each is in order already): a token's
+        # place is its text's first place plus its rank within the text.
+        counts = sum(np.bincount(doc, minlength=len(texts)) for _, doc in parts)
+        begin = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        out_ids = np.empty(int(counts.sum()), np.uint64)
+        out_doc = np.empty(len(out_ids), np.int64)
+        for ids, doc in parts:
+            own = np.bincount(doc, minlength=len(texts))
+            own_begin = np.concatenate(([0], np.cumsum(own)[:-1]))
+            place = begin[doc] + np.arange(len(doc)) - own_begin[doc]
+            out_ids[place], out_doc[place] = ids, doc
+        return out_ids, out_doc
+
+    def _split(self, texts: list[str], wide: bool) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`tokens_batch` of ASCII texts (``wide=False``: one byte per character) or of
+        any texts (``wide``: lower-cased first, UTF-32): (ids, index into ``texts``)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        if not texts:
+        if wide:
+            texts = [text.lower() for text in texts]  # may change lengths: before measuring
+            buffer = "".join(texts).encode("utf-32-le", "surrogatepass")
+            kind = _code_classes(np.frombuffer(buffer, np.uint32))
+        else:
+            buffer = "".join(texts).encode("ascii")
+            kind = _BYTE_CLASS[np.frombuffer(buffer, np.uint8)]
+        lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        if not len(kind):
             return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        if array is None:
-            array = pa.array(texts, pa.large_string())
-        # Python's \\s also holds \\x1c-\\x1f, Arrow's ASCII whitespace does not: rare, so slow.
-        plain = pc.and_(pc.string_is_ascii(array),
-                        pc.invert(pc.match_substring_regex(array, "[\\x1c-\\x1f]")))  # fmt: skip
-        ascii_ = np.asarray(plain.to_numpy(zero_copy_only=False), bool)
-        fast = np.flatnonzero(ascii_)
-        parts_ids, parts_doc = [], []
-        if len(fast):
-            lowered = pc.utf8_lower(array.take(pa.array(fast)))
-            spaced = pc.replace_substring_regex(lowered, f"([^a-z0-9_{_ASCII_SPACE}])", " \\1 ")
-            split = pc.ascii_split_whitespace(spaced)
-            words = pc.list_flatten(split)
-            parents = pc.list_parent_indices(split)
-            keep = pc.not_equal(words, "")
-            words, parents = pc.filter(words, keep), pc.filter(parents, keep)
-            encoded = pc.dictionary_encode(words).combine_chunks() if isinstance(
-                words, pa.ChunkedArray) else pc.dictionary_encode(words)  # fmt: skip
-            vocab = np.array([self.id(w) for w in encoded.dictionary.to_pylist()], np.uint64)
-            parts_ids.append(vocab[encoded.indices.to_numpy(zero_copy_only=False)])
-            parts_doc.append(fast[np.asarray(parents.to_numpy(zero_copy_only=False), np.int64)])
-        for i in np.flatnonzero(~ascii_).tolist():
-            ids = self.tokens(texts[i])
-            parts_ids.append(np.array(ids, np.uint64))
-            parts_doc.append(np.full(len(ids), i, np.int64))
-        ids, doc = np.concatenate(parts_ids), np.concatenate(parts_doc)
-        if len(fast) == len(texts):
-            return ids, doc
-        order = np.argsort(doc, kind="stable")  # texts in order, tokens in order within each
-        return ids[order], doc[order]
+        word = kind == _WORD_CHAR
+        after_word = np.empty(len(kind), bool)
+        after_word[0] = False
+        after_word[1:] = word[:-1]
+        after_word[starts[lengths > 0]] = False  # a text's first character starts a token
+        first = np.flatnonzero((word & ~after_word) | (kind == _OTHER_CHAR))
+        # Each token's span runs to the next token's first character: the token and the spaces
+        # after it. Distinct spans are few; trimming (and lower-casing) them gives the words.
+        offsets = np.append(first, len(kind)) * (4 if wide else 1)
+        spans = pa.Array.from_buffers(
+            pa.large_binary() if wide else pa.large_string(),
+            len(first),
+            [None, pa.py_buffer(offsets), pa.py_buffer(buffer)],
+        )
+        encoded = pc.dictionary_encode(spans)
+        if wide:
+            words = pa.array([span.decode("utf-32-le", "surrogatepass").rstrip()
+                              for span in encoded.dictionary.to_pylist()], pa.large_string())  # fmt: skip
+        else:
+            words = pc.utf8_lower(pc.ascii_rtrim(encoded.dictionary, characters=_SPACE_CHARS))
+        ids = self._lookup(words)[encoded.indices.to_numpy(zero_copy_only=False)]
+        per_text = np.diff(np.searchsorted(first, np.append(starts, len(kind))))
+        return ids, np.repeat(np.arange(len(texts), dtype=np.int64), per_text)
+
+    def _lookup(self, words: Any) -> np.ndarray:
+        """The ids of ``words`` (an Arrow string array): one hash lookup in the words seen so
+        far, :meth:`id` for the rest (remembered, up to :data:`_SEEN_WORDS`)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self._seen is None:
+            self._seen = pa.array([], pa.large_string())
+        found = pc.index_in(words, value_set=self._seen).to_numpy(zero_copy_only=False)
+        missing = np.isnan(found) if found.dtype.kind == "f" else np.zeros(len(found), bool)
+        out = np.empty(len(words), np.uint64)
+        out[~missing] = self._seen_ids[found[~missing].astype(np.int64)]
+        if missing.any():
+            new = pc.unique(words.filter(pa.array(missing)))
+            new_ids = np.array([self.id(w) for w in new.to_pylist()], np.uint64)
+            index = pc.index_in(words, value_set=new).to_numpy(zero_copy_only=False)
+            out[missing] = new_ids[index[missing].astype(np.int64)]
+            if len(self._seen) < _SEEN_WORDS:
+                self._seen = pa.concat_arrays([self._seen, new])
+                self._seen_ids = np.concatenate([self._seen_ids, new_ids])
+        return out
+
+
+#: Character classes as Python's ``re`` sees a ``str``: ``\s`` (``str.isspace``, which also
+#: holds ``\x1c``-``\x1f``), ``\w`` (``str.isalnum`` or underscore) and everything else.
+_SPACE_CHAR, _WORD_CHAR, _OTHER_CHAR, _UNKNOWN = 0, 1, 2, 255
+_SPACE_CHARS = " \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+_BYTE_CLASS = np.full(256, _OTHER_CHAR, np.uint8)
+_BYTE_CLASS[list(_SPACE_CHARS.encode())] = _SPACE_CHAR
+_BYTE_CLASS[list(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")] = _WORD_CHAR
+#: The class of every code point, filled as code points occur (1.1 MB, one per process).
+_CODE_CLASS = np.full(0x110000, _UNKNOWN, np.uint8)
+_CODE_CLASS[:128] = _BYTE_CLASS[:128]
+
+
+def _code_classes(codes: np.ndarray) -> np.ndarray:
+    kind = _CODE_CLASS[codes]
+    unknown = kind == _UNKNOWN
+    if unknown.any():
+        for code in np.unique(codes[unknown]).tolist():
+            char = chr(code)
+            _CODE_CLASS[code] = (
+                _WORD_CHAR if char.isalnum() or char == "_"
+                else _SPACE_CHAR if char.isspace() else _OTHER_CHAR
+            )  # fmt: skip
+        kind = _CODE_CLASS[codes]
+    return kind
+
+
+#: Distinct words a tokenizer remembers for batch lookups (past this, new words are hashed
+#: every time they occur in a batch: slower, the same ids).
+_SEEN_WORDS = 1_000_000
 
 
 class MarkedWriter:
