@@ -192,6 +192,58 @@ def test_private_values_resist_a_dictionary_attack(bundle_dir):
     assert private & {KEY.digest(*g) for g in guesses}
 
 
+def test_near_duplicate_sketches_are_keyed_and_resist_guessing(bundle_dir):
+    """The campaign's MinHash band signatures leave only keyed: a recipient who computes the
+    very signatures the producer holds (its own store's, the strongest dictionary) and hashes
+    them every plain way, or under another secret, matches none; under the key they match."""
+    import duckdb
+
+    from distillwatch.sharing.artefacts import near_scheme
+
+    doc = orjson.loads((bundle_dir / "out1" / "indicators.json").read_bytes())
+    sketches = {o["pattern"].split(":", 1)[1] for o in doc["objects"]
+                if o["type"] == "indicator" and o["pattern"].startswith("nd:")}  # fmt: skip
+    assert sketches
+    with duckdb.connect(str(bundle_dir / "s.duckdb"), read_only=True) as con:
+        signatures = [
+            str(sig) for (sig,) in con.execute("SELECT DISTINCT sig FROM dw_near").fetchall()
+        ]
+    wrong = SharingKey("group-a", bytes(32))
+    guessed = set()
+    for sig in signatures:
+        plain = sig.encode()
+        guessed |= {hashlib.sha256(plain).hexdigest()[:32], hashlib.md5(plain).hexdigest(),
+                    hmac.new(b"", plain, hashlib.sha256).hexdigest()[:32],
+                    wrong.digest(near_scheme(), sig), KEY.digest("near", sig)}  # fmt: skip
+    assert not sketches & guessed
+    assert sketches <= {KEY.digest(near_scheme(), sig) for sig in signatures}
+
+
+def test_a_partner_s_sketches_link_accounts_in_batch_detection(bundle_dir, tmp_path, cli):
+    """Lab B's store holds three accounts sending lab A's hydra prompts: with only the bundle's
+    near-duplicate sketches and its client indicator they are linked (two families: what they
+    ask, what they run); with the client indicator alone they are not. B's people are not."""
+    from distillwatch.sharing.priors import partner_links
+    from distillwatch.sharing.stix import read_bundles
+
+    log, meta, fresh = _lab_b(tmp_path)
+    store_path = tmp_path / "b.duckdb"
+    result = cli("detect", log, "--accounts", meta, "--out", tmp_path / "b", "--store", store_path,
+                 "--sharing-key", bundle_dir / "group.key")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shared = read_bundles([bundle_dir / "out1" / "indicators.json"])
+    linked = {}
+    for name, kinds in (("sketches", ("nd:", "ua:")), ("client only", ("ua:",))):
+        subset = copy.copy(shared)
+        subset.links = {k: v for k, v in shared.links.items() if k.startswith(kinds)}
+        with Store(store_path) as store:
+            linked[name] = partner_links(store, subset, KEY)
+    assert any(k.startswith("nd:") for k in shared.links)
+    assert set(linked["sketches"]) == set(fresh.values())
+    assert "template" in linked["sketches"][fresh["h00"]]["reason"]
+    assert linked["client only"] == {}
+
+
 def _good_bundle(bundle_dir: Path) -> dict:
     return orjson.loads((bundle_dir / "out1" / "indicators.json").read_bytes())
 
@@ -336,8 +388,10 @@ def test_share_export_keys_each_group_apart(bundle_dir, tmp_path, cli):
                  "--tlp", "amber+strict", "--out", out)  # fmt: skip
     assert result.returncode == 0, result.stderr
     ours, theirs = read_bundle(bundle_dir / "out2" / "indicators.json"), read_bundle(out)
-    private = lambda s: {k for k in s.links if k.startswith(("tpl:", "pay:"))}  # noqa: E731
-    public = lambda s: {k for k in s.links if not k.startswith(("tpl:", "pay:"))}  # noqa: E731
+    from distillwatch.sharing.keys import PRIVATE_KINDS
+
+    private = lambda s: {k for k in s.links if k.split(":", 1)[0] in PRIVATE_KINDS}  # noqa: E731
+    public = lambda s: {k for k in s.links if k.split(":", 1)[0] not in PRIVATE_KINDS}  # noqa: E731
     assert private(ours) and private(theirs) and not private(ours) & private(theirs)
     assert public(ours) == public(theirs)
     assert theirs.key_ids == {"group-b"}

@@ -5,6 +5,11 @@ Batch detection folds these per account into ``dw_kv`` (kinds ``ip``, ``net``, `
 each request with :func:`request_artefacts`. An artefact is written ``kind:value``; template grams
 and payment fingerprints are private, so their value is a keyed hash (:mod:`.keys`) in both
 places, and ``tests/test_sharing.py`` checks that batch and gateway produce the same strings.
+
+Near-duplicate sketches (kind ``nd``) are batch-only: the MinHash band signatures of each
+prompt (``dw_near``, computed by DuckDB's SQL, :data:`near_scheme`), keyed like the other
+private kinds. A gateway cannot compute DuckDB's hash per request, so it never matches them;
+a partner's batch detection does (:mod:`.priors`).
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from distillwatch.sharing.keys import SharingKey
 #: evidence, and so are a user agent and a TLS fingerprint (one SDK build sends both, so their
 #: rarities are not independent).
 FAMILY = {"ip": "network", "net": "network", "tls": "client", "ua": "client", "tpl": "template",
-          "pay": "payment"}  # fmt: skip
+          "nd": "template", "pay": "payment"}  # fmt: skip
 #: dw_kv kinds that are shared, and the indicator kind each becomes.
 STATE_KINDS = {"ip": "ip", "net": "net", "ua": "ua", "tls": "tls", "pre": "tpl", "suf": "tpl"}
 MAX_VALUE_CHARS = 256
+#: Bump when the prompt skeleton or shingling behind ``dw_near`` changes.
+SKETCH_VERSION = 1
 
 
 def ip_prefix(ip: str | None) -> str | None:
@@ -60,11 +67,24 @@ def register_sql(con: duckdb.DuckDBPyConnection) -> None:
             raise
 
 
+@lru_cache(maxsize=1)
+def near_scheme() -> str:
+    """What a near-duplicate sketch's value depends on besides the prompt: the MinHash layout
+    and DuckDB's ``hash`` (its major and minor version). It is part of the keyed input, so
+    sketches made under another scheme never match (they fail safe, as no match)."""
+    from distillwatch.detection.features import MINHASH_BANDS, MINHASH_MIN_WORDS, MINHASH_ROWS
+
+    version = ".".join(duckdb.__version__.split(".")[:2])
+    return f"near/v{SKETCH_VERSION}/duckdb-{version}/b{MINHASH_BANDS}r{MINHASH_ROWS}w{MINHASH_MIN_WORDS}"
+
+
 def artefact(kind: str, value: str, key: SharingKey | None) -> str:
-    """One artefact as ``kind:value``; ``kind`` is a ``dw_kv`` kind or ``pay``. Private kinds
-    need ``key``."""
-    if kind in ("pre", "suf", "pay") and key is None:
+    """One artefact as ``kind:value``; ``kind`` is a ``dw_kv`` kind, ``pay``, or ``near`` (a
+    ``dw_near`` band signature). Private kinds need ``key``."""
+    if kind in ("pre", "suf", "pay", "near") and key is None:
         raise ValueError(f"a {kind} artefact is private: it needs a sharing key")
+    if kind == "near":
+        return f"nd:{key.digest(near_scheme(), value)}"  # type: ignore[union-attr]
     if kind in ("pre", "suf"):
         return f"tpl:{key.digest(kind, value)}"  # type: ignore[union-attr]
     if kind == "pay":

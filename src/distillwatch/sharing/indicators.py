@@ -1,11 +1,12 @@
 """Per campaign, the artefacts that identify it, each with its specificity on the population.
 
-Stage: reads ``dw_kv``, ``dw_acct`` (detection state, :mod:`distillwatch.detection.state`),
+Stage: reads ``dw_kv``, ``dw_near``, ``dw_acct`` (detection state, :mod:`distillwatch.detection.state`),
 ``accounts`` and the run's Contract-2 document; writes nothing (``detect`` serialises the result
 as a STIX bundle, :mod:`.stix`).
 
 For every artefact a campaign's accounts used (exact IPs, /24 or /48 prefixes, user agents, TLS
-fingerprints, wrapper template grams, payment fingerprints) it measures, over every account with
+fingerprints, wrapper template grams, payment fingerprints, near-duplicate sketches: the MinHash
+band signatures of their prompts) it measures, over every account with
 traffic in the detected period: how many of the campaign's accounts used it, how many accounts
 *not flagged* did (the "outside" accounts: the people a link could hurt), the share of the
 campaign's traffic it covers, and first/last seen. Only artefacts that are rare outside qualify.
@@ -43,8 +44,11 @@ DEFAULT_BOUND = 1e-4
 MAX_OUTSIDE_SHARE = 0.001
 #: ...and at least this many of the campaign's accounts used it.
 MIN_CAMPAIGN_ACCOUNTS = 2
-#: Indicators kept per campaign (the most covering first): bounds bundle size.
+#: Indicators kept per campaign (the most covering first): bounds bundle size...
 MAX_PER_CAMPAIGN = 2000
+#: ...of which near-duplicate sketches at most this many (a paraphrase campaign has tens of
+#: thousands of band signatures; the most used say as much).
+MAX_SKETCHES_PER_CAMPAIGN = 500
 #: Namespace of deterministic STIX ids (uuid5), fixed forever.
 NAMESPACE = uuid.UUID("6b4f3e2a-3d1c-5e8f-9a0b-7c6d5e4f3a2b")
 
@@ -53,7 +57,7 @@ NAMESPACE = uuid.UUID("6b4f3e2a-3d1c-5e8f-9a0b-7c6d5e4f3a2b")
 class Artefact:
     """One identifying artefact of a campaign. ``value`` is keyed for private kinds."""
 
-    kind: str  # ip, net, tls, ua, tpl, pay
+    kind: str  # ip, net, tls, ua, tpl, pay, nd
     value: str
     campaign_accounts: int
     outside_accounts: int
@@ -148,6 +152,27 @@ def campaign_indicators(store: Store, doc: dict[str, Any], key: SharingKey,
             GROUP BY ALL
             """
         )
+        # Near-duplicate sketches: band signatures two or more members share, with their
+        # outside users counted among those signatures only (dw_near is the largest state).
+        rows += store.run(
+            f"""
+            WITH inside AS (
+                SELECT sig FROM dw_near JOIN _members USING (account_id)
+                GROUP BY sig HAVING count(DISTINCT account_id) >= {MIN_CAMPAIGN_ACCOUNTS}
+            ), held AS (
+                SELECT n.account_id, n.sig, sum(n.uses) AS uses
+                FROM dw_near n JOIN inside USING (sig) GROUP BY ALL
+            ), outsiders AS (
+                SELECT sig, count(DISTINCT account_id) AS users
+                FROM held ANTI JOIN _flagged USING (account_id) GROUP BY sig
+            )
+            SELECT m.campaign, 'near', h.sig::VARCHAR, count(DISTINCT h.account_id),
+                   sum(h.uses), coalesce(any_value(o.users), 0), min(d.first_ts), max(d.last_ts)
+            FROM held h JOIN _members m USING (account_id) LEFT JOIN outsiders o USING (sig)
+            LEFT JOIN dw_acct d USING (account_id)
+            GROUP BY ALL
+            """
+        )
         volume = dict(store.run(
             "SELECT m.campaign, sum(d.n) FROM _members m JOIN dw_acct d USING (account_id) GROUP BY ALL"
         ))  # fmt: skip
@@ -173,6 +198,9 @@ def campaign_indicators(store: Store, doc: dict[str, Any], key: SharingKey,
     result = []
     for c in campaigns:
         found = by_campaign.get(c["campaign_id"], [])
+        found.sort(key=lambda a: (-a.coverage, a.outside_accounts, a.key))
+        sketches = [a for a in found if a.kind == "nd"][:MAX_SKETCHES_PER_CAMPAIGN]
+        found = [a for a in found if a.kind != "nd"] + sketches
         found.sort(key=lambda a: (-a.coverage, a.outside_accounts, a.key))
         found = found[:MAX_PER_CAMPAIGN]
         stable = earliest.get(c["campaign_id"]) or min(c["accounts"])
@@ -205,7 +233,9 @@ def _check_on_population(store: Store, result: list[CampaignIndicators], key: Sh
             """SELECT account_id, kind, value FROM dw_kv JOIN _wanted USING (kind, value)
                UNION ALL SELECT account_id, 'pay', payment_fingerprint FROM accounts
                JOIN dw_acct USING (account_id)
-               JOIN _wanted w ON w.kind = 'pay' AND w.value = payment_fingerprint"""
+               JOIN _wanted w ON w.kind = 'pay' AND w.value = payment_fingerprint
+               UNION ALL SELECT account_id, 'near', sig::VARCHAR FROM dw_near
+               JOIN _wanted w ON w.kind = 'near' AND w.value = sig::VARCHAR"""
         )
     finally:
         store.con.unregister("_wanted")

@@ -20,7 +20,7 @@ from pathlib import Path
 from distillwatch.errors import SharingKeyError
 
 #: Artefact kinds that are private: shared only as keyed hashes.
-PRIVATE_KINDS = frozenset({"tpl", "pay"})
+PRIVATE_KINDS = frozenset({"tpl", "pay", "nd"})
 #: How a key is written in a key file: ``<key id> <64 hex digits>`` on one line.
 _KEY_LINE = re.compile(r"^([A-Za-z0-9_.-]{1,64})\s+([0-9a-f]{64})\s*$")
 ENV_KEY_FILE = "DISTILLWATCH_SHARING_KEY"

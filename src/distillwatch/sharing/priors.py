@@ -1,7 +1,7 @@
 """Imported indicators as priors in detection: accounts whose own artefacts link them to a
 campaign a partner (or another of our deployments) shared.
 
-Stage: reads ``dw_kv``, ``dw_acct`` and ``accounts`` (the folded detection state) and the
+Stage: reads ``dw_kv``, ``dw_near``, ``dw_acct`` and ``accounts`` (the folded detection state) and the
 :class:`~distillwatch.sharing.stix.IndicatorSet` read from bundles; returns, per account, the
 strength of the link (1, halving every ``HALF_LIFE_DAYS`` since the partner last saw the
 artefacts) and a reason naming the partner and campaign. Detection turns that into the
@@ -52,12 +52,16 @@ def partner_links(store: Store, shared: IndicatorSet, key: SharingKey | None,
                 """SELECT account_id, 'pay', payment_fingerprint FROM accounts
                    JOIN dw_acct USING (account_id) WHERE payment_fingerprint IS NOT NULL"""
             )
+            if any(k.startswith("nd:") for k in shared.links):
+                # Near-duplicate sketches: every band signature of this store, keyed once each
+                # (about a microsecond a signature; only when a bundle carries sketches).
+                rows += store.run("SELECT DISTINCT account_id, 'near', sig::VARCHAR FROM dw_near")
     finally:
         store.con.unregister("_wanted")
     digests: dict[tuple[str, str], str] = {}
     held: dict[str, dict[str, list[tuple[str, Link]]]] = {}
     for account, kind, value in rows:
-        if kind in ("pre", "suf", "pay"):
+        if kind in ("pre", "suf", "pay", "near"):
             k = digests.get((kind, value))
             if k is None:
                 k = digests[(kind, value)] = artefact(kind, str(value), key)

@@ -6,9 +6,9 @@ under; one registered ``extension-definition`` for the LLM-specific facts; and p
 ``campaign``, an ``intrusion-set`` (``attributed-to``), a ``sighting`` (request count, first and
 last seen) and its ``indicator`` objects (``indicates`` relationships). Network artefacts are
 STIX patterns (``[ipv4-addr:value ISSUBSET '203.0.113.0/24']``, user agents through the HTTP
-request extension); TLS fingerprints, template grams and payment fingerprints have no STIX
-object, so they are ``pattern_type: distillwatch`` patterns (``tpl:<keyed hash>``), an
-open-vocabulary value. Every id is deterministic (uuid5 of the producer, the campaign's stable
+request extension); TLS fingerprints, template grams, payment fingerprints and near-duplicate
+sketches have no STIX object, so they are ``pattern_type: distillwatch`` patterns
+(``tpl:<keyed hash>``, ``nd:<keyed hash>``), an open-vocabulary value. Every id is deterministic (uuid5 of the producer, the campaign's stable
 id and the artefact), so exporting the same campaign again updates its objects (newer
 ``modified``), never duplicates them. MITRE ATLAS techniques, the case study and mitigations are
 ``external_references`` with urls.
@@ -133,7 +133,8 @@ def to_bundle(campaigns: list[CampaignIndicators], producer: str, key_id: str,
     extension = ExtensionDefinition(
         id=EXTENSION_ID, name="distillwatch indicators", version=EXTENSION_VERSION,
         description="LLM-specific facts of distillation campaigns: artefact kind and "
-        "specificity on the producer's population, keyed template and payment hashes, link rule.",
+        "specificity on the producer's population, keyed template, payment and near-duplicate "
+        "sketch hashes, link rule.",
         schema=EXTENSION_SCHEMA, extension_types=["property-extension"],
         created="2026-01-01T00:00:00.000Z", modified="2026-01-01T00:00:00.000Z", **common,
     )  # fmt: skip
