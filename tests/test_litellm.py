@@ -136,6 +136,37 @@ def test_guard_in_real_litellm_proxy(tmp_path):
             called.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"]
             == "get_weather"
         )
+        # LiteLLM's Responses API route: decided, refused and shaped like chat completions.
+        responses = f"http://127.0.0.1:{port}/v1/responses"
+
+        def respond(user: str, text: str, **extra):
+            body = {"model": "atlas-2", "user": user, "input": text, **extra}
+            return httpx.post(responses, json=body, headers=headers, timeout=60)
+
+        plain = respond("alice", "hi", metadata={"order": "42"})
+        assert plain.status_code == 200, plain.text
+        # The client's metadata reaches the upstream as sent; the guard's decision never does.
+        assert plain.json()["metadata"] == {"order": "42"}
+        assert plain.json()["output"][0]["summary"] and "<think>" in plain.text
+        assert respond("harvester", "hi").status_code == 403
+        assert respond("alice", "hi", input=[{"role": "user", "content": 5}]).status_code == 400
+        capped = respond("edgy", "Think step by step: is 91 prime?", max_output_tokens=3000).json()
+        text = capped["output"][1]["content"][0]["text"]
+        assert capped["output"][0] == {"type": "reasoning", "id": "rs_1", "summary": []}
+        assert text == ("word " * 8)[:40].rstrip() + canary_for(key, "c-2").suffix, text
+        assert capped["status"] == "incomplete" and "scratchpad" not in json.dumps(capped)
+        body = {"model": "atlas-2", "user": "edgy", "input": "Think step by step: is 91 prime?",
+                "stream": True}  # fmt: skip
+        with httpx.stream("POST", responses, json=body, headers=headers, timeout=60) as response:
+            assert response.status_code == 200
+            sse = b"".join(response.iter_raw()).decode()
+        events = [json.loads(line[6:]) for line in sse.splitlines() if line.startswith("data: {")]
+        deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        assert deltas == ("word " * 8)[:40] + canary_for(key, "c-2").suffix, deltas
+        assert not any(e["type"].startswith("response.reasoning") for e in events)
+        assert events[-1]["type"] == "response.incomplete" and "scratchpad" not in sse
+        final = events[-1]["response"]["output"][1]["content"][0]["text"]
+        assert final == deltas
         time.sleep(2)  # LiteLLM logs success after responding; the sink folds its journal then
     finally:
         stop(proc)
@@ -149,8 +180,15 @@ def test_guard_in_real_litellm_proxy(tmp_path):
             "SELECT response_tool_calls FROM exchanges WHERE prompt = 'CALL_TOOL weather?'"
         )
         streamed = store.run("SELECT response FROM exchanges WHERE account_id = 'edgy'")
+        via_responses = store.run(
+            "SELECT account_id, prompt FROM exchanges WHERE endpoint = '/v1/responses'"
+        )
     assert json.loads(calls[0][0])[0]["name"] == "get_weather"
     assert all("hidden" not in (r or "") for (r,) in streamed)
     assert {"decision.challenge", "decision.shape"} <= events
     assert {"alice", "edgy"} <= logged
+    assert ("alice", "hi") in via_responses and (
+        "edgy",
+        "Think step by step: is 91 prime?",
+    ) in via_responses
     assert json.dumps(sorted(logged))

@@ -174,6 +174,8 @@ def create_app(delay_s: float = 0.0, watermark_keys: Path | None = None) -> Star
         final = {"id": "resp_mock", "object": "response", "created_at": int(time.time()),
                  "status": "completed", "model": body.get("model", "mock"), "output": [reasoning, answer],
                  "usage": {"input_tokens": len(last) // 4 + 1, "output_tokens": words, "total_tokens": words}}  # fmt: skip
+        if isinstance(body.get("metadata"), dict):
+            final["metadata"] = body["metadata"]  # echoed, as OpenAI's API does
         if not body.get("stream"):
             return JSONResponse(final)
 

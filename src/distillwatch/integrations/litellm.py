@@ -24,14 +24,18 @@ are end users), ``DISTILLWATCH_TLS_HEADER`` (default ``x-ja4``), ``DISTILLWATCH_
 ``DISTILLWATCH_CANARY_KEYS`` (a watermark keyring, as ``proxy --canary-keys``: shaped answers
 of a rule with ``canary: true`` end with the account's cluster's canary).
 
-Hooks: ``async_pre_call_hook`` checks the request's shape (400 for malformed messages), decides
-and refuses (LiteLLM answers with the status and an OpenAI-shaped error) or caps ``max_tokens``;
+Hooks, on LiteLLM's chat completions and Responses API routes alike: ``async_pre_call_hook``
+checks the request's shape (400 for malformed messages or Responses ``input``), decides and
+refuses (LiteLLM answers with the status and an OpenAI-shaped error) or caps ``max_tokens``
+(``max_output_tokens`` on the Responses route);
 ``async_post_call_success_hook`` strips reasoning from shaped responses and
 ``async_post_call_streaming_iterator_hook`` from shaped streams (``<think>`` tags split across
 chunks included, see :class:`~distillwatch.openai_api.ThinkFilter`), and both append the
 cluster's canary where the decision asks for one (in a stream, to each choice's finishing
-chunk); ``async_log_success_event``
-journals the exchange in Contract-1 form, tool calls included.
+chunk); a Responses object or event stream is shaped by the gateway's own functions
+(:func:`~distillwatch.openai_api.strip_reasoning`, ``cap_answer``, ``append_text`` and their
+stream forms) on its dict form; ``async_log_success_event`` journals the exchange in
+Contract-1 form, tool calls included.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
@@ -53,8 +58,15 @@ from distillwatch.openai_api import (
     CHARS_PER_TOKEN,
     REASONING_FIELDS,
     Messages,
+    StreamAppender,
+    StreamCapper,
+    StreamShaper,
     ThinkFilter,
+    append_text,
+    cap_answer,
     normalise_messages,
+    responses_messages,
+    strip_reasoning,
     strip_think,
     summarise_response,
 )
@@ -69,10 +81,38 @@ def _bound(text: str) -> str:
     return text[:MAX_LOGGED_TEXT]
 
 
-def _messages(data: dict[str, Any]) -> Messages:
+def _is_responses(data: dict[str, Any], call_type: Any = None) -> bool:
+    """Whether a request is for LiteLLM's Responses API route (``/v1/responses``)."""
+    if call_type is not None and "responses" in str(call_type):
+        return True
+    return data.get("messages") is None and "input" in data
+
+
+def _messages(data: dict[str, Any], call_type: Any = None) -> Messages:
+    if _is_responses(data, call_type):
+        return responses_messages(data, _bound)
     if data.get("messages") is None and isinstance(data.get("prompt"), str):
         return normalise_messages([{"role": "user", "content": data["prompt"]}], _bound)
     return normalise_messages(data.get("messages"), _bound)
+
+
+def _shape_responses_object(response: Any, decision: dict[str, Any], suffix: str) -> Any:
+    """A Responses API object shaped as the gateway shapes one (the same functions of
+    :mod:`distillwatch.openai_api` on its dict form), written back onto LiteLLM's object."""
+    payload = response.model_dump() if hasattr(response, "model_dump") else dict(response)
+    if decision.get("strip_reasoning"):
+        strip_reasoning(payload)
+    if decision.get("cap_answer") and decision.get("max_tokens"):
+        cap_answer(payload, int(decision["max_tokens"]))
+    if suffix:
+        append_text(payload, suffix)
+    if isinstance(response, dict):
+        response.update(payload)
+        return response
+    for name in ("output", "status", "incomplete_details", "output_text"):
+        if name in payload and hasattr(response, name):
+            setattr(response, name, payload[name])
+    return response
 
 
 def _strip_message(message: Any, field: str = "content") -> None:
@@ -87,9 +127,21 @@ def _strip_message(message: Any, field: str = "content") -> None:
         setattr(message, field, strip_think(content))
 
 
+def _metadata(data: dict[str, Any]) -> dict[str, Any]:
+    """LiteLLM's own metadata of a request, where the guard keeps its decision: ``metadata`` on
+    the chat route, ``litellm_metadata`` on routes (the Responses API among them) where
+    ``metadata`` is the client's own field, sent on to the upstream (which must never see our
+    decision, and whose API accepts only short strings there)."""
+    name = "litellm_metadata" if isinstance(data.get("litellm_metadata"), dict) else "metadata"
+    found = data.get(name)
+    if not isinstance(found, dict):
+        found = data[name] = {}
+    return found
+
+
 def _shape(data: dict[str, Any], shadow: bool) -> dict[str, Any]:
     """The shape decision the pre-call hook stored with the request ({} when not shaping)."""
-    decision = ((data.get("metadata") or {}).get("distillwatch") or {}).get("decision") or {}
+    decision = (_metadata(data).get("distillwatch") or {}).get("decision") or {}
     return decision if not shadow and decision.get("action") == "shape" else {}
 
 
@@ -98,6 +150,38 @@ def _answer_budget(decision: dict[str, Any]) -> int | None:
     if decision.get("cap_answer") and decision.get("max_tokens"):
         return int(decision["max_tokens"]) * CHARS_PER_TOKEN
     return None
+
+
+def _is_responses_event(chunk: Any) -> bool:
+    kind = chunk.get("type") if isinstance(chunk, dict) else getattr(chunk, "type", None)
+    return isinstance(kind, str) and kind.startswith("response.")
+
+
+class _ResponsesEvents:
+    """A shaped Responses event stream: the gateway's own event shapers (strip, cap, canary, in
+    that order, :mod:`distillwatch.openai_api`) over each event's dict form. Events go out as
+    JSON text, which LiteLLM's stream writer frames as ``data:`` lines unchanged."""
+
+    def __init__(self, decision: dict[str, Any], suffix: str) -> None:
+        self.steps: list[Any] = []
+        if decision.get("strip_reasoning"):
+            self.steps.append(StreamShaper().shape)
+        if decision.get("cap_answer") and decision.get("max_tokens"):
+            self.steps.append(StreamCapper(int(decision["max_tokens"])).apply)
+        if suffix:
+            self.steps.append(StreamAppender(suffix).apply)
+
+    def apply(self, chunk: Any) -> list[str]:
+        if isinstance(chunk, dict):
+            event = chunk
+        elif hasattr(chunk, "model_dump_json"):
+            event = orjson.loads(chunk.model_dump_json(exclude_none=True, exclude_unset=True))
+        else:
+            return [chunk]
+        events = [event]
+        for step in self.steps:
+            events = [out for e in events for out in step(e)]
+        return [orjson.dumps(e).decode() for e in events]
 
 
 class DistillwatchGuard(CustomLogger):
@@ -174,13 +258,13 @@ class DistillwatchGuard(CustomLogger):
             self.enforcer.start()
             self._started = True
         account = self._account(user_api_key_dict, data)
-        metadata = data.setdefault("metadata", {})
+        metadata = _metadata(data)
         request = data.get("proxy_server_request") or {}
         headers = {str(k).lower(): v for k, v in (request.get("headers") or {}).items()}
         ip = metadata.get("requester_ip_address") or None
         when = datetime.now(UTC).replace(tzinfo=None)
         try:
-            messages = _messages(data)
+            messages = _messages(data, call_type)
             prompt = messages.prompt[:8000]
         except RecordError as exc:
             raise HTTPException(status_code=400, detail={"error": {
@@ -211,9 +295,8 @@ class DistillwatchGuard(CustomLogger):
             and decision.max_tokens
             and not decision.cap_answer
         ):
-            data["max_tokens"] = min(
-                int(data.get("max_tokens") or decision.max_tokens), decision.max_tokens
-            )
+            field = "max_output_tokens" if _is_responses(data, call_type) else "max_tokens"
+            data[field] = min(int(data.get(field) or decision.max_tokens), decision.max_tokens)
         return data
 
     async def async_post_call_success_hook(
@@ -223,6 +306,10 @@ class DistillwatchGuard(CustomLogger):
         if not decision:
             return response
         suffix = self._canary_suffix(decision)
+        if getattr(response, "object", None) == "response" or (
+            isinstance(response, dict) and response.get("object") == "response"
+        ):
+            return _shape_responses_object(response, decision, suffix)
         budget = _answer_budget(decision)
         for choice in getattr(response, "choices", None) or []:
             message = getattr(choice, "message", None)
@@ -249,7 +336,14 @@ class DistillwatchGuard(CustomLogger):
         filters: dict[int, ThinkFilter] = {}
         used: dict[int, int] = {}
         cut: set[int] = set()
+        events: _ResponsesEvents | None = None
         async for chunk in response:
+            if events is not None or _is_responses_event(chunk):
+                # LiteLLM's Responses route streams event objects, not chat chunks.
+                events = events or _ResponsesEvents(decision, suffix)
+                for shaped in events.apply(chunk):
+                    yield shaped
+                continue
             for choice in getattr(chunk, "choices", None) or []:
                 delta = getattr(choice, "delta", None)
                 if delta is None:
@@ -285,7 +379,9 @@ class DistillwatchGuard(CustomLogger):
         params = kwargs.get("litellm_params") or {}
         info = {}
         for metadata in (
+            params.get("litellm_metadata"),
             params.get("metadata"),
+            kwargs.get("litellm_metadata"),
             kwargs.get("metadata"),
             (kwargs.get("standard_logging_object") or {}).get("metadata"),
         ):
@@ -320,7 +416,8 @@ class DistillwatchGuard(CustomLogger):
             "messages": kwargs.get("messages") or [{"role": "user", "content": ""}],
             "response": summary.text,
             "response_tool_calls": summary.tool_calls or None,
-            "endpoint": "/v1/chat/completions",
+            "endpoint": "/v1/responses" if "responses" in str(kwargs.get("call_type") or "")
+            else "/v1/chat/completions",
             "completion_tokens": completion if isinstance(completion, int) else None,
             "prompt_tokens": getattr(usage, "prompt_tokens", None),
             "status": 200,
