@@ -23,6 +23,7 @@ A finding is evidence for a data team's quarantine list, never proof of who wrot
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
@@ -460,18 +461,12 @@ def _run_all(scanner: Scanner, units: Iterator[Work],
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                              initargs=(scanner,)) as pool:  # fmt: skip
         pending: deque[Future[Any]] = deque()
-        for work in _chain(first, second, units):
+        for work in itertools.chain((first, second), units):
             pending.append(pool.submit(_work, work))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def _chain(*head_and_rest: Any) -> Iterator[Work]:
-    *head, rest = head_and_rest
-    yield from head
-    yield from rest
 
 
 _WORKER: Scanner | None = None

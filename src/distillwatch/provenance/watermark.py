@@ -204,7 +204,9 @@ def count_green_fast(tokens: Sequence[int], key: WatermarkKey,
                 cache[context] = found
         return found
 
-    if h == 1:
+    if h == 1 and int(windows[:, 0].max()) < 1 << 20:  # the batch scan's table, shared
+        seeds, inverse = _seed_table(key, windows[:, 0]), np.arange(len(windows))
+    elif h == 1:
         contexts, inverse = np.unique(windows[:, 0], return_inverse=True)
         seeds = np.array([seed((int(c),)) for c in contexts.tolist()], dtype=np.uint64)
     else:
