@@ -416,7 +416,7 @@ class DistillwatchGuard(CustomLogger):
             "messages": kwargs.get("messages") or [{"role": "user", "content": ""}],
             "response": summary.text,
             "response_tool_calls": summary.tool_calls or None,
-            "endpoint": "/v1/responses" if "responses" in str(kwargs.get("call_type") or "")
+            "endpoint": "/v1/responses" if _is_responses(kwargs, kwargs.get("call_type"))
             else "/v1/chat/completions",
             "completion_tokens": completion if isinstance(completion, int) else None,
             "prompt_tokens": getattr(usage, "prompt_tokens", None),

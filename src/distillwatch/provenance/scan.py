@@ -27,7 +27,7 @@ import itertools
 import re
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,26 +88,27 @@ class Finding:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+#: A record that yields no document: (path, line, reason).
+Skip = tuple[str, int, str]
+
+
 @dataclass
 class Batch:
     """Documents read together (columns of equal length): the unit the scan works on."""
 
-    paths: list[str]
-    texts: list[str]
-    lines: list[int]
-    commits: list[str | None]
-    prompts: list[str]
+    paths: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    commits: list[str | None] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
 
-    @classmethod
-    def empty(cls) -> Batch:
-        return cls([], [], [], [], [])
-
-    def add(self, doc: Document) -> None:
-        self.paths.append(doc.path)
-        self.texts.append(doc.text)
-        self.lines.append(doc.line)
-        self.commits.append(doc.commit)
-        self.prompts.append(doc.prompt)
+    def append(self, path: str, text: str, line: int, commit: str | None = None,
+               prompt: str = "") -> None:  # fmt: skip
+        self.paths.append(path)
+        self.texts.append(text)
+        self.lines.append(line)
+        self.commits.append(commit)
+        self.prompts.append(prompt)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -116,6 +117,10 @@ class Batch:
         return Document(
             self.paths[i], self.texts[i], self.lines[i], self.commits[i], self.prompts[i]
         )
+
+    def parse(self) -> tuple[Batch, list[Skip]]:
+        """Its documents (already read) and no skipped records: as :meth:`JsonlChunk.parse`."""
+        return self, []
 
 
 @dataclass(frozen=True)
@@ -129,9 +134,9 @@ class JsonlChunk:
     field: str
     prompt_field: str | None = None
 
-    def parse(self) -> tuple[Batch, list[tuple[str, int, str]]]:
-        """The chunk's documents, and its records that yield none (path, line, reason)."""
-        batch, skipped = Batch.empty(), []
+    def parse(self) -> tuple[Batch, list[Skip]]:
+        """The chunk's documents, and its records that yield none."""
+        batch, skipped = Batch(), []
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         field, prompt_field = self.field, self.prompt_field
         lines = self.data.split(b"\n")
@@ -152,11 +157,8 @@ class JsonlChunk:
                 skipped.append((self.path, number, f"no string field {field!r}"))
                 continue
             prompt = record.get(prompt_field) if prompt_field and is_dict else None
-            batch.paths.append(self.path)
-            batch.texts.append(value[:MAX_DOCUMENT_CHARS])
-            batch.lines.append(number)
-            batch.commits.append(None)
-            batch.prompts.append(prompt[:MAX_DOCUMENT_CHARS] if isinstance(prompt, str) else "")
+            batch.append(self.path, value[:MAX_DOCUMENT_CHARS], number, None,
+                         prompt[:MAX_DOCUMENT_CHARS] if isinstance(prompt, str) else "")  # fmt: skip
         return batch, skipped
 
 
@@ -169,17 +171,12 @@ def documents(path: Path, field: str = "text", prompt_field: str | None = None,
     """The documents of one path (a file, a folder of files, or a git repository). JSONL
     records that are not JSON or lack a string ``field`` go to ``on_skip``."""
     for work in read(path, field, prompt_field):
-        batch, skipped = load(work)
+        batch, skipped = work.parse()
         for skip in skipped:
             if on_skip is not None:
                 on_skip(*skip)
         for i in range(len(batch)):
             yield batch.document(i)
-
-
-def load(work: Work) -> tuple[Batch, list[tuple[str, int, str]]]:
-    """The documents of one unit of work, and the records skipped on the way."""
-    return work.parse() if isinstance(work, JsonlChunk) else (work, [])
 
 
 def read(path: Path, field: str = "text", prompt_field: str | None = None) -> Iterator[Work]:
@@ -237,13 +234,13 @@ def _jsonl_chunks(path: Path, field: str, prompt_field: str | None) -> Iterator[
 
 
 def _batched(docs: Iterable[Document]) -> Iterator[Batch]:
-    batch, chars = Batch.empty(), 0
+    batch, chars = Batch(), 0
     for doc in docs:
-        batch.add(doc)
+        batch.append(doc.path, doc.text, doc.line, doc.commit, doc.prompt)
         chars += len(doc.text)
         if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
             yield batch
-            batch, chars = Batch.empty(), 0
+            batch, chars = Batch(), 0
     if len(batch):
         yield batch
 
@@ -365,9 +362,9 @@ class Scanner:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_lsh": None, "_signature": None}  # rebuilt where used
 
-    def run(self, work: Work) -> tuple[list[Finding], list[tuple[str, int, str]]]:
+    def run(self, work: Work) -> tuple[list[Finding], list[Skip]]:
         """The findings of one unit of work, in document order, and its skipped records."""
-        batch, skipped = load(work)
+        batch, skipped = work.parse()
         return (self.findings(batch) if len(batch) else []), skipped
 
     def findings(self, batch: Batch) -> list[Finding]:
@@ -443,7 +440,7 @@ def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = 
 
 
 def _run_all(scanner: Scanner, units: Iterator[Work],
-             workers: int) -> Iterator[tuple[list[Finding], list[tuple[str, int, str]]]]:  # fmt: skip
+             workers: int) -> Iterator[tuple[list[Finding], list[Skip]]]:  # fmt: skip
     first = next(units, None)
     second = next(units, None) if first is not None else None
     if second is None or workers <= 1:
@@ -477,7 +474,7 @@ def _start_worker(scanner: Scanner) -> None:
     _WORKER = scanner
 
 
-def _work(work: Work) -> tuple[list[Finding], list[tuple[str, int, str]]]:
+def _work(work: Work) -> tuple[list[Finding], list[Skip]]:
     assert _WORKER is not None
     return _WORKER.run(work)
 
