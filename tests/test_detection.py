@@ -133,6 +133,51 @@ def test_template_mining_finds_wrappers_not_human_phrasing(tmp_path):
     assert "reasoning before the final answer." in grams
 
 
+def word(*numbers: int) -> str:
+    """A word of its own for each tuple of numbers (template grams mask digits)."""
+    return "".join(chr(97 + int(d)) for n in numbers for d in f"{n:03d}")
+
+
+def test_a_wrapper_inside_a_busy_account_counts_and_a_common_phrase_does_not(tmp_path):
+    """Resellers relay a harvest's wrapper in 30 of 400 requests each (7.5%, under the per-account
+    share a wrapper needs) and open 40 of their end users' requests with a phrase that 50 other
+    accounts also use, once each among many prompts (more than a fifth of the population: how
+    people write). The wrapper is shared; the phrase is not."""
+    records = []
+    for a in range(4):
+        account = f"r{a}"
+        for i in range(400):
+            if i % 40 < 3:
+                task = f"Write a Python function number {a * 1000 + i} that parses file {i}."
+                prompt = f"### Instruction:\n{task}\n\n{WRAPPER}"
+            elif i % 10 == 5:
+                prompt = f"I need help with this. {HUMAN[i % len(HUMAN)]} {word(i, a)}"
+            else:
+                prompt = f"{word(a, i)} {HUMAN[i % len(HUMAN)]} {word(i, a)}"
+            records.append(rec(i, account, prompt, hours=i * 0.4))
+    for a in range(50):
+        for i in range(25):
+            opening = "I need help with this." if i == 0 else word(a + 10, i)
+            prompt = f"{opening} {HUMAN[(a + i) % len(HUMAN)]} {word(i, a + 10)}"
+            records.append(rec(i, f"p{a:02d}", prompt, hours=i))
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, records)
+        evidence_for(store)
+        evid = {r[0]: r[1:] for r in store.run(
+            "SELECT account_id, shared_template_share, template_reach FROM evid")}  # fmt: skip
+        # Counted by its count alone: at a tenth of each account's prompts it would not count.
+        build_templates(store, min_uses=10_000)
+        from distillwatch.detection.evidence import build_evidence
+
+        build_evidence(store)
+        share_only = dict(store.run("SELECT account_id, shared_template_share FROM evid"))
+    for a in range(4):
+        # The wrapper's prefix and suffix, 30 requests each, not the phrase's 40.
+        assert evid[f"r{a}"] == (pytest.approx(60 / 400), 4)
+        assert share_only[f"r{a}"] == 0
+    assert all(evid[f"p{a:02d}"][0] == 0 for a in range(50))
+
+
 def test_account_features_rhythm_and_rotation(tmp_path):
     records = [
         rec(i, "bot", f"task {i} of many: convert units", hours=i * 0.5, ip=f"73.{i}.0.1")

@@ -16,6 +16,7 @@ from distillwatch.detection.rules import (
     MIN_LONE_HARVEST,
     derive,
     evaluate,
+    harvest_size,
     lone_capped,
     pooled_row,
 )
@@ -92,6 +93,18 @@ def test_an_account_flagged_alone_on_a_few_dozen_requests_is_suspicious_at_most(
     assert not lone_capped(row(n=18, partner_link=0.8), strong, none, 1)  # a partner's link
     assert not lone_capped(row(n=MIN_LONE_HARVEST), strong, none, 1)  # harvest volume
     assert not lone_capped(row(n=18), 0.5, none, 1)  # already below the cap
+
+
+def test_an_account_alone_needs_many_different_questions_not_only_many_requests():
+    strong, none = 3.0, float("-inf")
+    job = row(n=1368, prompt_variety=0.01, cot_rate=0.12)  # a dozen inputs, fresh time stamps
+    assert harvest_size(job) == 14
+    assert lone_capped(job, strong, none, 1)
+    assert not lone_capped(job, strong, 2.0, 1)  # unless a campaign it is in scores as high
+    assert harvest_size(row(n=1368, prompt_variety=0.9, cot_rate=0.12)) == 1231
+    arithmetic = row(n=300, prompt_variety=0.05, cot_rate=0.9)  # worked steps, numbers vary
+    assert harvest_size(arithmetic) == 300 and not lone_capped(arithmetic, strong, none, 1)
+    assert harvest_size(row(n=12, prompt_variety=None)) == 12  # variety not measured yet
 
 
 def test_scorer_follows_scikit_learn_conventions():

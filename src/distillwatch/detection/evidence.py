@@ -55,14 +55,25 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
     store.run(
         f"""
         CREATE TEMP TABLE evid AS
-        WITH tmpl_reach AS (
-            SELECT side, gram, count(DISTINCT account_id) AS accounts
-            FROM tmpl GROUP BY side, gram
+        WITH tmpl_users AS (
+            -- Every account that used a repeated wrapper's words, repeating them or not.
+            SELECT CASE kind WHEN 'pre' THEN 'prefix' ELSE 'suffix' END AS side,
+                   value AS gram, count(*) AS users
+            FROM kv
+            WHERE kind IN ('pre', 'suf') AND value IN (SELECT gram FROM tmpl)
+            GROUP BY ALL
+        ), tmpl_reach AS (
+            SELECT side, gram, count(DISTINCT account_id) AS accounts, any_value(u.users) AS users
+            FROM tmpl JOIN tmpl_users u USING (side, gram) GROUP BY side, gram
         ), shared_tmpl AS (
+            -- Shared when 3+ accounts repeat it and not too many use it at all: one busy
+            -- account opening forty requests with "I need help with this", as a third of all
+            -- accounts do now and then, shares no wrapper with anyone. (Counting only those
+            -- that repeat it would not do: a campaign rotating wrappers uses each now and then.)
             SELECT t.account_id, least(1.0, sum(t.uses) / any_value(t.n)) AS share,
                    count(*) AS templates, max(r.accounts) AS reach
             FROM tmpl t JOIN tmpl_reach r USING (side, gram)
-            WHERE r.accounts >= 3 AND r.accounts <= {common}
+            WHERE r.accounts >= 3 AND r.users <= {common}
             GROUP BY t.account_id
         ), dup AS ({_shared_share("content", "h", common)}
         ), novel AS (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from distillwatch.detection.rules import MIX_TEMPLATE_USES, TEMPLATE_MIN_SHARE
 from distillwatch.detection.text import (
     CAPABILITIES,
     COT_PATTERN,
@@ -216,12 +217,14 @@ def build_account_features(store: Store) -> None:
     )
 
 
-def build_templates(store: Store, min_share: float = 0.1, min_count: int = 3) -> None:
+def build_templates(store: Store, min_share: float = TEMPLATE_MIN_SHARE, min_count: int = 3,
+                    min_uses: int = MIX_TEMPLATE_USES) -> None:  # fmt: skip
     """Temp table ``tmpl``: wrappers an account uses repeatedly (a prefix or suffix gram).
 
     A gram counts for an account when it starts (or ends) at least ``min_share`` of its
-    prompts, ``min_count`` times. People rarely repeat five identical words at the start or end
-    of their requests; harvest wrappers and enterprise templates always do.
+    prompts, ``min_count`` times, or ``min_uses`` of them whatever their share (a harvest's
+    wrappers inside a reseller's other traffic). People rarely repeat five identical words at
+    the start or end of their requests; harvest wrappers and enterprise templates always do.
     """
     store.run("DROP TABLE IF EXISTS tmpl")
     store.run(
@@ -230,6 +233,7 @@ def build_templates(store: Store, min_share: float = 0.1, min_count: int = 3) ->
         SELECT k.account_id, CASE k.kind WHEN 'pre' THEN 'prefix' ELSE 'suffix' END AS side,
                k.value AS gram, k.uses, a.n, k.uses / a.n AS share
         FROM kv k JOIN dw_acct a USING (account_id)
-        WHERE k.kind IN ('pre', 'suf') AND k.uses >= {min_count} AND k.uses / a.n >= {min_share}
+        WHERE k.kind IN ('pre', 'suf') AND k.uses >= {min_count}
+          AND (k.uses / a.n >= {min_share} OR k.uses >= {min_uses})
         """
     )

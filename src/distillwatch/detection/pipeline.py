@@ -25,6 +25,7 @@ from distillwatch.detection.rules import (
     LONE_LOG_ODDS,
     NOVEL_REACH,
     farm_candidate,
+    harvest_size,
     lone_capped,
 )
 from distillwatch.detection.scoring import (
@@ -132,7 +133,7 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     timings["scoring_and_graph"] = time.perf_counter() - started - sum(timings.values())
 
     final: dict[str, float] = {}
-    lone: dict[str, int] = {}
+    lone: dict[str, tuple[int, int]] = {}  # requests, different prompts
     # Members of each group (cluster or content group) that score above the lone cap on their
     # own evidence: several of them together are a group's evidence, not a lone account's.
     strong = {a for a, s in scores.items() if s.log_odds > LONE_LOG_ODDS}
@@ -160,7 +161,7 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
                 log_odds = max(log_odds, min(cluster.log_odds, score.log_odds + MAX_CLUSTER_UPLIFT))
         if lone_capped(by_id[account], log_odds, group_log_odds, peers):
             # Flagged alone on a few dozen requests: too little harvest to call it distillation.
-            lone[account] = int(by_id[account].get("n") or 0)
+            lone[account] = (int(by_id[account].get("n") or 0), harvest_size(by_id[account]))
             log_odds = LONE_LOG_ODDS
         final[account] = sigmoid(log_odds)
     reviewed = reviewed_false_positives(store)
@@ -214,7 +215,10 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
         score = final[account_id]
         reasons = [e.reason for e in scores[account_id].evidence[:MAX_REASONS]]
         if account_id in lone:
-            reasons.insert(0, f"only {lone[account_id]} requests, flagged on its own evidence: "
+            n, questions = lone[account_id]
+            size = (f"only {n} requests" if questions == n else
+                    f"only {questions} different prompts (numbers masked) in {n:,} requests")  # fmt: skip
+            reasons.insert(0, f"{size}, flagged on its own evidence: "
                               f"too little harvest to call it distillation (suspicious at most)")  # fmt: skip
         if account_id in reviewed:
             reasons.insert(0, reviewed[account_id])

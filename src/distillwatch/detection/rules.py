@@ -28,6 +28,11 @@ FULL_CONTENT_EVIDENCE = 20
 VOLUME_FULL = 300
 #: ...provided it is at least this share: 1% of a busy product's traffic is noise, not a mix.
 MIN_MIX_SHARE = 0.08
+#: A wrapper counts for an account when it starts (or ends) this share of its prompts...
+TEMPLATE_MIN_SHARE = 0.1
+#: ...or at least this many of them however much else the account sends: a reseller relays a
+#: harvest's wrappers inside its end users' traffic, each at a few percent of the whole.
+MIX_TEMPLATE_USES = 25
 
 
 @dataclass(frozen=True)
@@ -339,15 +344,28 @@ NOVEL_FARM_MIN_OUTPUT_RATIO = 0.5
 NOVEL_FARM_SHARE = 0.9
 
 
+def harvest_size(row: Mapping[str, Any]) -> int:
+    """How many different questions an account had answered: its requests, or, once its prompt
+    variety is measured and most of them do not ask for reasoning, its distinct prompt shapes
+    (numbers masked). A scheduled job re-sending a dozen inputs with fresh time stamps 1,400
+    times obtained a dozen answers, however its wrappers look; numeric problems with worked
+    steps share a shape and are each worth distilling (the ``repetitive`` rule's exception)."""
+    n = int(row.get("n") or 0)
+    variety = row.get("prompt_variety")
+    if variety is None or n < MIN_VARIETY_PROMPTS or (row.get("cot_rate") or 0.0) >= 0.5:
+        return n
+    return min(n, round(float(variety) * n))
+
+
 def lone_capped(row: Mapping[str, Any], log_odds: float, group_log_odds: float,
                 strong_peers: int) -> bool:  # fmt: skip
     """Whether an account's score is held at LONE_SCORE_CAP: it scores above it with fewer than
-    MIN_LONE_HARVEST requests and is alone in that: no group it is in (a cluster or a content
-    group) scores as high (``group_log_odds`` at best), no such group has LONE_MAX_STRONG
-    accounts scoring above the cap on their own (``strong_peers``, the account included), and
-    no partner's indicators link it."""
+    MIN_LONE_HARVEST requests, or different questions (:func:`harvest_size`), and is alone in
+    that: no group it is in (a cluster or a content group) scores as high (``group_log_odds``
+    at best), no such group has LONE_MAX_STRONG accounts scoring above the cap on their own
+    (``strong_peers``, the account included), and no partner's indicators link it."""
     return (
-        (row.get("n") or 0) < MIN_LONE_HARVEST
+        harvest_size(row) < MIN_LONE_HARVEST
         and not row.get("partner_link")
         and log_odds > LONE_LOG_ODDS
         and group_log_odds < LONE_LOG_ODDS
