@@ -186,6 +186,9 @@ LONE_MAX_STRONG = 3
 #: this many requests on, and below REPETITIVE_VARIETY an account is repetitive.
 MIN_VARIETY_PROMPTS = 20
 REPETITIVE_VARIETY = 0.2
+#: ...unless at least this share of its prompts ask for reasoning: numeric problems with worked
+#: steps share a shape and are each worth distilling.
+REASONING_SHAPES_COT = 0.5
 
 
 #: The account rule table. Weights were set from what the disclosed campaigns had in common and
@@ -232,7 +235,7 @@ ACCOUNT_RULES: tuple[Rule, ...] = (
     # with worked steps are one shape and worth distilling. Cutting variety below the line
     # would cost a harvester most of its requests.
     Rule("repetitive", "prompt_variety", REPETITIVE_VARIETY, -3.0, below=True, min_requests=MIN_VARIETY_PROMPTS,
-         when=(("cot_rate", "<", 0.5),),
+         when=(("cot_rate", "<", REASONING_SHAPES_COT),),
          reason="re-sends a few prompt shapes ({prompt_variety:.0%} of {n:,} requests are new shapes, numbers masked): a scheduled job, little new to distil"),
     Rule("launch_surge", "new_model_lift", 2.5, 1.0, when=(("new_model_share", ">=", 0.3),),
          reason="{new_model_share:.0%} of its traffic moved to the newly launched model (population: {population_new_model_share:.0%})"),
@@ -352,7 +355,11 @@ def harvest_size(row: Mapping[str, Any]) -> int:
     steps share a shape and are each worth distilling (the ``repetitive`` rule's exception)."""
     n = int(row.get("n") or 0)
     variety = row.get("prompt_variety")
-    if variety is None or n < MIN_VARIETY_PROMPTS or (row.get("cot_rate") or 0.0) >= 0.5:
+    if (
+        variety is None
+        or n < MIN_VARIETY_PROMPTS
+        or (row.get("cot_rate") or 0.0) >= REASONING_SHAPES_COT
+    ):
         return n
     return min(n, round(float(variety) * n))
 
