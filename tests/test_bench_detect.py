@@ -119,3 +119,14 @@ def test_leave_one_out_cli_scores_held_out_units(tmp_path, cli, shared_data):
         assert row["world_benign_fpr"] <= 0.02
     bad = cli("bench", "detect", "--leave-one-out", "--units", "classroom,nope", "--out", out)
     assert bad.returncode != 0 and "nope" in (bad.stderr + bad.stdout)
+
+
+def test_leave_one_out_refuses_worlds_without_the_real_corpora(tmp_path, cli):
+    """Worlds from the shipped sample would be cached and reported as if they were real ones."""
+    out = tmp_path / "loto"
+    env = {"DISTILLWATCH_SHARED_DATA": str(tmp_path / "absent")}
+    result = cli("bench", "detect", "--leave-one-out", "--units", "classroom", "--seed", "3",
+                 "--out", out, env=env)  # fmt: skip
+    assert result.returncode == 2
+    assert "real corpora" in result.stderr + result.stdout and "Traceback" not in result.stderr
+    assert not out.exists()

@@ -115,6 +115,7 @@ def bench_detect(
 
 
 def _leave_one_out(units: str, seeds: list[int], out: Path, as_json: bool, learned: bool) -> None:
+    from distillwatch.errors import ResourceError
     from distillwatch.evaluation.generalisation import leave_one_out
     from distillwatch.traffic.worlds import UNITS
 
@@ -122,8 +123,11 @@ def _leave_one_out(units: str, seeds: list[int], out: Path, as_json: bool, learn
     unknown = [u for u in chosen if u not in UNITS]
     if unknown:
         raise fail(f"--units: unknown {unknown[0]!r}; known: {', '.join(UNITS)}")
-    result = leave_one_out(chosen, seeds, out, log=(lambda m: None) if as_json else
-                           (lambda m: console.print(m, highlight=False)), learned=learned)  # fmt: skip
+    try:
+        result = leave_one_out(chosen, seeds, out, log=(lambda m: None) if as_json else
+                               (lambda m: console.print(m, highlight=False)), learned=learned)  # fmt: skip
+    except ResourceError as error:
+        raise fail(str(error)) from None
     if as_json:
         console.print_json(orjson.dumps(result, default=str).decode())
         return

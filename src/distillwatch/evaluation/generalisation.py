@@ -33,8 +33,10 @@ from sklearn.metrics import average_precision_score
 from distillwatch.detection.pipeline import account_rows, detect
 from distillwatch.detection.scoring import EvidenceScorer, RuleWeights
 from distillwatch.detection.state import update
+from distillwatch.errors import ResourceError
 from distillwatch.evaluation.metrics import CAUGHT_SHARE, account_metrics
 from distillwatch.ingest import ingest_paths
+from distillwatch.paths import ENV_VAR, shared_data_dir
 from distillwatch.store import Store
 from distillwatch.traffic import simulate
 from distillwatch.traffic.worlds import UNITS, world
@@ -139,7 +141,17 @@ def leave_one_out(
     log: Log = print,
     learned: bool = False,
 ) -> dict[str, Any]:
-    """The per-unit table (and per seed results) for ``units`` over ``seeds``."""
+    """The per-unit table (and per seed results) for ``units`` over ``seeds``.
+
+    Raises :class:`~distillwatch.errors.ResourceError` without the real corpora: worlds built
+    from the shipped sample (no Chinese prompts, a few hundred items a pool) measure something
+    else, and would be cached in ``workdir`` as if they were the real ones.
+    """
+    if shared_data_dir() is None:
+        raise ResourceError(
+            "leave-one-out worlds need the real corpora: put ../shared/data beside the "
+            f"checkout or set ${ENV_VAR}; the shipped sample is too small to build them"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     pool = training_pool(workdir, log) if learned else {}
     per_unit: dict[str, list[dict[str, Any]]] = {}
