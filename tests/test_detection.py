@@ -452,6 +452,20 @@ def test_cluster_coordination_needs_an_operator_signal():
     assert coordination(scheduled, 200)[0] > 0  # one scheduler is an operator too
 
 
+def test_only_signs_beyond_content_tie_an_account_to_a_content_groups_coordination():
+    """A content group is linked by what its members ask. An evaluation vendor sending the public
+    benchmark items a capability sweep also walks shares its questions, not its cards, sign-up
+    hours or schedule: the group's score (from those) is not its evidence."""
+    from distillwatch.detection.rules import coordinated_beyond_content
+
+    vendor = _member(near_duplicate_share=0.6, duplicate_share=0.5, multi_turn=0.0, n=560)
+    assert not coordinated_beyond_content(vendor)
+    assert not coordinated_beyond_content(_member(shared_template_share=1.0))  # content again
+    assert coordinated_beyond_content(_member(payment_shared_with=5))
+    assert coordinated_beyond_content(_member(created_burst=True, created_near=12))
+    assert coordinated_beyond_content(_member(lockstep_with=7))
+
+
 def test_a_content_farm_needs_volume_single_turn_traffic_and_yield():
     from distillwatch.detection.rules import coordination
 

@@ -24,6 +24,7 @@ from distillwatch.detection.rules import (
     CONTENT_FARM_MEMBERS,
     LONE_LOG_ODDS,
     NOVEL_REACH,
+    coordinated_beyond_content,
     farm_candidate,
     harvest_size,
     lone_capped,
@@ -149,6 +150,14 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
             if cluster is not None:
                 group_log_odds = max(group_log_odds, cluster.log_odds)
             if cluster is None or cluster.log_odds <= score.log_odds:
+                continue
+            if (
+                grouping is group_of
+                and not cluster.farm
+                and not coordinated_beyond_content(derived_by_id[account])
+            ):
+                # In a content group scored on its members' cards and sign-up bursts, an
+                # account with none of them is linked by what it asks alone.
                 continue
             if cluster.farm and account in candidates:
                 # A content farm's members are in it by their own shape and their own prompts,

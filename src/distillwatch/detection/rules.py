@@ -394,6 +394,21 @@ def fires(rule_name: str, row: Mapping[str, Any]) -> bool:
     return activation(RULES_BY_NAME[rule_name], row) > 0
 
 
+def coordinated_beyond_content(row: Mapping[str, Any]) -> bool:
+    """Whether an account (a derived row) shows a coordination sign other than what it asks: a
+    shared card, a disposable email, a sign-up burst, lockstep with other accounts.
+
+    A content group links its members by content alone. When the group scores high on such
+    signs that most of its members share (it is not a content farm), a member with none of them
+    is there only for what it asks, and what it asks may be what everyone asks: an evaluation
+    vendor running the public benchmark items a capability sweep also walks. It keeps its own
+    score (the group's score is not its evidence).
+    """
+    return any(
+        fires(item.rule, row) for item in COORDINATION if not RULES_BY_NAME[item.rule].content
+    )
+
+
 class Coordinated(NamedTuple):
     """What :func:`coordination` found: log-odds, the words for them, and whether the group has
     the shape of a content farm."""
