@@ -178,6 +178,54 @@ def test_a_wrapper_inside_a_busy_account_counts_and_a_common_phrase_does_not(tmp
     assert all(evid[f"p{a:02d}"][0] == 0 for a in range(50))
 
 
+def test_a_reasoning_harvest_inside_a_busy_account_is_counted_request_by_request(tmp_path):
+    """A reseller relays 40 harvest requests (novel tasks behind its wrapper, asking for the
+    reasoning) among 360 of its end users' own prompts: 10% of its traffic, but 40 different
+    harvest-like questions, and its chain-of-thought evidence grows with them. A class sends
+    the same ten homework questions behind one "step by step" wrapper (not novel), a careful
+    user asks for the steps in its own words every time (no wrapper): neither counts; a job
+    re-sending one question with a fresh run number asks one question."""
+    records = []
+    for i in range(400):
+        if i % 10 == 0:
+            task = f"Write a Python function number {i} that parses file {word(i)}."
+            prompt = f"### Instruction:\n{task}\n\n{WRAPPER}"
+        else:
+            prompt = f"{word(7, i)} {HUMAN[i % len(HUMAN)]} {word(i, 7)}"
+        records.append(rec(i, "reseller", prompt, hours=i * 0.4))
+    for a in range(30):
+        for i in range(10):
+            homework = f"A train leaves at {i + 3} pm at {40 + i} mph. When does it arrive?"
+            records.append(rec(i, f"s{a:02d}", f"Explain step by step: {homework}", hours=a + i))
+    for i in range(120):
+        prompt = f"{word(9, i)} {HUMAN[i % len(HUMAN)]}, step by step please {word(i, 9)}"
+        records.append(rec(i, "careful", prompt, hours=i))
+        # A job re-sending one question with a fresh run number: novel strings, one question.
+        job = f"Nightly check run {1000 + i}: is the backup complete? Explain step by step."
+        records.append(rec(i, "job", job, hours=i))
+    with Store(tmp_path / "s.duckdb") as store:
+        fill(store, records)
+        evidence_for(store)
+        harvest = dict(store.run("SELECT account_id, harvest_questions FROM evid"))
+        cot = dict(store.run("SELECT account_id, cot_rate FROM acct"))
+    assert harvest["reseller"] == 40 and cot["reseller"] == pytest.approx(0.1)
+    assert cot["s00"] == 1.0 and cot["careful"] == 1.0
+    assert all(harvest[f"s{a:02d}"] == 0 for a in range(30))
+    assert harvest["careful"] == 0 and harvest["job"] == 1
+    from distillwatch.detection.rules import HARVEST_FULL, VOLUME_FULL, derive
+
+    row = {"n": 400, "cot_rate": 0.1}
+    plain = derive(row, 300.0)["cot_rate_strength"]
+    inside = derive({**row, "harvest_questions": 40}, 300.0)
+    assert plain == pytest.approx(max(0.1, 40 / VOLUME_FULL))
+    assert inside["cot_rate_strength"] == pytest.approx(40 / HARVEST_FULL)
+    assert inside["cot_rate_strength"] > plain
+    assert "40 of them novel questions" in inside["harvest_note"]
+    # A cluster's pooled row is not volume-aware: its members' counts say nothing of a mix.
+    pooled = derive({**row, "harvest_questions": 40}, 300.0, volume_aware=False)
+    assert pooled["cot_rate_strength"] == pytest.approx(0.1)
+
+
 def test_account_features_rhythm_and_rotation(tmp_path):
     records = [
         rec(i, "bot", f"task {i} of many: convert units", hours=i * 0.5, ip=f"73.{i}.0.1")

@@ -82,6 +82,27 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
             SELECT c.account_id, avg((r.accounts <= {NOVEL_REACH})::DOUBLE) AS share
             FROM content c JOIN (SELECT h, count(*) AS accounts FROM content GROUP BY h) r USING (h)
             GROUP BY c.account_id
+        ), wrapped AS (
+            -- An account's prompts behind one of its own repeated wrappers (``tmpl``).
+            SELECT c.account_id, c.h FROM content c
+            JOIN tmpl t ON t.account_id = c.account_id AND t.side = 'prefix' AND hash(t.gram) = c.pre
+            UNION
+            SELECT c.account_id, c.h FROM content c
+            JOIN tmpl t ON t.account_id = c.account_id AND t.side = 'suffix' AND hash(t.gram) = c.suf
+        ), harvest AS (
+            -- Different questions (prompt shapes, numbers masked) asked for their reasoning,
+            -- novel (at most NOVEL_REACH accounts sent the prompt) and behind one of the
+            -- account's own repeated wrappers: what a harvest sends, counted inside whatever
+            -- else the account sends (a reseller's genuine end users, a product's own traffic).
+            -- A class's shared homework is not novel; people asking for the steps in their own
+            -- words are behind no wrapper; a job re-sending one input with a fresh time stamp
+            -- asks one question however often it runs.
+            SELECT c.account_id, count(DISTINCT c.shape) AS questions
+            FROM content c
+            JOIN wrapped w USING (account_id, h)
+            JOIN (SELECT h, count(*) AS accounts FROM content GROUP BY h) r USING (h)
+            WHERE c.cot AND r.accounts <= {NOVEL_REACH}
+            GROUP BY c.account_id
         ), near_dup AS (
             -- Share of an account's MinHash band signatures that collide with prompts of 3+
             -- other accounts: paraphrases and mutations of a shared seed list.
@@ -115,6 +136,7 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
                coalesce(s.reach, 0) AS template_reach,
                coalesce(d.share, 0) AS duplicate_share,
                coalesce(nv.share, 0) AS novel_share,
+               coalesce(hv.questions, 0) AS harvest_questions,
                coalesce(vr.variety, 1.0) AS prompt_variety,
                coalesce(nd.share, 0) AS near_duplicate_share,
                CASE WHEN coalesce(ss.prompts, 0) >= {MIN_SEMANTIC_PROMPTS} THEN coalesce(sd.share, 0)
@@ -132,6 +154,7 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
         LEFT JOIN shared_tmpl s USING (account_id)
         LEFT JOIN dup d USING (account_id)
         LEFT JOIN novel nv USING (account_id)
+        LEFT JOIN harvest hv USING (account_id)
         LEFT JOIN near_dup nd USING (account_id)
         LEFT JOIN variety vr USING (account_id)
         LEFT JOIN sem_dup sd USING (account_id)

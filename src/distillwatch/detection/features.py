@@ -121,7 +121,7 @@ def build_account_features(store: Store) -> None:
     # The append-only state tables, summed per key once for everything downstream.
     for table, source, keys in (
         ("kv", "dw_kv", "kind, value"),
-        ("content", "dw_content", "h, shape"),
+        ("content", "dw_content", "h, shape, cot, pre, suf"),
         ("near", "dw_near", "sig"),
         ("sem", "dw_sem", "sig, h"),
     ):

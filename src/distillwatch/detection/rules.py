@@ -28,6 +28,13 @@ FULL_CONTENT_EVIDENCE = 20
 VOLUME_FULL = 300
 #: ...provided it is at least this share: 1% of a busy product's traffic is noise, not a mix.
 MIN_MIX_SHARE = 0.08
+#: Different novel questions an account asked for the reasoning on behind one of its own
+#: repeated wrappers (``harvest_questions``: the three things a reasoning harvest does at once,
+#: counted prompt by prompt) reach full chain-of-thought strength at this count, inside any
+#: amount of other traffic: twice the different questions an account alone needs before it
+#: can be called a harvest (MIN_LONE_HARVEST). Asking for the steps alone is what students and
+#: careful users do too, hence the larger VOLUME_FULL for the plain count.
+HARVEST_FULL = 100
 #: A wrapper counts for an account when it starts (or ends) this share of its prompts...
 TEMPLATE_MIN_SHARE = 0.1
 #: ...or at least this many of them however much else the account sends: a reseller relays a
@@ -142,15 +149,22 @@ def derive(row: dict[str, Any], median_output: float, anomaly_rank: float | None
     dup, near = row.get("duplicate_share") or 0.0, row.get("near_duplicate_share") or 0.0
     out["verbatim_share"] = dup if dup >= 0.75 * near else 0.0
     out["paraphrase_share"] = near if dup < 0.75 * near else 0.0
+    harvest = int(row.get("harvest_questions") or 0)
     for name in ("cot_rate", "shared_template_share", "verbatim_share", "paraphrase_share",
                  "semantic_share"):  # fmt: skip
         share = out.get(name) or 0.0
         out[f"{name}_count"] = round(share * n)
         # A harvest inside a big account's traffic is a small share but a large count.
-        volume = (
-            min(1.0, share * n / VOLUME_FULL) if volume_aware and share >= MIN_MIX_SHARE else 0.0
-        )
+        count = share * n / VOLUME_FULL
+        if name == "cot_rate":
+            count = max(count, harvest / HARVEST_FULL)
+        volume = min(1.0, count) if volume_aware and share >= MIN_MIX_SHARE else 0.0
         out[f"{name}_strength"] = max(share, volume)
+    out["harvest_note"] = (
+        f"; {harvest:,} of them novel questions behind its own repeated wrappers"
+        if harvest and volume_aware
+        else ""
+    )
     out["output_ratio"] = (row.get("mean_output") or 0.0) / median_output if median_output else None
     share, population = row.get("new_model_share"), row.get("population_new_model_share")
     out["new_model_lift"] = share / population if share is not None and population else None
@@ -198,7 +212,7 @@ ACCOUNT_RULES: tuple[Rule, ...] = (
     Rule("anomaly", "anomaly_rank", 0.995, 0.8,
          "behaviour more unusual than {anomaly_rank:.1%} of accounts (isolation forest): {anomaly_reason}"),
     Rule("cot", "cot_rate_strength", 0.2, 3.0, min_requests=3, strength="value", content=True,
-         reason="{cot_rate:.0%} of {n:,} prompts ({cot_rate_count:,}) ask for step-by-step reasoning (chain-of-thought elicitation)"),
+         reason="{cot_rate:.0%} of {n:,} prompts ({cot_rate_count:,}) ask for step-by-step reasoning (chain-of-thought elicitation){harvest_note}"),
     Rule("shared_templates", "shared_template_share_strength", 0.1, 3.0, strength="value", content=True,
          group="shared_content",
          reason="{shared_template_share:.0%} of prompts ({shared_template_share_count:,}) use {shared_templates} wrapper template(s) also repeated by up to {template_reach} other accounts"),

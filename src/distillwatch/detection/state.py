@@ -10,7 +10,8 @@ same numbers a full run gives:
 - ``dw_kv``: (account, kind, value, uses) for IPs, prefixes, user agents, TLS fingerprints,
   models, capability tags, wrapper grams and system prompts;
 - ``dw_content``: (account, prompt hash, model, uses, hash of the prompt with its numbers
-  masked); ``dw_near``: (account, MinHash band
+  masked, whether it asks for step-by-step reasoning, hashes of its opening and closing wrapper
+  grams: all functions of the prompt text, so one row per account and prompt); ``dw_near``: (account, MinHash band
   signature, uses); ``dw_sem``: (account, embedding LSH band signature, prompt hash, uses), when the
   embedding model is installed (:mod:`.embedding`), over a hash-chosen sample of prompts
   (``DISTILLWATCH_SEMANTIC_RATE``, default all), so that any split into folds samples the same
@@ -38,7 +39,7 @@ from distillwatch.detection.features import build_exchange_features
 from distillwatch.detection.text import normalise_sql
 from distillwatch.store import Store
 
-STATE_VERSION = "5"
+STATE_VERSION = "6"
 #: Distinct prompts embedded per fetch (bounded memory) when folding semantic signatures.
 SEMANTIC_BATCH = 20_000
 SLOT_MINUTES = 10
@@ -54,7 +55,7 @@ CREATE TABLE IF NOT EXISTS dw_acct (
     multi_turn BIGINT, output_sum BIGINT, gap_n BIGINT, gap_sum HUGEINT, gap_sq HUGEINT);
 CREATE TABLE IF NOT EXISTS dw_kv (account_id VARCHAR, kind VARCHAR, value VARCHAR, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_content (account_id VARCHAR, h UBIGINT, model VARCHAR, uses BIGINT,
-    shape UBIGINT);
+    shape UBIGINT, cot BOOLEAN, pre UBIGINT, suf UBIGINT);
 CREATE TABLE IF NOT EXISTS dw_near (account_id VARCHAR, sig UBIGINT, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_hours (account_id VARCHAR, hour TIMESTAMP, uses BIGINT);
 CREATE TABLE IF NOT EXISTS dw_slots (account_id VARCHAR, slot TIMESTAMP, uses BIGINT);
@@ -217,8 +218,9 @@ def fold(store: Store) -> int:
         """
     )
     store.run(
-        "INSERT INTO dw_content SELECT account_id, content_hash, model, count(*), shape_hash "
-        "FROM ex GROUP BY ALL"
+        "INSERT INTO dw_content SELECT account_id, content_hash, model, count(*), shape_hash, cot, "
+        "CASE WHEN prefix_gram IS NOT NULL THEN hash(prefix_gram) END, "
+        "CASE WHEN suffix_gram IS NOT NULL THEN hash(suffix_gram) END FROM ex GROUP BY ALL"
     )
     store.run(
         """INSERT INTO dw_near
