@@ -609,3 +609,75 @@ def test_detect_every_runs_micro_batches_in_replayed_time(tmp_path, upstream):
 def test_detect_every_refuses_a_bad_duration(cli, tmp_path):
     result = cli("proxy", "--upstream", "http://127.0.0.1:9", "--detect-every", "soon")
     assert result.returncode != 0 and "--detect-every" in result.stderr
+
+
+def test_signed_bundles_prove_their_source_and_a_name_alone_does_not(bundle_dir, tmp_path, cli):
+    """A trust list of names accepts anybody's bundle whose identity is *called* lab-a. With
+    --trust-keys only a bundle lab-a's key signed is imported, under lab-a's name: altered,
+    unsigned, signed by another trusted partner while naming lab-a, or signed with a key the
+    list does not hold, it is refused whole."""
+    key = tmp_path / "lab-a.key"
+    made = cli("share", "keygen", "--name", "lab-a", "--out", key)
+    assert made.returncode == 0, made.stderr
+    assert (key.stat().st_mode & 0o777) == 0o600
+    assert cli("share", "keygen", "--name", "lab-a", "--out", key).returncode == 2  # no overwrite
+    other = tmp_path / "lab-b.key"
+    assert cli("share", "keygen", "--name", "lab-b", "--out", other).returncode == 0
+    trust = tmp_path / "trusted-keys.txt"
+    trust.write_text("# partners\n" + (tmp_path / "lab-a.key.pub").read_text()
+                     + (tmp_path / "lab-b.key.pub").read_text())  # fmt: skip
+
+    exported = tmp_path / "for-partners.json"
+    result = cli("share", "export", "--store", bundle_dir / "s.duckdb", "--verdicts",
+                 bundle_dir / "out2" / "verdicts.json", "--key", bundle_dir / "group.key",
+                 "--signing-key", key, "--out", exported)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "signed as lab-a" in result.stdout
+    assert (tmp_path / "for-partners.json.sig").read_text().startswith("lab-a ")
+
+    # An impostor's bundle: the same content, its own identity, named lab-a.
+    forged_doc = json.loads(exported.read_bytes())
+    impostor = "identity--33333333-3333-4333-8333-333333333333"
+    for o in forged_doc["objects"]:
+        if o["type"] == "identity":
+            o["id"] = impostor
+        if o.get("created_by_ref"):
+            o["created_by_ref"] = impostor
+    forged = tmp_path / "forged.json"
+    forged.write_bytes(orjson.dumps(forged_doc))
+    names = tmp_path / "names.txt"
+    names.write_text("lab-a\n")
+    hole = cli("share", "import", forged, "--into", tmp_path / "by-name", "--trust", names)
+    assert hole.returncode == 0  # what a list of names cannot tell apart
+
+    altered = tmp_path / "altered.json"
+    altered.write_bytes(exported.read_bytes().replace(b'"lab-a"', b'"lab-A"', 1))
+    (tmp_path / "altered.json.sig").write_bytes((tmp_path / "for-partners.json.sig").read_bytes())
+    # Signed by lab-b (trusted for lab-b) while naming lab-a as its source.
+    assert cli("share", "sign", forged, "--signing-key", other).returncode == 0
+    stranger = tmp_path / "stranger.key"
+    assert cli("share", "keygen", "--name", "lab-a", "--out", stranger).returncode == 0
+    unlisted = tmp_path / "unlisted.json"
+    unlisted.write_bytes(exported.read_bytes())
+    assert cli("share", "sign", unlisted, "--signing-key", stranger).returncode == 0
+    unsigned = tmp_path / "unsigned.json"
+    unsigned.write_bytes(exported.read_bytes())
+
+    into = tmp_path / "partners"
+    result = cli("share", "import", exported, altered, forged, unlisted, unsigned, "--into", into,
+                 "--trust-keys", trust)  # fmt: skip
+    assert result.returncode == 1
+    out = " ".join(result.stdout.split())
+    assert out.count("refused") == 4 and "imported as lab-a-" in out
+    assert "does not verify with 'lab-a'" in out  # altered, and the stranger's key
+    assert "not on the trust list" in out  # lab-b's signature on a bundle naming lab-a
+    assert "not signed" in out
+    [stored] = list(into.glob("*.json"))
+    assert read_bundle(stored).links == read_bundle(exported).links
+
+    bad_list = tmp_path / "bad-list.txt"
+    bad_list.write_text("lab-a ed25519 not-a-key\n")
+    bad = cli("share", "import", exported, "--into", into, "--trust-keys", bad_list)
+    assert bad.returncode == 2 and "line 1" in bad.stderr
+    both = cli("share", "import", exported, "--into", into, "--trust-keys", trust, "--trust-any")
+    assert both.returncode == 2

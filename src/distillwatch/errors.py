@@ -14,7 +14,7 @@ that talks to the library, so callers catch distillwatch's own names::
         ├── StoreError                   the DuckDB store (version, not a store, locked)
         │   └── SqlPathUnavailable       the SQL ingest path ran out of memory (fall back)
         ├── StateError                   the enforcement state backend (Redis) is unreachable
-        ├── SharingKeyError              a sharing group's key file is missing or malformed
+        ├── SharingKeyError              a sharing group's key, a signing key or a trusted-keys file is missing or malformed
         └── ProvenanceKeyError           a watermark key or keyring is missing or malformed
 
 Each module that raises one re-exports it (``from distillwatch.schema import RecordError`` keeps
@@ -81,7 +81,7 @@ class StateError(ResourceError):
 
 
 class SharingKeyError(ResourceError):
-    """A sharing key file that is missing, unreadable or malformed."""
+    """A sharing key, signing key or trusted-keys file that is missing, unreadable or malformed."""
 
 
 def type_name(value: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import typer
@@ -13,6 +14,9 @@ from rich.table import Table
 from distillwatch.commands._app import app, console, fail
 from distillwatch.errors import BundleError, InputError, SharingKeyError, StoreError
 from distillwatch.terminal import safe_text
+
+if TYPE_CHECKING:
+    from distillwatch.sharing.signing import SigningKey
 
 share_app = typer.Typer(
     help="Share campaign indicators: export, import (validated), TAXII 2.1 serve / push / pull.",
@@ -62,9 +66,11 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Bundle to write."),
     producer: str = typer.Option("distillwatch", "--producer", help="Our STIX identity's name."),
     tlp: str = typer.Option("amber", "--tlp", help="TLP 2.0 level: clear, green, amber, amber+strict, red."),
+    signing_key: Path | None = typer.Option(None, "--signing-key", help="Sign the bundle (share keygen): writes OUT.sig; --producer becomes the key's name."),
 ) -> None:  # fmt: skip
     """Write the campaigns of a detect run as a bundle for one sharing group (its key hashes the
-    templates and cards: each group gets values only its members can match)."""
+    templates and cards: each group gets values only its members can match), signed with
+    --signing-key so that partners importing with --trust-keys know it is ours."""
     from distillwatch.sharing import SharingKey, write_indicators
     from distillwatch.sharing.stix import TLP2
     from distillwatch.store import Store
@@ -73,6 +79,8 @@ def export(
         raise fail(f"--tlp must be one of {', '.join(TLP2)}")
     try:
         key = SharingKey.read(key_path)
+        signer = _signing_key(signing_key)
+        producer = signer.name if signer is not None else producer
         doc = json.loads(verdicts.read_text())
         with Store(store_path) as store:
             written = write_indicators(store, doc, out, key, producer, tlp)
@@ -81,9 +89,65 @@ def export(
     except (OSError, ValueError) as exc:
         raise fail(f"{verdicts}: {exc}") from None
     artefacts = sum(len(c.artefacts) for c in written.campaigns)
-    console.print(f"{out}: {len(written.campaigns)} campaigns, {artefacts:,} indicators, "
-                  f"{written.objects:,} STIX objects (TLP:{tlp.upper()}, key {key.key_id})",
+    signed = f", signed as {signer.name}" if signer is not None and _sign(out, signer) else ""
+    console.print(safe_text(f"{out}: {len(written.campaigns)} campaigns, {artefacts:,} indicators, "
+                            f"{written.objects:,} STIX objects (TLP:{tlp.upper()}, key {key.key_id}{signed})"),
                   highlight=False)  # fmt: skip
+
+
+def _signing_key(path: Path | None) -> SigningKey | None:
+    from distillwatch.sharing.signing import SigningKey
+
+    return SigningKey.read(path) if path is not None else None
+
+
+def _sign(bundle: Path, signer: SigningKey) -> Path:
+    """Write ``BUNDLE.sig`` for the bundle's bytes as they are on disk."""
+    from distillwatch.sharing.signing import signature_path
+
+    target = signature_path(bundle)
+    target.write_text(signer.sign(bundle.read_bytes()) + "\n")
+    return target
+
+
+@share_app.command("keygen")
+def keygen(
+    name: str = typer.Option(..., "--name", help="The name we sign as: our --producer, on partners' trust lists."),
+    out: Path = typer.Option(..., "--out", "-o", help="Private key file to write (0600); OUT.pub beside it."),
+) -> None:  # fmt: skip
+    """Make an Ed25519 signing key for our bundles. Give partners the line in OUT.pub for their
+    --trust-keys file; keep OUT itself private."""
+    from distillwatch.sharing.signing import SigningKey
+
+    if out.exists():
+        raise fail(f"{out} exists: not overwriting a signing key")
+    try:
+        key = SigningKey.generate(name)
+        public = key.write(out)
+    except SharingKeyError as exc:
+        raise fail(str(exc)) from None
+    console.print(safe_text(f"signing key: {out}\npublic key for partners' --trust-keys "
+                            f"({public}):\n{key.public_line()}"), highlight=False)  # fmt: skip
+
+
+@share_app.command("sign")
+def sign(
+    bundles: list[Path] = typer.Argument(..., help="Bundles to sign (e.g. detect's indicators.json)."),
+    signing_key: Path = typer.Option(..., "--signing-key", help="Our signing key (share keygen)."),
+) -> None:  # fmt: skip
+    """Write BUNDLE.sig beside each bundle. A bundle is signed as it is: one whose producer
+    is not the key's name is refused by partners (check with share import --trust-keys)."""
+    from distillwatch.sharing.signing import SigningKey
+
+    try:
+        signer = SigningKey.read(signing_key)
+        for bundle in bundles:
+            target = _sign(bundle, signer)
+            console.print(safe_text(f"{target}: signed as {signer.name}"), highlight=False)
+    except SharingKeyError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"{exc.filename}: {exc.strerror}") from None
 
 
 @share_app.command("import")
@@ -91,11 +155,23 @@ def import_(
     bundles: list[Path] = typer.Argument(..., help="Bundles received from partners."),
     into: Path = typer.Option(..., "--into", help="Folder the gateways load (--indicators FOLDER)."),
     trust: Path | None = typer.Option(None, "--trust", help="Trusted sources: identity ids or names, one per line."),
+    trust_keys: Path | None = typer.Option(None, "--trust-keys", help="Trusted signers: '<name> ed25519 <base64>' lines (their share keygen .pub); each bundle needs BUNDLE.sig."),
     trust_any: bool = typer.Option(False, "--trust-any", help="Accept any source (testing only)."),
 ) -> None:  # fmt: skip
-    """Validate each bundle (size, schema, extension version, expiry, source on the trust list);
-    store the ones that pass in INTO, refuse the others whole, and say why."""
-    trusted = _trust(trust, trust_any)
+    """Validate each bundle (size, schema, extension version, expiry, source on the trust list,
+    or with --trust-keys a signature by a trusted key naming the bundle's source); store the
+    ones that pass in INTO, refuse the others whole, and say why."""
+    if sum(x is not None and x is not False for x in (trust, trust_keys, trust_any)) > 1:
+        raise fail("give one of --trust, --trust-keys or --trust-any")
+    signers = None
+    if trust_keys is not None:
+        from distillwatch.sharing.signing import read_trusted_keys
+
+        try:
+            signers = read_trusted_keys(trust_keys)
+        except SharingKeyError as exc:
+            raise fail(str(exc)) from None
+    trusted = _trust(trust, trust_any) if signers is None else None
     table = Table(title="Import")
     for column in ("bundle", "result", "source", "campaigns", "indicators", "expired"):
         table.add_column(column, overflow="fold")
@@ -105,6 +181,8 @@ def import_(
             raw = path.read_bytes() if path.stat().st_size <= 64 * 1024 * 1024 else b""
             if not raw:
                 raise BundleError(f"{path}: too large to consider")
+            if signers is not None:
+                trusted = {_signed_by(path, raw, signers)}
             target, found = _accept(raw, str(path), trusted, into)
         except (BundleError, OSError) as exc:
             refused += 1
@@ -116,6 +194,18 @@ def import_(
     console.print(table)
     if refused:
         raise typer.Exit(1)
+
+
+def _signed_by(path: Path, raw: bytes, signers: dict) -> str:
+    """The trusted signer of the bundle at ``path`` (its ``.sig`` beside it)."""
+    from distillwatch.sharing.signing import MAX_SIGNATURE_BYTES, signature_path, verify
+
+    sig = signature_path(path)
+    try:
+        signature = sig.read_bytes()[: MAX_SIGNATURE_BYTES + 1]
+    except OSError:
+        raise BundleError(f"{path}: not signed (no {sig.name} beside it)") from None
+    return verify(raw, signature, signers, str(path))
 
 
 @share_app.command("serve")

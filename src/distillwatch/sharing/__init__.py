@@ -10,10 +10,12 @@ from distillwatch.sharing.indicators import (
     links,
 )
 from distillwatch.sharing.keys import SharingKey, load_or_create
+from distillwatch.sharing.signing import SigningKey, read_trusted_keys, verify
 from distillwatch.sharing.stix import IndicatorSet, Link, read_bundle, to_bundle
 
 __all__ = [
     "DEFAULT_BOUND", "Artefact", "BundleWritten", "CampaignIndicators", "IndicatorSet", "Link",
-    "SharingKey", "campaign_indicators", "ip_prefix", "links", "load_or_create", "read_bundle",
-    "request_artefacts", "to_bundle", "write_indicators",
+    "SharingKey", "SigningKey", "campaign_indicators", "ip_prefix", "links", "load_or_create",
+    "read_bundle", "read_trusted_keys", "request_artefacts", "to_bundle", "verify",
+    "write_indicators",
 ]  # fmt: skip
