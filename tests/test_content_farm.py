@@ -103,6 +103,23 @@ def test_shorter_answers_are_a_farms_when_nearly_all_it_asks_is_novel():
     assert not coordination(rows, yield_per_account=100).farm
 
 
+def test_a_farm_keeps_its_shape_when_it_shares_a_group_with_a_hydra():
+    """Two operations drawing on one seed corpus meet in one content group: a hydra paying
+    with shared cards and a farm on its own infrastructure. The hydra's cards are an operator
+    sign, and must not take the farm's shape from the group (fresh seed 612: a rewrite farm of
+    38 accounts, all 38 missed, in a group of 106 with a low-and-slow hydra)."""
+    farm = [_farm_row() for _ in range(CONTENT_FARM_MEMBERS)]
+    hydra = [_farm_row(payment_shared_with=5) for _ in range(CONTENT_FARM_MEMBERS + 2)]
+    alone = coordination(farm, yield_per_account=100)
+    together = coordination(farm + hydra, yield_per_account=100)
+    assert alone.farm and together.farm
+    assert any("a content farm" in w for w in together.words)
+    assert any("shared across webmail" in w for w in together.words)
+    # Without the farm's shape (members re-sending a few inputs), cards alone coordinate.
+    jobs = [_farm_row(payment_shared_with=5, n=150) | {"prompt_variety": 0.05} for _ in range(12)]
+    assert not coordination(jobs, yield_per_account=100).farm
+
+
 def test_a_content_farm_counts_outside_the_coordination_cap_and_grows_with_its_size():
     def farm(members: int):
         return coordination([_farm_row() for _ in range(members)], yield_per_account=100)

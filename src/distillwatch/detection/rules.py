@@ -451,7 +451,10 @@ def coordination(rows: list[Mapping[str, Any]], yield_per_account: float | None 
             bonus += item.points
             words.append(f"{count} of {len(rows)} {item.words}")
             operator = operator or item.operator
-    if bonus and not operator and _content_farm(rows, yield_per_account):
+    if bonus and _content_farm(rows, yield_per_account):
+        # The farm's shape is an operator sign of its own, whether or not some members also
+        # share cards or sign-up hours: two operations drawing on one seed corpus meet in one
+        # content group, and the one with cards must not take the farm's shape from the other.
         operator = farm = True
     if not operator:
         # Shared content without a sign of one operator is a shared product, not a hydra.
