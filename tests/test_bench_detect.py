@@ -117,6 +117,9 @@ def test_leave_one_out_cli_scores_held_out_units(tmp_path, cli, shared_data):
     assert harvest["caught"] and harvest["auprc"] > 0.9
     for row in (classroom, harvest):
         assert row["world_benign_fpr"] <= 0.02
+    table = data["units"]["chinese_cot"]
+    assert table["world_recall"]["worst"] == harvest["world_recall"]
+    assert "world recall" in result.stdout
     bad = cli("bench", "detect", "--leave-one-out", "--units", "classroom,nope", "--out", out)
     assert bad.returncode != 0 and "nope" in (bad.stderr + bad.stdout)
 

@@ -141,12 +141,13 @@ def _leave_one_out(units: str, seeds: list[int], out: Path, as_json: bool, learn
     table = Table(
         title=f"leave-one-out ({result['scoring']} weights), seeds {', '.join(map(str, seeds))} (mean / worst)"
     )
-    for column in ("unit", "kind", "recall", "AUPRC", "caught", "persona FPR", "world benign FPR"):
+    for column in ("unit", "kind", "recall", "AUPRC", "caught", "persona FPR", "world benign FPR",
+                   "world recall"):  # fmt: skip
         table.add_column(column)
     for name, row in result["units"].items():
         table.add_row(name, row["kind"], cell(row.get("recall")), cell(row.get("auprc")),
                       row.get("caught", ""), cell(row.get("persona_fpr"), True),
-                      cell(row["world_benign_fpr"], True))  # fmt: skip
+                      cell(row["world_benign_fpr"], True), cell(row.get("world_recall")))  # fmt: skip
     console.print(table)
     console.print(
         f"results: {out / ('leave_one_out_learned.json' if learned else 'leave_one_out.json')}"

@@ -200,6 +200,9 @@ def _summary(unit: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "about": UNITS[unit].about,
         "world_benign_fpr": {"mean": mean("world_benign_fpr"), "worst": worst("world_benign_fpr", max)},
         "world_auprc": {"mean": mean("world_auprc"), "worst": worst("world_auprc", min)},
+        # Every campaign of the unit's worlds, companions included: a unit's own recall can be
+        # perfect while a companion campaign of its world is missed.
+        "world_recall": {"mean": mean("world_recall"), "worst": worst("world_recall", min)},
     }  # fmt: skip
     if UNITS[unit].kind == "persona":
         summary["persona_fpr"] = {"mean": mean("persona_fpr"), "worst": worst("persona_fpr", max)}
