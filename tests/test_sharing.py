@@ -675,9 +675,35 @@ def test_signed_bundles_prove_their_source_and_a_name_alone_does_not(bundle_dir,
     [stored] = list(into.glob("*.json"))
     assert read_bundle(stored).links == read_bundle(exported).links
 
+    # A gateway that checks signatures (proxy --trust-keys) applies what import let in (the
+    # signature is kept beside it) and nothing dropped into its folder unsigned or altered.
+    from distillwatch.enforce.signals import HotIndicators
+    from distillwatch.sharing.signing import read_trusted_keys, signature_path
+
+    assert signature_path(stored).exists()
+    (into / "dropped.json").write_bytes(unsigned.read_bytes())
+    (into / "altered.json").write_bytes(altered.read_bytes())
+    signature_path(into / "altered.json").write_bytes(signature_path(altered).read_bytes())
+    checked = HotIndicators([into], read_trusted_keys(trust))
+    assert set(checked.index.links) == set(read_bundle(exported).links)
+    assert "not signed" in checked.errors[str(into / "dropped.json")]
+    assert "does not verify" in checked.errors[str(into / "altered.json")]
+    assert str(stored) not in checked.errors
+    # A signature arriving after its bundle is a change the gateway sees.
+    assert cli("share", "sign", into / "dropped.json", "--signing-key", key).returncode == 0
+    checked._checked = 0.0  # past the once-a-second throttle
+    checked.reload_if_changed()
+    assert str(into / "dropped.json") not in checked.errors
+    # Without --trust-keys a gateway applies every valid bundle, signed or not.
+    assert HotIndicators([into]).errors == {}
+
     bad_list = tmp_path / "bad-list.txt"
     bad_list.write_text("lab-a ed25519 not-a-key\n")
     bad = cli("share", "import", exported, "--into", into, "--trust-keys", bad_list)
     assert bad.returncode == 2 and "line 1" in bad.stderr
+    gateway = cli("proxy", "--upstream", "http://127.0.0.1:9", "--trust-keys", bad_list)
+    assert (
+        gateway.returncode == 2 and "--trust-keys" in gateway.stderr and "line 1" in gateway.stderr
+    )
     both = cli("share", "import", exported, "--into", into, "--trust-keys", trust, "--trust-any")
     assert both.returncode == 2

@@ -105,6 +105,12 @@ def proxy_command(
         "them (share import --into); repeat for more. Links new accounts to flagged campaigns without any store; hot-reloaded; a bundle "
         "that fails validation is not applied and /healthz says why.",
     ),
+    trust_keys: Path | None = typer.Option(
+        None,
+        "--trust-keys",
+        help="Apply only bundles signed by these partners ('<name> ed25519 <base64>' lines, their "
+        "share keygen .pub): BUNDLE.sig beside each (share import --trust-keys keeps it).",
+    ),
     sharing_key: Path | None = typer.Option(
         None,
         "--sharing-key",
@@ -196,6 +202,15 @@ def proxy_command(
         if not bundle.exists():
             raise fail(f"{bundle}: no such indicator bundle or folder")
     key = _sharing_key(sharing_key)
+    signers = None
+    if trust_keys is not None:
+        from distillwatch.errors import SharingKeyError
+        from distillwatch.sharing.signing import read_trusted_keys
+
+        try:
+            signers = read_trusted_keys(trust_keys)
+        except SharingKeyError as exc:
+            raise fail(f"--trust-keys: {exc}") from None
     hooks = []
     if canary_keys is not None:
         from distillwatch.errors import ProvenanceKeyError
@@ -214,7 +229,8 @@ def proxy_command(
         upstream_timeout_s=upstream_timeout, spool_fsync=spool_fsync,
         store_fold_seconds=store_fold_seconds, indicators=list(indicators or []),
         detect_every_s=_duration(detect_every) if detect_every else None,
-        sharing_key=key, stream=stream, accounts_file=accounts, response_hooks=hooks,
+        sharing_key=key, trusted_keys=signers, stream=stream, accounts_file=accounts,
+        response_hooks=hooks,
         limits=ServerLimits(max_header_bytes=max_header_bytes, header_timeout_s=header_timeout,
                             max_pending=max_pending, max_in_flight=max_in_flight),
     )  # fmt: skip

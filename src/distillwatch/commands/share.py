@@ -49,13 +49,21 @@ def _token(path: Path | None) -> str:
     raise fail(f"give --token-file FILE or set {TOKEN_ENV}")
 
 
-def _accept(raw: bytes, where: str, trusted: set[str] | None, into: Path) -> tuple[Path, object]:
-    """Validate a bundle (all or nothing) and, if it passes, store it in ``into``."""
+def _accept(raw: bytes, where: str, trusted: set[str] | None, into: Path,
+            signature: bytes | None = None) -> tuple[Path, object]:  # fmt: skip
+    """Validate a bundle (all or nothing) and, if it passes, store it in ``into`` (with its
+    signature beside it, for gateways that check signatures: proxy --trust-keys)."""
     from distillwatch.sharing.feedback import write_bundle_file
+    from distillwatch.sharing.signing import signature_path
     from distillwatch.sharing.stix import parse_bundle
 
     found = parse_bundle(raw, where, trusted)
-    return write_bundle_file(into, next(iter(found.sources.values()), "unknown"), raw), found
+    target = write_bundle_file(into, next(iter(found.sources.values()), "unknown"), raw)
+    if signature is not None:
+        # A gateway that read the bundle before its signature was there reads it again: it
+        # watches both files.
+        signature_path(target).write_bytes(signature)
+    return target, found
 
 
 @share_app.command("export")
@@ -181,9 +189,11 @@ def import_(
             raw = path.read_bytes() if path.stat().st_size <= 64 * 1024 * 1024 else b""
             if not raw:
                 raise BundleError(f"{path}: too large to consider")
+            signature = None
             if signers is not None:
-                trusted = {_signed_by(path, raw, signers)}
-            target, found = _accept(raw, str(path), trusted, into)
+                signer, signature = _signed_by(path, raw, signers)
+                trusted = {signer}
+            target, found = _accept(raw, str(path), trusted, into, signature)
         except (BundleError, OSError) as exc:
             refused += 1
             table.add_row(safe_text(str(path)), safe_text(f"refused: {exc}"), "", "", "", "")
@@ -196,8 +206,8 @@ def import_(
         raise typer.Exit(1)
 
 
-def _signed_by(path: Path, raw: bytes, signers: dict) -> str:
-    """The trusted signer of the bundle at ``path`` (its ``.sig`` beside it)."""
+def _signed_by(path: Path, raw: bytes, signers: dict) -> tuple[str, bytes]:
+    """The trusted signer of the bundle at ``path`` and its signature (``.sig`` beside it)."""
     from distillwatch.sharing.signing import MAX_SIGNATURE_BYTES, signature_path, verify
 
     sig = signature_path(path)
@@ -205,7 +215,7 @@ def _signed_by(path: Path, raw: bytes, signers: dict) -> str:
         signature = sig.read_bytes()[: MAX_SIGNATURE_BYTES + 1]
     except OSError:
         raise BundleError(f"{path}: not signed (no {sig.name} beside it)") from None
-    return verify(raw, signature, signers, str(path))
+    return verify(raw, signature, signers, str(path)), signature
 
 
 @share_app.command("serve")

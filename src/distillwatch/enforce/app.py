@@ -117,6 +117,8 @@ class ProxyConfig:
     #: group's key their private values are hashed with.
     indicators: list[Path] = field(default_factory=list)
     sharing_key: SharingKey | None = None
+    #: Signer name -> public keys (``--trust-keys``): only bundles they signed apply.
+    trusted_keys: dict[str, list[Any]] | None = None
     #: Seconds the store writer gathers journaled exchanges before one transaction folds them.
     store_fold_seconds: float = FLUSH_SECONDS
     #: Streaming evidence on every request (per-account counters and sketches, scored with the
@@ -251,7 +253,8 @@ class Proxy:
                                  config.shadow, config.payments, config.spool_fsync,
                                  config.store_fold_seconds, config.indicators,
                                  config.sharing_key, stream=config.stream,
-                                 accounts_file=config.accounts_file)  # fmt: skip
+                                 accounts_file=config.accounts_file,
+                                 trusted_keys=config.trusted_keys)  # fmt: skip
         self.state = self.enforcer.state
         self.verdicts = self.enforcer.verdicts
         self.recent = self.enforcer.recent

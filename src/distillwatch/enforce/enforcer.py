@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,10 +81,12 @@ class Enforcer:
         link_bound: float = DEFAULT_BOUND,
         stream: bool = False,
         accounts_file: Path | None = None,
+        trusted_keys: Mapping[str, list[Any]] | None = None,
     ) -> None:
         self.policy = policy
-        #: STIX bundles (ours, partners'): links fresh accounts without any store.
-        self.indicators = HotIndicators(indicators)
+        #: STIX bundles (ours, partners'): links fresh accounts without any store; with
+        #: ``trusted_keys``, only bundles signed by a trusted key.
+        self.indicators = HotIndicators(indicators, trusted_keys)
         self.sharing_key = sharing_key
         self.link_bound = link_bound
         self.spool_fsync = spool_fsync

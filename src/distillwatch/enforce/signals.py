@@ -12,16 +12,24 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distillwatch.detection.text import elicits_reasoning, template_grams
+from distillwatch.errors import BundleError
 from distillwatch.sharing.artefacts import FAMILY
 from distillwatch.sharing.artefacts import ip_prefix as ip_prefix
 from distillwatch.sharing.indicators import links
-from distillwatch.sharing.stix import IndicatorSet, bundle_files, read_bundle
+from distillwatch.sharing.signing import MAX_SIGNATURE_BYTES, signature_path, verify
+from distillwatch.sharing.stix import (
+    MAX_BUNDLE_BYTES,
+    IndicatorSet,
+    bundle_files,
+    parse_bundle,
+    read_bundle,
+)
 
 
 def cot_elicitation(prompt: str) -> bool:
@@ -80,15 +88,22 @@ class HotIndicators:
     folder stands for every ``*.json`` in it (``share import`` and ``share pull`` write there).
 
     A bundle that fails validation is not applied (nothing of it); the last good version of
-    that file stays in force and ``errors`` says why (shown by ``/healthz``)."""
+    that file stays in force and ``errors`` says why (shown by ``/healthz``). With
+    ``trusted_keys`` (:func:`~distillwatch.sharing.signing.read_trusted_keys`) a bundle is
+    applied only when ``BUNDLE.sig`` beside it verifies with a trusted key of the name it is
+    signed as, and only with that name as its source (``share import --trust-keys`` keeps the
+    signature beside what it stores)."""
 
-    def __init__(self, paths: list[Path] | None = None) -> None:
+    def __init__(self, paths: list[Path] | None = None,
+                 trusted_keys: Mapping[str, list[Any]] | None = None) -> None:  # fmt: skip
         self.paths = list(paths or [])
+        self.trusted_keys = trusted_keys
         self.index = IndicatorSet()
         self.errors: dict[str, str] = {}
         #: Indicators of this gateway's own micro-batch detection (in memory, no file).
         self.local = IndicatorSet()
-        self._good: dict[Path, tuple[float, IndicatorSet]] = {}
+        self._good: dict[Path, tuple[Any, IndicatorSet]] = {}
+        self._seen: dict[Path, Any] = {}  # the last version of each file tried, good or not
         self._checked = 0.0
         self._lock = threading.Lock()
         self.reload_if_changed(force=True)
@@ -123,14 +138,15 @@ class HotIndicators:
             changed = True
         for path in files:
             try:
-                mtime = path.stat().st_mtime
+                mtime = self._stamp(path)
             except OSError as exc:
                 self.errors[str(path)] = f"cannot read ({exc.strerror})"
                 continue
-            if not force and path in self._good and self._good[path][0] == mtime:
+            if not force and self._seen.get(path) == mtime:
                 continue
+            self._seen[path] = mtime
             try:
-                self._good[path] = (mtime, read_bundle(path))
+                self._good[path] = (mtime, self._read(path))
                 self.errors.pop(str(path), None)
                 changed = True
             except Exception as exc:  # a hostile bundle must never take the gateway down
@@ -138,6 +154,27 @@ class HotIndicators:
         if changed or force:
             self._remerge()
         return self.index
+
+    def _stamp(self, path: Path) -> tuple[float, float | None]:
+        """When the bundle (and, when signatures are required, its signature) last changed: a
+        signature written just after its bundle is a change too."""
+        if self.trusted_keys is None:
+            return path.stat().st_mtime, None
+        sig = signature_path(path)
+        return path.stat().st_mtime, sig.stat().st_mtime if sig.exists() else None
+
+    def _read(self, path: Path) -> IndicatorSet:
+        if self.trusted_keys is None:
+            return read_bundle(path)
+        if path.stat().st_size > MAX_BUNDLE_BYTES:
+            raise BundleError(f"{path}: over the {MAX_BUNDLE_BYTES:,}-byte limit")
+        raw = path.read_bytes()
+        try:
+            signature = signature_path(path).read_bytes()[: MAX_SIGNATURE_BYTES + 1]
+        except OSError:
+            raise BundleError(f"{path}: not signed (no {path.name}.sig beside it)") from None
+        signer = verify(raw, signature, self.trusted_keys, str(path))
+        return parse_bundle(raw, str(path), trusted={signer})
 
 
 StoreReader = Callable[[Callable[[Any], Any]], Any]
