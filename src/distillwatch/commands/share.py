@@ -191,7 +191,9 @@ def import_(
                 raise BundleError(f"{path}: too large to consider")
             signature = None
             if signers is not None:
-                signer, signature = _signed_by(path, raw, signers)
+                from distillwatch.sharing.signing import signed_by
+
+                signer, signature = signed_by(path, raw, signers)
                 trusted = {signer}
             target, found = _accept(raw, str(path), trusted, into, signature)
         except (BundleError, OSError) as exc:
@@ -204,18 +206,6 @@ def import_(
     console.print(table)
     if refused:
         raise typer.Exit(1)
-
-
-def _signed_by(path: Path, raw: bytes, signers: dict) -> tuple[str, bytes]:
-    """The trusted signer of the bundle at ``path`` and its signature (``.sig`` beside it)."""
-    from distillwatch.sharing.signing import MAX_SIGNATURE_BYTES, signature_path, verify
-
-    sig = signature_path(path)
-    try:
-        signature = sig.read_bytes()[: MAX_SIGNATURE_BYTES + 1]
-    except OSError:
-        raise BundleError(f"{path}: not signed (no {sig.name} beside it)") from None
-    return verify(raw, signature, signers, str(path)), signature
 
 
 @share_app.command("serve")

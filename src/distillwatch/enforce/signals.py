@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from distillwatch.detection.text import elicits_reasoning, template_grams
-from distillwatch.errors import BundleError
 from distillwatch.sharing.artefacts import FAMILY
 from distillwatch.sharing.artefacts import ip_prefix as ip_prefix
 from distillwatch.sharing.indicators import links
-from distillwatch.sharing.signing import MAX_SIGNATURE_BYTES, signature_path, verify
+from distillwatch.sharing.signing import signature_path, signed_by
 from distillwatch.sharing.stix import (
-    MAX_BUNDLE_BYTES,
     IndicatorSet,
+    bundle_bytes,
     bundle_files,
     parse_bundle,
     read_bundle,
@@ -166,14 +165,8 @@ class HotIndicators:
     def _read(self, path: Path) -> IndicatorSet:
         if self.trusted_keys is None:
             return read_bundle(path)
-        if path.stat().st_size > MAX_BUNDLE_BYTES:
-            raise BundleError(f"{path}: over the {MAX_BUNDLE_BYTES:,}-byte limit")
-        raw = path.read_bytes()
-        try:
-            signature = signature_path(path).read_bytes()[: MAX_SIGNATURE_BYTES + 1]
-        except OSError:
-            raise BundleError(f"{path}: not signed (no {path.name}.sig beside it)") from None
-        signer = verify(raw, signature, self.trusted_keys, str(path))
+        raw = bundle_bytes(path)
+        signer, _ = signed_by(path, raw, self.trusted_keys)
         return parse_bundle(raw, str(path), trusted={signer})
 
 

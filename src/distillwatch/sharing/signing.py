@@ -20,6 +20,7 @@ import base64
 import binascii
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def read_trusted_keys(path: Path) -> dict[str, list[Ed25519PublicKey]]:
     return keys
 
 
-def verify(raw: bytes, signature: bytes, trusted: dict[str, list[Ed25519PublicKey]],
+def verify(raw: bytes, signature: bytes, trusted: Mapping[str, list[Ed25519PublicKey]],
            where: str) -> str:  # fmt: skip
     """The name of the trusted signer whose key verifies ``signature`` over ``raw``; raise
     :class:`BundleError` naming ``where`` when none does."""
@@ -154,3 +155,16 @@ def verify(raw: bytes, signature: bytes, trusted: dict[str, list[Ed25519PublicKe
 
 def signature_path(bundle: Path) -> Path:
     return bundle.with_name(bundle.name + SIGNATURE_SUFFIX)
+
+
+def signed_by(
+    path: Path, raw: bytes, trusted: Mapping[str, list[Ed25519PublicKey]]
+) -> tuple[str, bytes]:
+    """The trusted signer of the bundle at ``path`` (``raw``: its bytes) and the signature
+    beside it (``PATH.sig``); :class:`BundleError` when there is none or it does not verify."""
+    sig = signature_path(path)
+    try:
+        signature = sig.read_bytes()[: MAX_SIGNATURE_BYTES + 1]
+    except OSError:
+        raise BundleError(f"{path}: not signed (no {sig.name} beside it)") from None
+    return verify(raw, signature, trusted, str(path)), signature

@@ -312,15 +312,20 @@ def _artefact_value(kind: str, pattern: str) -> str | None:
 def read_bundle(path: Path, trusted: set[str] | None = None,
                 now: datetime | None = None) -> IndicatorSet:  # fmt: skip
     """Validate the bundle in ``path`` and return its indicators (see :func:`parse_bundle`)."""
+    return parse_bundle(bundle_bytes(path), str(path), trusted, now)
+
+
+def bundle_bytes(path: Path) -> bytes:
+    """The bytes of the bundle file at ``path``, refused (:class:`BundleError`) over the size
+    limit before any is read."""
     where = str(path)
     try:
         size = path.stat().st_size
         if size > MAX_BUNDLE_BYTES:
             raise _fail(where, f"{size:,} bytes, over the {MAX_BUNDLE_BYTES:,}-byte limit")
-        raw = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise _fail(where, f"cannot read ({exc.strerror})") from None
-    return parse_bundle(raw, where, trusted, now)
 
 
 def parse_bundle(raw: bytes | dict[str, Any], where: str, trusted: set[str] | None = None,
