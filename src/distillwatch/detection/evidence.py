@@ -76,11 +76,14 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
             WHERE r.accounts >= 3 AND r.users <= {common}
             GROUP BY t.account_id
         ), dup AS ({_shared_share("content", "h", common)}
+        ), reach AS (
+            -- How many accounts sent each prompt.
+            SELECT h, count(*) AS accounts FROM content GROUP BY h
         ), novel AS (
             -- Share of an account's distinct prompts that at most NOVEL_REACH accounts sent:
             -- a harvest splits its work, a team running a public suite sends the same items.
             SELECT c.account_id, avg((r.accounts <= {NOVEL_REACH})::DOUBLE) AS share
-            FROM content c JOIN (SELECT h, count(*) AS accounts FROM content GROUP BY h) r USING (h)
+            FROM content c JOIN reach r USING (h)
             GROUP BY c.account_id
         ), wrapped AS (
             -- An account's prompts behind one of its own repeated wrappers (``tmpl``).
@@ -100,7 +103,7 @@ def build_evidence(store: Store, until: datetime | None = None) -> None:
             SELECT c.account_id, count(DISTINCT c.shape) AS questions
             FROM content c
             JOIN wrapped w USING (account_id, h)
-            JOIN (SELECT h, count(*) AS accounts FROM content GROUP BY h) r USING (h)
+            JOIN reach r USING (h)
             WHERE c.cot AND r.accounts <= {NOVEL_REACH}
             GROUP BY c.account_id
         ), near_dup AS (
