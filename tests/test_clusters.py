@@ -3,8 +3,11 @@ infrastructure, and a cluster's yield counts the prompts the rest of the populat
 
 from __future__ import annotations
 
+import pytest
+
 from distillwatch.detection.graph import attach_strays, communities, content_groups
-from distillwatch.detection.pipeline import _yields
+from distillwatch.detection.pipeline import _group_novelty, _yields
+from distillwatch.detection.rules import Harvest
 from distillwatch.store import Store
 from tests.test_content_farm import _edges
 
@@ -60,11 +63,20 @@ def test_cluster_yield_counts_what_only_the_cluster_asks(tmp_path):
         store.con.execute(f"CREATE TEMP TABLE content AS SELECT * FROM (VALUES {values}) t(account_id, h, uses)")  # fmt: skip
         membership = {f"m{k}": 7 for k in range(5)} | {f"o{k}": 8 for k in range(4)}
         yields = _yields(store, membership)
+        novelty = _group_novelty(store, membership)
     # 40 items + 2 (reach counted outside the cluster), not the 10 public ones; reach over the
-    # whole population would count none of the 40 (each was sent by four accounts).
-    assert yields[7] == 42
+    # whole population would count none of the 40 (each was sent by four accounts). Each of the
+    # 40 was answered for four members, the two "near" ones for one: 162 answers. 52 distinct
+    # prompts, of which only the 40 items no one outside sent.
+    assert yields[7] == Harvest(prompts=42, answers=162, distinct=52, own=40)
     # The outsiders' cluster: the two "near" items have one member outside it (m0).
-    assert yields[8] == 2
+    assert yields[8] == Harvest(prompts=2, answers=6, distinct=12, own=0)
+    # Per member: m0 sent 32 of the items, the 10 public ones and the 2 "near" ones (44 distinct:
+    # 34 novel outside its cluster, 32 its cluster's own); an outsider sent 10 public items
+    # (sent by the five members outside its cluster) and the 2 "near" ones (one outside).
+    assert novelty["m0"] == pytest.approx((34 / 44, 32 / 44))
+    assert novelty["o0"] == pytest.approx((2 / 12, 0.0))
+    assert novelty["o3"] == pytest.approx((0.0, 0.0))
 
 
 def test_content_groups_link_by_what_the_candidates_hold_mostly_among_themselves():

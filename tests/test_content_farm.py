@@ -17,16 +17,19 @@ from distillwatch.detection.pipeline import detect
 from distillwatch.detection.rules import (
     CONTENT_FARM_MEMBERS,
     CONTENT_FARM_POINTS,
+    CONTENT_FARM_YIELD_PER_ACCOUNT,
     FARM_SIZE_POINTS,
     MAX_FARM_POINTS,
+    Harvest,
     coordination,
     derive,
     farm_candidate,
+    farm_member,
 )
 from distillwatch.ingest import ingest_paths
 from distillwatch.store import Store
 from distillwatch.traffic import simulate
-from distillwatch.traffic.scenario import BenignPersona, Scenario
+from distillwatch.traffic.scenario import BenignPersona, Campaign, Scenario
 from distillwatch.traffic.worlds import UNITS
 
 
@@ -82,7 +85,6 @@ def _farm_row(**overrides) -> dict:
         ({"n": 12}, "too few requests to judge content"),
         ({"mean_output": 120.0}, "short answers are a product's classifier, little to distil"),
         ({"near_duplicate_share": 0.05, "semantic_share": 0.1}, "shares little with anyone"),
-        ({"novel_share": 0.05}, "a team running a public suite: the same items as its peers"),
         ({"multi_model_share": 0.8}, "comparative evaluation across models"),
         ({"prompt_variety": 0.05}, "a scheduled job re-sending its own inputs, time-stamped"),
     ],
@@ -91,16 +93,40 @@ def test_farm_candidates_are_accounts_shaped_like_a_farms_members(change, why):
     assert farm_candidate(_farm_row(**change)) is (why is None), why
 
 
-def test_shorter_answers_are_a_farms_when_nearly_all_it_asks_is_novel():
-    # 0.65 of the typical length: under the usual floor (0.75), over the short_outputs line.
-    assert not farm_candidate(_farm_row(mean_output=195.0, novel_share=0.8))
-    assert farm_candidate(_farm_row(mean_output=195.0, novel_share=0.95))
-    assert not farm_candidate(_farm_row(mean_output=120.0, novel_share=1.0))  # 0.4: too short
-    # The cluster-level shape follows its median member.
-    rows = [_farm_row(mean_output=195.0, novel_share=0.95) for _ in range(CONTENT_FARM_MEMBERS)]
-    assert coordination(rows, yield_per_account=100).farm
-    rows = [_farm_row(mean_output=195.0, novel_share=0.6) for _ in range(CONTENT_FARM_MEMBERS)]
-    assert not coordination(rows, yield_per_account=100).farm
+def test_a_member_is_judged_by_what_no_one_outside_its_group_asks():
+    row = _farm_row(mean_output=195.0)  # 0.65 of the typical length
+    # Novel outside the group (at most 3 outside accounts sent them): a fifth of its prompts.
+    assert not farm_member(_farm_row(), novel=0.05, own=0.05)  # a team's public suite
+    assert farm_member(_farm_row(), novel=0.25, own=0.0)
+    # Shorter answers than usual (under 0.75, over the short_outputs line) are a farm's when
+    # nearly everything it asks is its group's own; a classifier's short answers never are.
+    assert farm_candidate(row)
+    assert not farm_member(row, novel=0.95, own=0.8)
+    assert farm_member(row, novel=0.95, own=0.95)
+    assert not farm_candidate(_farm_row(mean_output=120.0))  # 0.4: too short for any farm
+    # The cluster-level shape follows the group's share of prompts only it asks.
+    rows = [row for _ in range(CONTENT_FARM_MEMBERS)]
+    assert coordination(rows, yield_per_account=100, own_share=0.95).farm
+    assert not coordination(rows, yield_per_account=100, own_share=0.6).farm
+    assert not coordination(rows, yield_per_account=100).farm  # unknown: the usual floor
+
+
+def test_a_group_splitting_a_resampled_pool_obtains_a_farms_harvest():
+    members = CONTENT_FARM_MEMBERS * 7
+    # Seventy accounts drawing 1,900 items about five times each: 26 distinct prompts per
+    # account, but 135 answers each, every item on a fourteenth of them.
+    pool = Harvest(prompts=1_900, answers=9_500, distinct=1_900, own=1_850)
+    assert pool.per_account(members) < CONTENT_FARM_YIELD_PER_ACCOUNT and pool.split(members)
+    rows = [_farm_row() for _ in range(members)]
+    assert coordination(rows, pool.per_account(members), pool.split(members)).farm
+    assert not coordination(rows, pool.per_account(members)).farm
+    # A team running one 200-item suite on each of its twelve accounts: as many answers per
+    # account, but every item on every account.
+    team = Harvest(prompts=200, answers=2_400, distinct=200, own=200)
+    assert not team.split(12)
+    # A pool spread thin but answered a few times per account in all is no harvest either.
+    assert not Harvest(prompts=1_000, answers=1_100, distinct=1_000, own=1_000).split(members)
+    assert pool.own_share() == pytest.approx(1_850 / 1_900) and Harvest(0, 0).own_share() is None
 
 
 def test_a_farm_keeps_its_shape_when_it_shares_a_group_with_a_hydra():
@@ -182,3 +208,43 @@ def test_a_campaign_sharing_only_content_is_one_flagged_campaign_and_honest_grou
         truth[a]["persona"] for a in honest if verdict[a]["verdict"] == "distillation"
     )
     assert not wrongly, wrongly
+
+
+def test_a_campaign_resampling_one_small_dataset_is_caught_and_a_team_on_its_items_is_not(
+    tmp_path,
+):
+    """Seventy accounts, each on its own infrastructure, draw one public instruction dataset of
+    1,900 items about seven times over: counted over the whole population hardly any member's
+    prompts are novel, though no one outside the campaign asks them (dev seed 2: 0 of 77 such
+    accounts flagged before novelty was judged outside the group). A benchmark team whose suite
+    a capability-sweep hydra also walks is drawn into the same kind of group by the public
+    items and must not take the hydra's farm score."""
+    rng = np.random.default_rng(5)
+    dataset = Campaign(
+        id="camp-dataset", accounts=70, daily_requests=40.0, start_day=0.5, output_tokens=300,
+        tactics={"templated_self_instruct": {"pools": ["gpteacher_roleplay"], "raw": True},
+                 "own_infra": {"rotate": True}},
+    )  # fmt: skip
+    sweep, team = UNITS["capability_sweep"].build(rng), UNITS["benchmark_team"].build(rng)
+    base = _scenario(5)
+    scenario = Scenario(
+        name="resampled-dataset", start=base.start, days=base.days, base_models=base.base_models,
+        launch_model=None, launch_day=None, benign=[base.benign[0], base.benign[1], team],
+        campaigns=[dataset, sweep],
+    )  # fmt: skip
+    traffic = tmp_path / "traffic"
+    simulate(scenario, traffic, seed=5)
+    with Store(tmp_path / "s.duckdb") as store:
+        ingest_paths([traffic / "exchanges.jsonl"], store, accounts=traffic / "accounts.jsonl")
+        doc = detect(store, None, False)
+    truth = json.loads((traffic / "labels.json").read_text())["accounts"]
+    verdict = {a["account_id"]: a["verdict"] for a in doc["accounts"]}
+    flagged, total = Counter(), Counter()
+    for account, t in truth.items():
+        who = t.get("campaign_id") or t.get("persona")
+        total[who] += 1
+        flagged[who] += verdict.get(account) == "distillation"
+    assert flagged["camp-dataset"] >= 0.9 * total["camp-dataset"], (flagged, total)
+    assert flagged["camp-sweep"] >= 0.9 * total["camp-sweep"], (flagged, total)
+    assert total["benchmark_team"] and not flagged["benchmark_team"], (flagged, total)
+    assert not flagged["casual_chat"] and not flagged["developer"], flagged

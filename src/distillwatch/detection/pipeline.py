@@ -24,14 +24,17 @@ from distillwatch.detection.rules import (
     CONTENT_FARM_MEMBERS,
     LONE_LOG_ODDS,
     NOVEL_REACH,
+    Harvest,
     coordinated_beyond_content,
     farm_candidate,
+    farm_member,
     harvest_size,
     lone_capped,
 )
 from distillwatch.detection.scoring import (
     MAX_CLUSTER_UPLIFT,
     AccountScore,
+    ClusterScore,
     EvidenceScorer,
     logit,
     score_clusters,
@@ -110,18 +113,19 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
     # else they share). Timing groups (lockstep slots) were tried, before lockstep had its
     # clock-shift test, and left out: they flagged unrelated customers whose cron jobs fire at
     # the same minutes (the cron_jobs persona).
-    candidates = {a for a, row in derived_by_id.items() if farm_candidate(row)}
+    candidates, found = _farm_groups(store, edges, derived_by_id)
     group_of: dict[str, int] = {}
     first = max(clusters, default=-1) + 1
-    found = content_groups(edges, candidates, CONTENT_KINDS, min_size=CONTENT_FARM_MEMBERS)
     for number, group in enumerate(found, first):
         clusters[number] = group
         group_of.update(dict.fromkeys(group, number))
     groupings = [membership, group_of]
-    yields: dict[int, int] = {}
+    yields: dict[int, Harvest] = {}
     for grouping in groupings:
         yields |= _yields(store, grouping)
     cluster_scores = score_clusters(clusters, scores, derived_by_id, yields, scorer.weights)
+    content_farmers = _content_only_farms(store, edges, clusters, group_of, cluster_scores,
+                                          scores, derived_by_id, scorer.weights)  # fmt: skip
     for grouping in groupings:
         for cluster, block in cluster_density(edges, grouping).items():
             if cluster in cluster_scores and block.accounts:
@@ -153,11 +157,12 @@ def detect(store: Store, until: datetime | None = None, incremental: bool = True
                 continue
             if (
                 grouping is group_of
-                and not cluster.farm
+                and account not in content_farmers
                 and not coordinated_beyond_content(derived_by_id[account])
             ):
                 # In a content group scored on its members' cards and sign-up bursts, an
-                # account with none of them is linked by what it asks alone.
+                # account with none of them is linked by what it asks alone: it takes the
+                # group's score only when such accounts are a content farm by themselves.
                 continue
             if cluster.farm and account in candidates:
                 # A content farm's members are in it by their own shape and their own prompts,
@@ -281,9 +286,111 @@ def account_rows(store: Store, until: datetime | None = None) -> list[dict[str, 
     return _rows(store, "SELECT * FROM acct JOIN evid USING (account_id) ORDER BY account_id")
 
 
-def _yields(store: Store, membership: dict[str, int]) -> dict[int, int]:
+def _content_only_farms(store: Store, edges: EdgeIndex, clusters: dict[int, list[str]],
+                        group_of: dict[str, int], cluster_scores: dict[int, ClusterScore],
+                        scores: dict[str, AccountScore], derived: dict[str, dict[str, Any]],
+                        weights: Any) -> set[str]:  # fmt: skip
+    """Members of content-farm groups that are in a content farm by content alone: every member
+    of a farm group none of whose members shows a card, sign-up burst or lockstep
+    (``rules.coordinated_beyond_content``), and otherwise the members without such signs that
+    form a content farm among themselves (grouped and scored again without the others).
+
+    A group's farm shape may come from members a hydra's cards and sign-up bursts already give
+    away, with others drawn in only by what they ask: a benchmark team whose suite a capability
+    sweep also walks. Such an account takes the group's score only when the accounts like it,
+    linked among themselves, have the farm's shape without the others (a rewrite farm on its
+    own infrastructure drawing on a hydra's seed corpus still does; the team alone does not).
+    """
+    members: set[str] = set()
+    rest: set[str] = set()
+    for number in set(group_of.values()):
+        cluster = cluster_scores.get(number)
+        if cluster is None or not cluster.farm:
+            continue
+        plain = {m for m in clusters[number] if not coordinated_beyond_content(derived[m])}
+        if len(plain) == len(clusters[number]):
+            members |= plain
+        else:
+            rest |= plain
+    if rest:
+        found = content_groups(edges, rest, CONTENT_KINDS, min_size=CONTENT_FARM_MEMBERS)
+        regrouped = dict(enumerate(found))
+        membership = {a: number for number, group in regrouped.items() for a in group}
+        rescored = score_clusters(regrouped, scores, derived, _yields(store, membership), weights)
+        members |= {a for number, c in rescored.items() if c.farm for a in regrouped[number]}
+    return members
+
+
+#: Rounds of pruning content groups by novelty counted outside each group (each round only
+#: removes members, so it settles; the bound keeps a pathological world's cost known).
+MAX_GROUP_ROUNDS = 4
+
+
+def _farm_groups(store: Store, edges: EdgeIndex,
+                 derived: dict[str, dict[str, Any]]) -> tuple[set[str], list[list[str]]]:  # fmt: skip
+    """Content groups, and the accounts with a content-farm member's shape and prompts.
+
+    Whether a member's prompts are novel is judged outside its group, as the cluster yield is
+    (:func:`_yields`): a campaign of seventy accounts resampling a pool of a few thousand
+    dataset items sends each item to several of its own accounts, so counted over the whole
+    population hardly any of a member's prompts are novel, though no one outside the campaign
+    asks them. Groups form among farm-shaped accounts (``rules.farm_candidate``); a member keeps
+    its place when ``rules.farm_member`` accepts it with novelty counted outside its group (a
+    benchmark team's member drawn in by public items its teammates outside the group also run
+    does not), and groups are formed again among those kept until no member drops out (at most
+    MAX_GROUP_ROUNDS times). A farm-shaped account in no group is judged the same way with
+    novelty counted over the whole population (``novel_share``): that is what a Leiden
+    community's members are judged by when the community has a farm's shape.
+    """
+    shaped = {a for a, row in derived.items() if farm_candidate(row)}
+    kept = shaped
+    found = content_groups(edges, kept, CONTENT_KINDS, min_size=CONTENT_FARM_MEMBERS)
+    judged: set[str] = set()  # ever in a group: judged by novelty outside it
+    for _ in range(MAX_GROUP_ROUNDS):
+        membership = {a: number for number, group in enumerate(found) for a in group}
+        judged |= membership.keys()
+        novelty = _group_novelty(store, membership)
+        kept = {a for a in membership if farm_member(derived[a], *novelty.get(a, (0.0, 0.0)))}
+        if len(kept) == len(membership):
+            break
+        found = content_groups(edges, kept, CONTENT_KINDS, min_size=CONTENT_FARM_MEMBERS)
+    alone = {
+        a for a in shaped - judged
+        if farm_member(derived[a], *(derived[a].get("novel_share") or 0.0,) * 2)
+    }  # fmt: skip
+    return {a for group in found for a in group} | alone, found
+
+
+def _group_novelty(store: Store, membership: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """Per account in a group: the shares of its distinct prompts that at most ``NOVEL_REACH``
+    accounts *outside its group* sent, and that none did (the member's part of :func:`_yields`)."""
+    if not membership:
+        return {}
+    table = pa.table(
+        {"account_id": list(membership), "cluster": pa.array(list(membership.values()), pa.int64())}
+    )
+    store.con.register("_membership", table)
+    try:
+        rows = store.run(
+            f"""WITH reach AS (SELECT h, count(*) AS accounts FROM content GROUP BY h),
+                mine AS (SELECT DISTINCT c.account_id, m.cluster, c.h FROM content c
+                         JOIN _membership m USING (account_id)),
+                inside AS (SELECT cluster, h, count(*) AS members FROM mine GROUP BY ALL)
+                SELECT m.account_id,
+                       avg((r.accounts - i.members <= {NOVEL_REACH})::DOUBLE) AS novel,
+                       avg((r.accounts = i.members)::DOUBLE) AS own
+                FROM mine m JOIN inside i USING (cluster, h) JOIN reach r USING (h)
+                GROUP BY m.account_id"""
+        )
+    finally:
+        store.con.unregister("_membership")
+    return {str(a): (float(novel), float(own)) for a, novel, own in rows}
+
+
+def _yields(store: Store, membership: dict[str, int]) -> dict[int, Harvest]:
     """Novel prompts each cluster obtained answers to: distinct prompt hashes that at most
-    ``NOVEL_REACH`` accounts *outside the cluster* sent (from the folded prompt hashes).
+    ``NOVEL_REACH`` accounts *outside the cluster* sent (from the folded prompt hashes), and
+    how many of its members sent each (``Harvest.answers``).
 
     Reach is counted outside the cluster because what a cluster's members ask one another
     again is still the cluster's own harvest (a capability sweep spreads each benchmark item
@@ -302,12 +409,15 @@ def _yields(store: Store, membership: dict[str, int]) -> dict[int, int]:
             f"""WITH reach AS (SELECT h, count(*) AS accounts FROM content GROUP BY h),
                 inside AS (SELECT m.cluster, c.h, count(*) AS members FROM content c
                            JOIN _membership m USING (account_id) GROUP BY m.cluster, c.h)
-                SELECT i.cluster, count(*) FROM inside i JOIN reach r USING (h)
-                WHERE r.accounts - i.members <= {NOVEL_REACH} GROUP BY i.cluster"""
+                SELECT i.cluster,
+                       count(*) FILTER (WHERE r.accounts - i.members <= {NOVEL_REACH}),
+                       coalesce(sum(i.members) FILTER (WHERE r.accounts - i.members <= {NOVEL_REACH}), 0),
+                       count(*), count(*) FILTER (WHERE r.accounts = i.members)
+                FROM inside i JOIN reach r USING (h) GROUP BY i.cluster"""
         )
     finally:
         store.con.unregister("_membership")
-    return {int(c): int(n) for c, n in rows}
+    return {int(c): Harvest(int(n), int(a), int(d), int(o)) for c, n, a, d, o in rows}
 
 
 _NUMBERS = re.compile(r"\d[\d,]*(?:\.\d+)?%?")

@@ -345,6 +345,12 @@ YIELD_SHARE_OF_VOLUME = 0.5
 CONTENT_FARM_MEMBERS = 10
 CONTENT_FARM_MEDIAN_REQUESTS = 40
 CONTENT_FARM_YIELD_PER_ACCOUNT = 30
+#: ...or as many novel prompts answered per member counting each member's own (a pool resampled
+#: for several answers per prompt, each answer one more training example), when the group splits
+#: its work: each novel prompt went, on average, to at most this share of its members. Seventy
+#: accounts drawing a few thousand dataset items at random send each to about a tenth of them;
+#: a team running one suite on every account sends each item on all of them.
+FARM_MAX_PROMPT_SHARE = 0.25
 CONTENT_FARM_MAX_MULTI_TURN = 0.05
 #: ...and members whose answers are not markedly shorter than the population's typical ones:
 #: short outputs behind a shared template are a product's classifier, little worth distilling.
@@ -353,10 +359,11 @@ CONTENT_FARM_MAX_MULTI_TURN = 0.05
 #: pushed one such campaign's members just under it).
 CONTENT_FARM_MIN_OUTPUT_RATIO = 0.75
 #: ...or at least this (the ``short_outputs`` rule's line) when nearly everything the account
-#: asks is novel (``novel_share`` at least NOVEL_FARM_SHARE): a harvest's answers are as long as
-#: its questions make them, and a seed set of short-answer questions still costs its operator
-#: novel prompts at volume, which a shared product's classifier or a team re-running a public
-#: suite (most of its items sent by others too) does not have.
+#: asks is its group's own (at least NOVEL_FARM_SHARE of its distinct prompts sent by no account
+#: outside its group): a harvest's answers are as long as its questions make them, and a seed set
+#: of short-answer questions still costs its operator prompts no one else asks, which a shared
+#: product's classifier or a team re-running a public suite (its items sent by its teammates and
+#: other teams too) does not have.
 NOVEL_FARM_MIN_OUTPUT_RATIO = 0.5
 NOVEL_FARM_SHARE = 0.9
 
@@ -394,12 +401,12 @@ def lone_capped(row: Mapping[str, Any], log_odds: float, group_log_odds: float,
     )
 
 
-def farm_output_floor(novel_share: float) -> float:
+def farm_output_floor(own_share: float | None) -> float:
     """The shortest answers (a ratio to the typical length) a content farm's member may get,
-    given the share of its distinct prompts that are novel."""
+    given the share of its distinct prompts no account outside its group sent (None: unknown)."""
     return (
         NOVEL_FARM_MIN_OUTPUT_RATIO
-        if novel_share >= NOVEL_FARM_SHARE
+        if own_share is not None and own_share >= NOVEL_FARM_SHARE
         else CONTENT_FARM_MIN_OUTPUT_RATIO
     )
 
@@ -432,10 +439,41 @@ class Coordinated(NamedTuple):
     farm: bool = False
 
 
-def coordination(rows: list[Mapping[str, Any]], yield_per_account: float | None = None) -> Coordinated:  # fmt: skip
+class Harvest(NamedTuple):
+    """What a group of accounts obtained: ``prompts``, the distinct novel prompts (at most
+    NOVEL_REACH accounts outside the group sent them); ``answers``, the (member, novel prompt)
+    pairs (the same prompt answered for three members is three answers); ``distinct``, all its
+    distinct prompts; ``own``, those no account outside the group sent."""
+
+    prompts: int
+    answers: int
+    distinct: int = 0
+    own: int = 0
+
+    def own_share(self) -> float | None:
+        return self.own / self.distinct if self.distinct else None
+
+    def per_account(self, members: int) -> float:
+        return self.prompts / members
+
+    def split(self, members: int) -> bool:
+        """Whether the group splits its work (FARM_MAX_PROMPT_SHARE) and each member obtained
+        CONTENT_FARM_YIELD_PER_ACCOUNT answers to novel prompts."""
+        return (
+            self.prompts > 0
+            and self.answers >= CONTENT_FARM_YIELD_PER_ACCOUNT * members
+            and self.answers <= FARM_MAX_PROMPT_SHARE * self.prompts * members
+        )
+
+
+def coordination(rows: list[Mapping[str, Any]], yield_per_account: float | None = None,
+                 split: bool = False, own_share: float | None = None) -> Coordinated:  # fmt: skip
     """Log-odds for coordination only a group shows: most of its members doing the same thing.
 
-    ``yield_per_account``: the cluster's novel prompts per member (None when unknown).
+    ``yield_per_account``: the cluster's novel prompts per member (None when unknown);
+    ``split``: whether it splits a resampled pool among its members (:meth:`Harvest.split`);
+    ``own_share``: the share of its distinct prompts no account outside it sent
+    (:meth:`Harvest.own_share`; None when unknown).
 
     Each member already carries its own share of such evidence; what the cluster adds is that
     the same behaviour recurs across most members, which accounts run by different people
@@ -451,7 +489,7 @@ def coordination(rows: list[Mapping[str, Any]], yield_per_account: float | None 
             bonus += item.points
             words.append(f"{count} of {len(rows)} {item.words}")
             operator = operator or item.operator
-    if bonus and _content_farm(rows, yield_per_account):
+    if bonus and _content_farm(rows, yield_per_account, split, own_share):
         # The farm's shape is an operator sign of its own, whether or not some members also
         # share cards or sign-up hours: two operations drawing on one seed corpus meet in one
         # content group, and the one with cards must not take the farm's shape from the other.
@@ -488,7 +526,8 @@ def _median(values: list[float]) -> float:
     return float(ordered[mid]) if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def _content_farm(rows: list[Mapping[str, Any]], yield_per_account: float | None) -> bool:
+def _content_farm(rows: list[Mapping[str, Any]], yield_per_account: float | None,
+                  split: bool = False, own_share: float | None = None) -> bool:  # fmt: skip
     if yield_per_account is None or len(rows) < CONTENT_FARM_MEMBERS:
         return False
     volume = sum(r["n"] for r in rows)
@@ -498,9 +537,8 @@ def _content_farm(rows: list[Mapping[str, Any]], yield_per_account: float | None
         _median([r["n"] for r in rows]) >= CONTENT_FARM_MEDIAN_REQUESTS
         and multi <= CONTENT_FARM_MAX_MULTI_TURN
         and bool(outputs)
-        and _median(outputs)
-        >= farm_output_floor(_median([r.get("novel_share") or 0.0 for r in rows]))
-        and yield_per_account >= CONTENT_FARM_YIELD_PER_ACCOUNT
+        and _median(outputs) >= farm_output_floor(own_share)
+        and (yield_per_account >= CONTENT_FARM_YIELD_PER_ACCOUNT or split)
         and sum(_value(r, "prompt_variety", 1.0) * r["n"] for r in rows)
         >= FARM_MIN_VARIETY * volume
         and not math.isnan(multi)
@@ -510,8 +548,9 @@ def _content_farm(rows: list[Mapping[str, Any]], yield_per_account: float | None
 #: A member of a content farm sends at least this share of prompts that other accounts also
 #: send, near-copy or rewrite (``shared_content_share``).
 FARM_MEMBER_SHARE = 0.25
-#: ...and at least this share of its distinct prompts are novel (sent by at most NOVEL_REACH
-#: accounts): a farm splits its work, a team running a public suite sends the same items.
+#: ...and, in its content group, at least this share of its distinct prompts are novel (sent by
+#: at most NOVEL_REACH accounts outside the group; judged by the pipeline, which knows the
+#: groups): a farm splits its work, a team running a public suite sends the same items.
 FARM_MIN_NOVEL_SHARE = 0.2
 #: ...and its prompts are largely new to itself (``prompt_variety``: distinct prompt shapes,
 #: the prompt with its numbers masked, per request; about 1 when every prompt is new): a
@@ -528,20 +567,33 @@ def _value(row: Mapping[str, Any], name: str, default: float) -> float:
 def farm_candidate(row: Mapping[str, Any]) -> bool:
     """Whether an account (a derived row) has a content-farm member's shape on its own: volume
     (content evidence at full weight), single-turn traffic, answers not markedly short,
-    a good share of its prompts shared with other accounts in some form yet a fifth of them
-    novel and mostly new to the account itself, and not sending its prompts to several models (a farm wants one model's answers;
-    comparing is evaluation). Content groups (:func:`~distillwatch.detection.graph.content_groups`)
-    form among such accounts only, so an ordinary user whose few prompts resemble a campaign's
-    is never drawn into one."""
+    a good share of its prompts shared with other accounts in some form, its prompts mostly new
+    to the account itself, and not sending its prompts to several models (a farm wants one
+    model's answers; comparing is evaluation). Content groups
+    (:func:`~distillwatch.detection.graph.content_groups`) form among such accounts only, so an
+    ordinary user whose few prompts resemble a campaign's is never drawn into one. What depends
+    on the group (novelty, and so the answer-length floor) is :func:`farm_member`'s, once groups
+    are known."""
     return (
         (row.get("n") or 0) >= FULL_CONTENT_EVIDENCE
         and (row.get("multi_turn") or 0.0) <= CONTENT_FARM_MAX_MULTI_TURN
-        and (row.get("output_ratio") or 0.0) >= farm_output_floor(row.get("novel_share") or 0.0)
+        and (row.get("output_ratio") or 0.0) >= NOVEL_FARM_MIN_OUTPUT_RATIO
         and shared_content_share(row) >= FARM_MEMBER_SHARE
-        and (row.get("novel_share") or 0.0) >= FARM_MIN_NOVEL_SHARE
         and _value(row, "prompt_variety", 1.0) >= FARM_MIN_VARIETY
         and not fires("comparative_evaluation", row)
     )
+
+
+def farm_member(row: Mapping[str, Any], novel: float, own: float) -> bool:
+    """Whether a farm-shaped account (:func:`farm_candidate`) belongs in its content group, given
+    the shares of its distinct prompts that at most NOVEL_REACH accounts outside the group sent
+    (``novel``, at least FARM_MIN_NOVEL_SHARE) and that none did (``own``, which sets its
+    answer-length floor, :func:`farm_output_floor`). Counted outside the group, not over the
+    whole population: a campaign resampling a pool sends each item to several of its own
+    accounts, which makes none of it public; a benchmark team's member drawn into a group by
+    public items still shares them with its teammates outside it."""
+    output = row.get("output_ratio") or 0.0
+    return novel >= FARM_MIN_NOVEL_SHARE and output >= farm_output_floor(own)
 
 
 def shared_content_share(row: Mapping[str, Any]) -> float:

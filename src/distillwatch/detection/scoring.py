@@ -29,6 +29,7 @@ from distillwatch.detection.rules import (
     MIN_YIELD_PER_ACCOUNT,
     YIELD_SHARE_OF_VOLUME,
     Evidence,
+    Harvest,
     Rule,
     activation,
     coordination,
@@ -183,7 +184,7 @@ def score_clusters(
     clusters: dict[int, list[str]],
     scores: dict[str, AccountScore],
     rows: dict[str, dict[str, Any]],
-    yields: dict[int, int] | None = None,
+    yields: dict[int, Harvest] | None = None,
     weights: Mapping[str, float] | None = None,
 ) -> dict[int, ClusterScore]:
     """Cluster log-odds: the median member's, or its behaviour plus the content evidence of all
@@ -197,7 +198,8 @@ def score_clusters(
     for cluster, members in clusters.items():
         if len(members) < 3:
             continue
-        distinct = yields.get(cluster, 0) if yields is not None else None
+        harvest = yields.get(cluster, Harvest(0, 0)) if yields is not None else None
+        distinct = harvest.prompts if harvest is not None else None
         member_rows = [rows[m] for m in members]
         if distinct is not None and (
             distinct < MIN_CAMPAIGN_YIELD
@@ -222,7 +224,9 @@ def score_clusters(
         prefixes = sum(r["prefixes"] for r in member_rows)
         evidence.append(f"traffic came from {prefixes:,} network prefixes (summed over accounts)")
         per_account = distinct / len(members) if distinct is not None else None
-        bonus, coordinated, farm = coordination(member_rows, per_account)
+        split = harvest is not None and harvest.split(len(members))
+        own_share = harvest.own_share() if harvest is not None else None
+        bonus, coordinated, farm = coordination(member_rows, per_account, split, own_share)
         if bonus:
             log_odds += bonus
             evidence.append(
