@@ -75,7 +75,8 @@ MAX_GROUP_REACH = 200
 
 
 def content_groups(index: EdgeIndex, candidates: set[str], kinds: tuple[str, ...],
-                   core: int = 2, min_size: int = 2) -> list[list[str]]:  # fmt: skip
+                   core: int = 2, min_size: int = 2,
+                   peers: set[str] | None = None) -> list[list[str]]:  # fmt: skip
     """Groups of ``candidates`` linked by what they ask: connected components of the graph in
     which two candidate accounts are neighbours when they share an artefact of ``kinds``
     (prompt texts, MinHash or embedding band signatures, wrappers), among the accounts that
@@ -89,14 +90,19 @@ def content_groups(index: EdgeIndex, candidates: set[str], kinds: tuple[str, ...
     candidates than other accounts hold it (what the group asks is its own, not the
     population's: public benchmark items, a popular question). Groups of at least ``min_size``
     accounts, each sorted, largest first.
+
+    ``peers`` (a superset of ``candidates``; by default the candidates): accounts whose holding
+    an artefact does not count against it, when grouping a subset of the candidates among
+    themselves (what they ask is still not the population's when other candidates ask it).
     """
     if index.kind is None or not len(index) or not candidates:
         return []
     member = np.isin(index.names, list(candidates))
+    peer = member if peers is None else np.isin(index.names, list(peers | candidates))
     of_kind = np.isin(index.kind, list(kinds))
     chosen = of_kind & member[index.account_index]
     # Holders of each artefact among the other accounts (each account once).
-    others = np.unique(np.column_stack([index.artefact_index, index.account_index])[of_kind & ~member[index.account_index]], axis=0)  # fmt: skip
+    others = np.unique(np.column_stack([index.artefact_index, index.account_index])[of_kind & ~peer[index.account_index]], axis=0)  # fmt: skip
     outside = np.bincount(others[:, 0], minlength=int(index.artefact_index.max()) + 1)
     accounts, rows = np.unique(index.account_index[chosen], return_inverse=True)
     artefacts, cols = np.unique(index.artefact_index[chosen], return_inverse=True)

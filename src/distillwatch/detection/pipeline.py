@@ -30,6 +30,7 @@ from distillwatch.detection.rules import (
     farm_member,
     harvest_size,
     lone_capped,
+    made_alike,
 )
 from distillwatch.detection.scoring import (
     MAX_CLUSTER_UPLIFT,
@@ -290,16 +291,18 @@ def _content_only_farms(store: Store, edges: EdgeIndex, clusters: dict[int, list
                         group_of: dict[str, int], cluster_scores: dict[int, ClusterScore],
                         scores: dict[str, AccountScore], derived: dict[str, dict[str, Any]],
                         weights: Any) -> set[str]:  # fmt: skip
-    """Members of content-farm groups that are in a content farm by content alone: every member
-    of a farm group none of whose members shows a card, sign-up burst or lockstep
-    (``rules.coordinated_beyond_content``), and otherwise the members without such signs that
-    form a content farm among themselves (grouped and scored again without the others).
+    """Members of content-farm groups that are in a content farm without a hydra's help: every
+    member of a farm group none of whose members was made alongside others (a shared card, a
+    disposable email, a sign-up burst: ``rules.made_alike``), and otherwise the members not
+    made alike that form a content farm among themselves (grouped and scored again without
+    the others).
 
     A group's farm shape may come from members a hydra's cards and sign-up bursts already give
     away, with others drawn in only by what they ask: a benchmark team whose suite a capability
     sweep also walks. Such an account takes the group's score only when the accounts like it,
-    linked among themselves, have the farm's shape without the others (a rewrite farm on its
-    own infrastructure drawing on a hydra's seed corpus still does; the team alone does not).
+    linked among themselves, have the farm's shape without the hydra (a rewrite farm on its own
+    infrastructure drawing on a hydra's seed corpus still does, and so does a scheduler's farm,
+    lockstep and all; the team alone does not).
     """
     members: set[str] = set()
     rest: set[str] = set()
@@ -307,13 +310,16 @@ def _content_only_farms(store: Store, edges: EdgeIndex, clusters: dict[int, list
         cluster = cluster_scores.get(number)
         if cluster is None or not cluster.farm:
             continue
-        plain = {m for m in clusters[number] if not coordinated_beyond_content(derived[m])}
-        if len(plain) == len(clusters[number]):
-            members |= plain
+        unmade = {m for m in clusters[number] if not made_alike(derived[m])}
+        if len(unmade) == len(clusters[number]):
+            members |= unmade
         else:
-            rest |= plain
+            rest |= unmade
     if rest:
-        found = content_groups(edges, rest, CONTENT_KINDS, min_size=CONTENT_FARM_MEMBERS)
+        # What other groups' members ask is not the population's either (peers).
+        found = content_groups(
+            edges, rest, CONTENT_KINDS, min_size=CONTENT_FARM_MEMBERS, peers=set(group_of)
+        )
         regrouped = dict(enumerate(found))
         membership = {a: number for number, group in regrouped.items() for a in group}
         rescored = score_clusters(regrouped, scores, derived, _yields(store, membership), weights)

@@ -430,6 +430,17 @@ def coordinated_beyond_content(row: Mapping[str, Any]) -> bool:
     )
 
 
+#: Coordination signs in how accounts were made and paid for: a hydra's. (Lockstep says when
+#: accounts send, which one scheduler driving a content farm shows as well.)
+ACCOUNT_MAKING = ("shared_payment", "disposable_email", "signup_burst")
+
+
+def made_alike(row: Mapping[str, Any]) -> bool:
+    """Whether an account (a derived row) shows a sign of being made alongside others: a card
+    shared across webmail accounts, a disposable email domain, a sign-up burst."""
+    return any(fires(rule, row) for rule in ACCOUNT_MAKING)
+
+
 class Coordinated(NamedTuple):
     """What :func:`coordination` found: log-odds, the words for them, and whether the group has
     the shape of a content farm."""
