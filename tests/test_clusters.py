@@ -93,3 +93,13 @@ def test_content_groups_link_by_what_the_candidates_hold_mostly_among_themselves
     # Without the ordinary holders, the same items would link it.
     alone = _edges([p for p in pairs if p[0] not in team])
     assert content_groups(alone, {*farm, "tc"}, ("near", "txt")) == [sorted([*farm, "tc"])]
+
+
+def test_content_groups_among_some_candidates_do_not_count_their_peers_as_the_population():
+    # Two farms draw on one seed pool; regrouping one farm's accounts alone must not treat the
+    # other farm's members as the public that makes those seeds common.
+    left, right = [f"l{i}" for i in range(6)], [f"r{i}" for i in range(6)]
+    pairs = [(a, f"seed{j}", "near") for a in [*left, *right] for j in range(4)]
+    index = _edges(pairs)
+    assert content_groups(index, set(left), ("near",)) == []  # the others outnumber them
+    assert content_groups(index, set(left), ("near",), peers=set(right)) == [sorted(left)]

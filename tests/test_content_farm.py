@@ -21,10 +21,12 @@ from distillwatch.detection.rules import (
     FARM_SIZE_POINTS,
     MAX_FARM_POINTS,
     Harvest,
+    coordinated_beyond_content,
     coordination,
     derive,
     farm_candidate,
     farm_member,
+    made_alike,
 )
 from distillwatch.ingest import ingest_paths
 from distillwatch.store import Store
@@ -109,6 +111,15 @@ def test_a_member_is_judged_by_what_no_one_outside_its_group_asks():
     assert coordination(rows, yield_per_account=100, own_share=0.95).farm
     assert not coordination(rows, yield_per_account=100, own_share=0.6).farm
     assert not coordination(rows, yield_per_account=100).farm  # unknown: the usual floor
+
+
+def test_a_hydras_account_making_signs_are_not_a_schedulers():
+    assert not made_alike(_farm_row())
+    assert made_alike(_farm_row(payment_shared_with=5))
+    assert made_alike(_farm_row(created_burst=True, created_near=12))
+    # One scheduler's lockstep is an operator sign a content farm shows too, not a hydra's.
+    lockstep = _farm_row(lockstep_with=12)
+    assert coordinated_beyond_content(lockstep) and not made_alike(lockstep)
 
 
 def test_a_group_splitting_a_resampled_pool_obtains_a_farms_harvest():
