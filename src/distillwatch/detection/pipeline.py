@@ -367,29 +367,41 @@ def _farm_groups(store: Store, edges: EdgeIndex,
     return {a for group in found for a in group} | alone, found
 
 
-def _group_novelty(store: Store, membership: dict[str, int]) -> dict[str, tuple[float, float]]:
-    """Per account in a group: the shares of its distinct prompts that at most ``NOVEL_REACH``
-    accounts *outside its group* sent, and that none did (the member's part of :func:`_yields`)."""
+#: Per group (``_membership``: account_id, cluster), each distinct prompt its members sent
+#: (``inside``: how many of them) and how many accounts sent it at all (``reach``): what is
+#: counted outside a group, for a member (:func:`_group_novelty`) and a group (:func:`_yields`).
+_OUTSIDE_REACH = """WITH reach AS (SELECT h, count(*) AS accounts FROM content GROUP BY h),
+    mine AS (SELECT DISTINCT c.account_id, m.cluster, c.h FROM content c
+             JOIN _membership m USING (account_id)),
+    inside AS (SELECT cluster, h, count(*) AS members FROM mine GROUP BY ALL)"""
+
+
+def _per_group(store: Store, membership: dict[str, int], select: str) -> list[tuple[Any, ...]]:
+    """Run ``_OUTSIDE_REACH`` followed by ``select`` with ``membership`` registered."""
     if not membership:
-        return {}
+        return []
     table = pa.table(
         {"account_id": list(membership), "cluster": pa.array(list(membership.values()), pa.int64())}
     )
     store.con.register("_membership", table)
     try:
-        rows = store.run(
-            f"""WITH reach AS (SELECT h, count(*) AS accounts FROM content GROUP BY h),
-                mine AS (SELECT DISTINCT c.account_id, m.cluster, c.h FROM content c
-                         JOIN _membership m USING (account_id)),
-                inside AS (SELECT cluster, h, count(*) AS members FROM mine GROUP BY ALL)
-                SELECT m.account_id,
-                       avg((r.accounts - i.members <= {NOVEL_REACH})::DOUBLE) AS novel,
-                       avg((r.accounts = i.members)::DOUBLE) AS own
-                FROM mine m JOIN inside i USING (cluster, h) JOIN reach r USING (h)
-                GROUP BY m.account_id"""
-        )
+        return store.run(f"{_OUTSIDE_REACH}\n{select}")
     finally:
         store.con.unregister("_membership")
+
+
+def _group_novelty(store: Store, membership: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """Per account in a group: the shares of its distinct prompts that at most ``NOVEL_REACH``
+    accounts *outside its group* sent, and that none did (the member's part of :func:`_yields`)."""
+    rows = _per_group(
+        store,
+        membership,
+        f"""SELECT m.account_id,
+                   avg((r.accounts - i.members <= {NOVEL_REACH})::DOUBLE) AS novel,
+                   avg((r.accounts = i.members)::DOUBLE) AS own
+            FROM mine m JOIN inside i USING (cluster, h) JOIN reach r USING (h)
+            GROUP BY m.account_id""",
+    )
     return {str(a): (float(novel), float(own)) for a, novel, own in rows}
 
 
@@ -404,25 +416,15 @@ def _yields(store: Store, membership: dict[str, int]) -> dict[int, Harvest]:
     the population also asks (public benchmark items other teams run, a class's shared
     homework seen in other classes) is not. Each distinct prompt counts once.
     """
-    if not membership:
-        return {}
-    table = pa.table(
-        {"account_id": list(membership), "cluster": pa.array(list(membership.values()), pa.int64())}
+    novel = f"r.accounts - i.members <= {NOVEL_REACH}"
+    rows = _per_group(
+        store,
+        membership,
+        f"""SELECT i.cluster, count(*) FILTER (WHERE {novel}),
+                   coalesce(sum(i.members) FILTER (WHERE {novel}), 0),
+                   count(*), count(*) FILTER (WHERE r.accounts = i.members)
+            FROM inside i JOIN reach r USING (h) GROUP BY i.cluster""",
     )
-    store.con.register("_membership", table)
-    try:
-        rows = store.run(
-            f"""WITH reach AS (SELECT h, count(*) AS accounts FROM content GROUP BY h),
-                inside AS (SELECT m.cluster, c.h, count(*) AS members FROM content c
-                           JOIN _membership m USING (account_id) GROUP BY m.cluster, c.h)
-                SELECT i.cluster,
-                       count(*) FILTER (WHERE r.accounts - i.members <= {NOVEL_REACH}),
-                       coalesce(sum(i.members) FILTER (WHERE r.accounts - i.members <= {NOVEL_REACH}), 0),
-                       count(*), count(*) FILTER (WHERE r.accounts = i.members)
-                FROM inside i JOIN reach r USING (h) GROUP BY i.cluster"""
-        )
-    finally:
-        store.con.unregister("_membership")
     return {int(c): Harvest(int(n), int(a), int(d), int(o)) for c, n, a, d, o in rows}
 
 
