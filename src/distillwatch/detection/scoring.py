@@ -223,7 +223,7 @@ def score_clusters(
         evidence += [f"pooled over members: {e.reason}" for e in pooled[:3]]
         prefixes = sum(r["prefixes"] for r in member_rows)
         evidence.append(f"traffic came from {prefixes:,} network prefixes (summed over accounts)")
-        per_account = distinct / len(members) if distinct is not None else None
+        per_account = harvest.per_account(len(members)) if harvest is not None else None
         split = harvest is not None and harvest.split(len(members))
         own_share = harvest.own_share() if harvest is not None else None
         bonus, coordinated, farm = coordination(member_rows, per_account, split, own_share)
