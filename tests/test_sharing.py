@@ -606,6 +606,48 @@ def test_detect_every_runs_micro_batches_in_replayed_time(tmp_path, upstream):
         stop(proc)
 
 
+def test_gateway_micro_batch_takes_imported_bundles_as_priors(bundle_dir, tmp_path, upstream):
+    """A gateway with a partner's bundle and its own log: its micro-batches take the bundle as
+    priors (as ``detect --indicators`` does), so lab A's hydra accounts in lab B's log are
+    partner matches; the same gateway without the bundle matches nothing."""
+    from distillwatch.ingest import ingest_paths
+
+    log, meta, fresh = _lab_b(tmp_path)
+    records = sorted((json.loads(line) for line in log.read_text().splitlines()),
+                     key=lambda r: r["ts"])  # fmt: skip
+    keys = keys_file(tmp_path / "keys.jsonl", sorted({r["account_id"] for r in records}))
+    matches = {}
+    for name, extra in (
+        ("alone", []),
+        ("with", ["--indicators", str(bundle_dir / "out1" / "indicators.json"),
+                  "--sharing-key", str(bundle_dir / "group.key")]),
+    ):  # fmt: skip
+        store = tmp_path / f"{name}.duckdb"
+        with Store(store) as db:  # the provider's account records (cards), no traffic
+            ingest_paths([], db, accounts=meta)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        proc = start(["proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", "--store",
+                      str(store), "--keys", str(keys), "--trusted-proxy", "127.0.0.1/32",
+                      "--replay-time-header", "X-Replay-Time", "--admin-token", "admin-secret-token",
+                      "--shadow", *extra], f"{base}/healthz")  # fmt: skip
+        try:
+            with httpx.Client(timeout=10) as client:
+                for r in records:  # shadow: everything is served and logged, decisions only noted
+                    headers = {"Authorization": f"Bearer sk-{r['account_id']}", "X-Replay-Time": r["ts"],
+                               "X-Forwarded-For": r["ip"], "User-Agent": r["user_agent"]}  # fmt: skip
+                    sent = client.post(f"{base}/v1/chat/completions", headers=headers,
+                                       json={"model": "m", "messages": r["messages"]})  # fmt: skip
+                    assert sent.status_code == 200
+                result = client.post(f"{base}/admin/detect",
+                                     headers={"Authorization": "Bearer admin-secret-token"})  # fmt: skip
+            assert result.status_code == 200, result.text
+            matches[name] = result.json()["partner_matches"]
+        finally:
+            stop(proc)
+    assert matches == {"alone": 0, "with": len(fresh)}
+
+
 def test_detect_every_refuses_a_bad_duration(cli, tmp_path):
     result = cli("proxy", "--upstream", "http://127.0.0.1:9", "--detect-every", "soon")
     assert result.returncode != 0 and "--detect-every" in result.stderr
@@ -707,3 +749,27 @@ def test_signed_bundles_prove_their_source_and_a_name_alone_does_not(bundle_dir,
     )
     both = cli("share", "import", exported, "--into", into, "--trust-keys", trust, "--trust-any")
     assert both.returncode == 2
+
+
+def test_bench_two_labs_replays_lab_b_through_its_gateway_with_and_without_the_bundle(
+    tmp_path, cli
+):
+    """``bench two-labs`` end to end on a small world: lab A detects and exports; lab B's real
+    gateway (micro-batches over a log that starts with B's history, streaming evidence) serves
+    the same traffic twice. With lab A's bundle the hydra gets no more of B than alone, and no
+    benign account of B is actioned only because of the import."""
+    result = cli("bench", "two-labs", "--seed", "3", "--scale", "0.3", "--horizon-hours", "2",
+                 "--step-hours", "0.5", "--out", tmp_path / "labs", timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "with lab A's bundle" in result.stdout
+    report = json.loads((tmp_path / "labs" / "two_labs.json").read_text())
+    alone, with_a = report["alone"], report["with_a"]
+    assert report["lab_a"]["indicators"] > 0
+    assert alone["requests"] == with_a["requests"] > 0  # identical traffic in both runs
+    # One micro-batch over B's history before the first request, then one per 30 minutes.
+    assert alone["micro_batches"] == with_a["micro_batches"] >= 2
+    assert with_a["served_in_full"] <= alone["served_in_full"]
+    assert with_a["actioned_at_first_request"] > alone["actioned_at_first_request"]
+    assert report["benign_actioned_only_with_import"] == 0
+    replayed = sum(1 for _ in (tmp_path / "labs" / "lab-b-live" / "exchanges.jsonl").open())
+    assert replayed == report["lab_b_replayed_requests"]

@@ -71,8 +71,12 @@ def replay_hour(
     redis_url: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     extra_args: list[str] | None = None,
+    history: Path | None = None,
 ) -> dict[str, Any]:
-    """Replay ``traffic`` (a simulator folder) through a fresh gateway; the tallies."""
+    """Replay ``traffic`` (a simulator folder) through a fresh gateway; the tallies.
+
+    ``history``: exchanges the gateway's log already holds when it starts (a deployment that
+    has been running), ingested into its store first; ``traffic`` is what is replayed after."""
     labels = json.loads((traffic / "labels.json").read_text())
     records = sorted(iter_records(traffic / "exchanges.jsonl"), key=lambda r: r["ts"])
     records = _sample_accounts(records, account_share, 0)
@@ -81,8 +85,8 @@ def replay_hour(
     for path in (store_path, store_path.with_name(store_path.name + ".wal")):
         path.unlink(missing_ok=True)
     shutil.rmtree(store_path.with_name(store_path.name + ".spool"), ignore_errors=True)
-    with Store(store_path) as store:  # the provider's account records, no traffic
-        ingest_paths([], store, accounts=traffic / "accounts.jsonl")
+    with Store(store_path) as store:  # the provider's account records (and history, if any)
+        ingest_paths([history] if history else [], store, accounts=traffic / "accounts.jsonl")
     accounts = sorted({r["account_id"] for r in records})
     keys = out / "keys.jsonl"
     keys.write_text(
@@ -110,13 +114,12 @@ def replay_hour(
         wait_http(f"http://127.0.0.1:{up}/v1/models", upstream)
         wait_http(f"{base}/healthz", proxy)
         done = 0
+        if history is not None:  # a running deployment has verdicts over its log already
+            detects.append(_admin_detect(base))
         for chunk in rounds:
             outcomes += asyncio.run(_send(base, chunk, concurrency))
             done += len(chunk)
-            response = httpx.post(f"{base}/admin/detect", timeout=3600,
-                                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
-            response.raise_for_status()
-            detects.append(response.json())
+            detects.append(_admin_detect(base))
             if on_progress is not None:
                 on_progress(done, len(records))
         health = httpx.get(f"{base}/healthz", timeout=10).json()
@@ -142,6 +145,14 @@ def replay_hour(
         streaming=health.get("streaming"),
     )
     return result
+
+
+def _admin_detect(base: str) -> dict[str, Any]:
+    """One micro-batch, answered once its verdicts and indicators are live."""
+    response = httpx.post(f"{base}/admin/detect", timeout=3600,
+                          headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})  # fmt: skip
+    response.raise_for_status()
+    return dict(response.json())
 
 
 def _rounds(records: list[dict[str, Any]], hours: float) -> list[list[dict[str, Any]]]:

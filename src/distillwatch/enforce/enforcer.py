@@ -262,8 +262,12 @@ class Enforcer:
         key = self.sharing_key
         started = time.perf_counter()
 
+        # Imported bundles are priors here too (the reason names the partner and campaign), as
+        # in batch detection with ``--indicators``; private ones match only under their key.
+        shared = self.indicators.imported()
+
         def run(store: Any) -> tuple[dict[str, Any], Any, Any]:
-            doc = detect(store, until)
+            doc = detect(store, until, shared=shared if shared.links else None, sharing_key=key)
             # Linking comes from the campaigns' indicators below, not from a second, sampled
             # pass over raw exchanges.
             index = verdict_index(doc, "micro-batch")
@@ -278,6 +282,7 @@ class Enforcer:
         return {"until": until.isoformat() + "Z" if until else None, "exchanges": doc["exchanges"],
                 "accounts": len(doc["accounts"]), "flagged": flagged,
                 "campaigns": len(doc["campaigns"]), "indicators": len(found.links),
+                "partner_matches": len(doc.get("partner_matches") or []),
                 "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
 
     def _limit_key(self, account: str, decision: Decision) -> str:

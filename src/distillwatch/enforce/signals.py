@@ -115,6 +115,16 @@ class HotIndicators:
         self.local = found
         self._remerge()
 
+    def imported(self) -> IndicatorSet:
+        """The bundles read from files (partners', or another deployment's), merged, minus
+        disputed indicators; not this gateway's own micro-batch indicators. Micro-batch
+        detection takes them as priors, as ``detect --indicators`` does."""
+        merged = IndicatorSet()
+        # list() copies in one step: a reload on the event loop may replace entries meanwhile.
+        for _, bundle in list(self._good.values()):
+            merged.merge(bundle)
+        return merged.without_disputed()
+
     def _remerge(self) -> None:
         merged = IndicatorSet()
         merged.merge(self.local)
