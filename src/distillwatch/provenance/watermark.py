@@ -35,6 +35,7 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -48,6 +49,17 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _TWO64 = float(2**64)
+
+
+class GreenList(Protocol):
+    """What the detection counters need of a scheme: its green share, the number of previous
+    ids it keys on, and which tokens are green after a context. :class:`WatermarkKey` is one;
+    ``provenance.hf.TransformersGreenList`` puts transformers' scheme behind the same counters."""
+
+    gamma: float
+    context: int
+
+    def green(self, context: Sequence[int], tokens: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -134,7 +146,7 @@ class Detection:
         return self.green / self.tokens_scored if self.tokens_scored else 0.0
 
 
-def scored_pairs(tokens: Sequence[int], key: WatermarkKey, prompt: Sequence[int] = (),
+def scored_pairs(tokens: Sequence[int], key: GreenList, prompt: Sequence[int] = (),
                  seen: set[tuple[int, ...]] | None = None) -> list[tuple[tuple[int, ...], int]]:  # fmt: skip
     """The (context, token) pairs of ``tokens`` that count: each distinct pair once (also across
     calls sharing ``seen``), none that occurs in ``prompt`` (copied from it, not generated)."""
@@ -151,7 +163,7 @@ def scored_pairs(tokens: Sequence[int], key: WatermarkKey, prompt: Sequence[int]
     return pairs
 
 
-def count_green(pairs: Iterable[tuple[tuple[int, ...], int]], key: WatermarkKey) -> tuple[int, int]:
+def count_green(pairs: Iterable[tuple[tuple[int, ...], int]], key: GreenList) -> tuple[int, int]:
     """(pairs scored, green among them)."""
     scored = green = 0
     for context, token in pairs:
