@@ -9,6 +9,7 @@ import random
 
 import httpx
 import numpy as np
+import pyarrow as pa
 import pytest
 from scipy.stats import kstest
 
@@ -348,8 +349,61 @@ def test_batched_tokens_and_counts_equal_the_per_document_ones(shared_data):
     again, again_owner = tokenizer.tokens_batch(texts[::-1])  # words seen before: the same ids
     for i, text in enumerate(texts[::-1]):
         assert again[again_owner == i].tolist() == WordTokenizer().tokens(text), text[:60]
+    # The same texts as an Arrow column (its buffers read directly), sliced so that its offsets
+    # do not start at 0, in text order and in the scan's order (ASCII texts first).
+    column = pa.array(["pad", *texts], pa.string()).slice(1)
+    arrow_ids, arrow_owner = WordTokenizer().tokens_batch(column)
+    assert arrow_ids.tolist() == ids.tolist() and arrow_owner.tolist() == owner.tolist()
+    loose_ids, loose_owner = WordTokenizer().tokens_batch(column, ordered=False)
+    assert (np.diff(loose_owner) < 0).any()  # really out of order: non-ASCII texts come last
+    for i, text in enumerate(texts):
+        assert loose_ids[loose_owner == i].tolist() == tokenizer.tokens(text), text[:60]
     for context in (1, 2):
         key = WatermarkKey.generate("k", context=context)
         scored, green = count_green_batch(ids, owner, len(texts), key)
         for i, text in enumerate(texts):
             assert (scored[i], green[i]) == count_green_fast(tokenizer.tokens(text), key)
+        loose = count_green_batch(loose_ids, loose_owner, len(texts), key)
+        assert loose[0].tolist() == scored.tolist() and loose[1].tolist() == green.tolist()
+
+
+@pytest.mark.parametrize(
+    ("data", "whole"),
+    [
+        (b'{"text": "a b"}\n{"other": 1}\n{"text": null}\n{"text": "c"}', True),
+        (b'{"text": "a"}\r\n{"text": "\\u00e9\\n\\t \\"q\\""}\r\n', True),
+        (b'{"text": "a"}\n{"text": 5}\n{"text": "b"}\n', False),  # a number
+        (b'{"text": "a"}\n\n{"text": "b"}\n', False),  # a blank line would shift Arrow's rows
+        (b'{"text": "a"}\n"bare"\n[1]\nnot json\n', False),
+        (b'{"text": "a", "text": "b"}\n{"text": "c"}\n', False),  # a duplicated key
+        (b'{"text": "\\ud800x"}\n{"text": "ok"}\n', False),  # a lone surrogate
+        (b'{"text": "caf\xc3\xa9 \xff\xfe"}\n{"text": "ok"}\n', False),  # invalid UTF-8
+        (b'{"text": {"nested": "x"}}\n{"text": true}\n', False),
+    ],
+)
+def test_jsonl_chunks_read_by_arrow_equal_the_line_by_line_reading(data, whole):
+    """Arrow's reader takes a JSONL chunk whole only where that gives exactly the documents,
+    line numbers and skip reasons of reading it record by record; elsewhere it steps aside."""
+    from distillwatch.provenance.scan import JsonlChunk
+
+    chunk = JsonlChunk("c.jsonl", 7, data, "text")
+    assert (chunk._parse_arrow() is not None) == whole
+    (batch, skipped), (ref, ref_skipped) = chunk.parse(), chunk._parse_lines()
+    assert [batch.document(i) for i in range(len(batch))] == [
+        ref.document(i) for i in range(len(ref))
+    ]
+    assert batch.text_list() == ref.texts and skipped == ref_skipped
+    assert len(batch) + len(skipped) >= 2
+
+
+def test_a_real_corpus_chunk_takes_the_arrow_path(shared_data, tmp_path):
+    from distillwatch.provenance.scan import read
+
+    corpus = tmp_path / "answers.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t, "n": i}) + "\n"
+                              for i, t in enumerate(_gpteacher_responses(shared_data, 2000))))  # fmt: skip
+    (chunk,) = read(corpus)
+    fast = chunk._parse_arrow()
+    assert fast is not None
+    reference = chunk._parse_lines()
+    assert fast[0].text_list() == reference[0].texts and fast[0].lines == reference[0].lines

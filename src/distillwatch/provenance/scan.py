@@ -101,6 +101,10 @@ class Batch:
     lines: list[int] = field(default_factory=list)
     commits: list[str | None] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
+    #: The texts as one Arrow string array, when the reader produced them so (JSONL read by
+    #: Arrow): the marker prefilter and the tokenizer read its buffers, and ``texts`` stays
+    #: empty until a step needs Python strings (:meth:`text_list`).
+    column: Any = None
 
     def append(self, path: str, text: str, line: int, commit: str | None = None,
                prompt: str = "") -> None:  # fmt: skip
@@ -111,12 +115,21 @@ class Batch:
         self.prompts.append(prompt)
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.paths)
+
+    def text_list(self) -> list[str]:
+        """Every text as a Python string (made from :attr:`column` the first time)."""
+        if self.column is not None and len(self.texts) != len(self.paths):
+            self.texts = self.column.to_pylist()
+        return self.texts
+
+    def text_data(self) -> Any:
+        """The texts as the scan's batch steps take them: the Arrow column, or the strings."""
+        return self.column if self.column is not None else self.texts
 
     def document(self, i: int) -> Document:
-        return Document(
-            self.paths[i], self.texts[i], self.lines[i], self.commits[i], self.prompts[i]
-        )
+        text = self.texts[i] if len(self.texts) == len(self.paths) else self.column[i].as_py()
+        return Document(self.paths[i], text, self.lines[i], self.commits[i], self.prompts[i])
 
     def parse(self) -> tuple[Batch, list[Skip]]:
         """Its documents (already read) and no skipped records: as :meth:`JsonlChunk.parse`."""
@@ -135,7 +148,13 @@ class JsonlChunk:
     prompt_field: str | None = None
 
     def parse(self) -> tuple[Batch, list[Skip]]:
-        """The chunk's documents, and its records that yield none."""
+        """The chunk's documents, and its records that yield none: read by Arrow's JSON reader
+        where that gives exactly what reading line by line gives, else line by line."""
+        fast = self._parse_arrow()
+        return fast if fast is not None else self._parse_lines()
+
+    def _parse_lines(self) -> tuple[Batch, list[Skip]]:
+        """Record by record: every record decided on its own (the reference behaviour)."""
         batch, skipped = Batch(), []
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         field, prompt_field = self.field, self.prompt_field
@@ -161,6 +180,51 @@ class JsonlChunk:
                          prompt[:MAX_DOCUMENT_CHARS] if isinstance(prompt, str) else "")  # fmt: skip
         return batch, skipped
 
+    def _parse_arrow(self) -> tuple[Batch, list[Skip]] | None:
+        """The whole chunk in one call to Arrow's JSON reader (about twice as fast as a record
+        at a time, and the texts stay one Arrow column), or None where its answer could differ
+        from the line-by-line one: a prompt field; a line that is blank, not JSON, not an
+        object, or whose field is not a string (Arrow refuses the chunk or skips the line);
+        invalid UTF-8 or a lone surrogate; a text over :data:`MAX_DOCUMENT_CHARS`. The line by
+        line path then decides record by record, as before."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.json as pj
+
+        data = self.data
+        if self.prompt_field is not None or not data:
+            return None
+        lines = data.count(b"\n") + (not data.endswith(b"\n"))
+        try:
+            table = pj.read_json(
+                pa.BufferReader(data),
+                read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 1),
+                parse_options=pj.ParseOptions(
+                    explicit_schema=pa.schema([(self.field, pa.string())]),
+                    unexpected_field_behavior="ignore",
+                ),
+            )
+            if table.num_rows != lines:  # a blank line: Arrow skips it, line numbers would shift
+                return None
+            column = table.column(0).combine_chunks()
+            column.validate(full=True)  # UTF-8
+        except (pa.ArrowException, ValueError):
+            return None
+        if column.null_count:
+            valid = column.is_valid().to_numpy(zero_copy_only=False)
+            rows = np.flatnonzero(valid)
+            skipped = [(self.path, self.first_line + r, f"no string field {self.field!r}")
+                       for r in np.flatnonzero(~valid).tolist()]  # fmt: skip
+            column = column.filter(pa.array(valid))
+        else:
+            rows, skipped = np.arange(len(column)), []
+        if len(column) and int(pc.max(pc.binary_length(column)).as_py()) > MAX_DOCUMENT_CHARS:
+            return None  # bytes >= characters: only then can a text need cutting
+        n = len(column)
+        batch = Batch([self.path] * n, [], (rows + self.first_line).tolist(), [None] * n,
+                      [""] * n, column=column)  # fmt: skip
+        return batch, skipped
+
 
 #: What the readers hand the scan: documents, or JSONL lines to parse.
 Work = Batch | JsonlChunk
@@ -175,6 +239,7 @@ def documents(path: Path, field: str = "text", prompt_field: str | None = None,
         for skip in skipped:
             if on_skip is not None:
                 on_skip(*skip)
+        batch.text_list()  # every document is wanted: make the strings in one call
         for i in range(len(batch)):
             yield batch.document(i)
 
@@ -327,13 +392,14 @@ BATCH_CHARS = 8_000_000
 _LITERALS_RE2 = "|".join(re.escape(literal) for literal in _LITERALS if literal.isascii())
 
 
-def _marker_candidates(texts: list[str]) -> np.ndarray:
+def _marker_candidates(texts: list[str] | Any) -> np.ndarray:
     """Which documents may hold a marker: an ASCII one only where a literal occurs (one RE2
-    pass over the batch), any other one always (the Python prefilter decides)."""
+    pass over the batch), any other one always (the Python prefilter decides). ``texts``:
+    strings or an Arrow string array."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    array = pa.array(texts, pa.large_string())
+    array = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.large_string())
     hit = pc.match_substring_regex(array, _LITERALS_RE2, ignore_case=True)
     return np.asarray(
         pc.or_(hit, pc.invert(pc.string_is_ascii(array))).to_numpy(zero_copy_only=False), bool
@@ -370,13 +436,13 @@ class Scanner:
     def findings(self, batch: Batch) -> list[Finding]:
         from distillwatch.provenance.watermark import binomial_test, count_green_batch
 
-        texts = batch.texts
+        texts = batch.text_data()
         attention = _marker_candidates(texts)
         marks: dict[int, list[Finding]] = {}
         if self.keys:
-            ids, owner = self.tokenizer.tokens_batch(texts)
+            ids, owner = self.tokenizer.tokens_batch(texts, ordered=False)
             for key in self.keys:
-                scored, green = count_green_batch(ids, owner, len(texts), key)
+                scored, green = count_green_batch(ids, owner, len(batch), key)
                 spread = np.sqrt(scored * key.gamma * (1 - key.gamma))
                 # Under 3 standard deviations above chance is nowhere near alpha: no exact test.
                 for i in np.flatnonzero((scored >= self.min_tokens)
@@ -389,7 +455,7 @@ class Scanner:
                             batch.lines[i], batch.commits[i]))  # fmt: skip
         vendor = None
         if self.classifier is not None:
-            vendor = np.asarray(self.classifier.score_samples(texts), float)
+            vendor = np.asarray(self.classifier.score_samples(batch.text_list()), float)
             attention |= vendor >= self.classifier.threshold_
         if self.references:
             attention[:] = True  # every document is compared with the reference sample

@@ -49,10 +49,15 @@ class WordTokenizer:
     def tokens(self, text: str) -> list[int]:
         return [self.id(w) for w in self.words(text)]
 
-    def tokens_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def tokens_batch(self, texts: Sequence[str] | Any,
+                     ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """``(ids, doc)``: the :meth:`tokens` of every text, concatenated (uint64), and the
         index of the text each token belongs to (int64, non-decreasing). The same ids as
         :meth:`tokens` text by text (``tests/test_provenance.py`` checks on real text).
+        ``texts``: Python strings, or an Arrow string array without nulls, whose ASCII rows
+        are read from its own buffers (no Python string is made for them). ``ordered=False``:
+        each text's tokens stay together and in order, but the ASCII texts come first and the
+        others after them (what the watermark count needs; saves putting them back in order).
 
         Vectorised over the batch: every character gets its class from a table (Python's
         ``\\w``, ``\\s`` or neither: for bytes of ASCII text a 256-entry table, for the code
@@ -63,16 +68,29 @@ class WordTokenizer:
         dictionary-encoded, so that each distinct span is trimmed, lower-cased and looked up
         once, in a vocabulary kept across calls (one Arrow hash lookup per batch; :meth:`id`
         only for words not seen before)."""
-        if not texts:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not len(texts):
             return np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        ascii_ = np.fromiter((text.isascii() for text in texts), bool, len(texts))
+        arrow = isinstance(texts, pa.Array)
+        if arrow:
+            ascii_ = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
+        else:
+            ascii_ = np.fromiter((text.isascii() for text in texts), bool, len(texts))
         if ascii_.all():
-            return self._split([*texts], wide=False)
+            return self._split(texts if arrow else [*texts], wide=False)
         parts = []
         for wide, chosen in ((False, np.flatnonzero(ascii_)), (True, np.flatnonzero(~ascii_))):
             if len(chosen):
-                ids, doc = self._split([texts[i] for i in chosen.tolist()], wide)
+                if arrow:
+                    subset = texts.take(pa.array(chosen))
+                    ids, doc = self._split(subset.to_pylist() if wide else subset, wide)
+                else:
+                    ids, doc = self._split([texts[i] for i in chosen.tolist()], wide)
                 parts.append((ids, chosen[doc]))
+        if not ordered:
+            return np.concatenate([ids for ids, _ in parts]), np.concatenate([d for _, d in parts])
         # Interleave the two parts back into text order (each is in order already): a token's
         # place is its text's first place plus its rank within the text.
         counts = sum(np.bincount(doc, minlength=len(texts)) for _, doc in parts)
@@ -86,20 +104,26 @@ class WordTokenizer:
             out_ids[place], out_doc[place] = ids, doc
         return out_ids, out_doc
 
-    def _split(self, texts: list[str], wide: bool) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`tokens_batch` of ASCII texts (``wide=False``: one byte per character) or of
-        any texts (``wide``: lower-cased first, UTF-32): (ids, index into ``texts``)."""
+    def _split(self, texts: list[str] | Any, wide: bool) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`tokens_batch` of ASCII texts (``wide=False``: one byte per character; a list
+        or an Arrow string array) or of any texts (``wide``: a list, lower-cased first,
+        UTF-32): (ids, index into ``texts``)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        buffer: Any
         if wide:
             texts = [text.lower() for text in texts]  # may change lengths: before measuring
             buffer = "".join(texts).encode("utf-32-le", "surrogatepass")
             kind = _code_classes(np.frombuffer(buffer, np.uint32))
+            lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+        elif isinstance(texts, pa.Array):
+            buffer, lengths = _ascii_buffer(texts)
+            kind = _BYTE_CLASS[np.frombuffer(buffer, np.uint8)]
         else:
             buffer = "".join(texts).encode("ascii")
             kind = _BYTE_CLASS[np.frombuffer(buffer, np.uint8)]
-        lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+            lengths = np.fromiter(map(len, texts), np.int64, len(texts))
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         if not len(kind):
             return np.zeros(0, np.uint64), np.zeros(0, np.int64)
@@ -148,6 +172,20 @@ class WordTokenizer:
                 self._seen = pa.concat_arrays([self._seen, new])
                 self._seen_ids = np.concatenate([self._seen_ids, new_ids])
         return out
+
+
+def _ascii_buffer(array: Any) -> tuple[Any, np.ndarray]:
+    """An Arrow string array's characters as one buffer (a zero-copy slice of its data) and
+    each row's length: for ASCII rows, bytes are characters."""
+    import pyarrow as pa
+
+    wide_offsets = pa.types.is_large_string(array.type)
+    offsets = np.frombuffer(array.buffers()[1], np.int64 if wide_offsets else np.int32)
+    offsets = offsets[array.offset : array.offset + len(array) + 1].astype(np.int64)
+    data = array.buffers()[2]
+    begin, end = int(offsets[0]), int(offsets[-1])
+    buffer = data.slice(begin, end - begin) if data is not None else pa.py_buffer(b"")
+    return buffer, np.diff(offsets)
 
 
 #: Character classes as Python's ``re`` sees a ``str``: ``\s`` (``str.isspace``, which also
