@@ -75,8 +75,8 @@ PROFILES = {
                      test_tokens=8_000, closed_prompts=60, closed_length=80, rhos=(0.0, 0.5),
                      seeds=(1,), control_keys=5, token_grid=(1_000, 3_000)),
     "full": Profile("full", plays=None, answers_tokens=300_000, answer_length=100,
-                    test_tokens=100_000, closed_prompts=2_000, closed_length=150,
-                    rhos=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), seeds=(11, 12, 13),
+                    test_tokens=100_000, closed_prompts=4_000, closed_length=150,
+                    rhos=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), seeds=(14, 15, 16),
                     control_keys=20, token_grid=(1_000, 3_000, 10_000, 30_000, 100_000, 300_000)),
 }  # fmt: skip
 
