@@ -407,3 +407,24 @@ def test_a_real_corpus_chunk_takes_the_arrow_path(shared_data, tmp_path):
     assert fast is not None
     reference = chunk._parse_lines()
     assert fast[0].text_list() == reference[0].texts and fast[0].lines == reference[0].lines
+
+
+def test_the_exact_test_is_skipped_only_where_its_p_value_is_surely_above_the_bar():
+    """The scan's shortcut (the tail's first term as a lower bound) never drops a document whose
+    exact p-value is under the bar, and does spare the exact test near three deviations."""
+    from distillwatch.provenance.scan import _tail_at_least
+    from distillwatch.provenance.watermark import binomial_test
+
+    rng = random.Random(11)
+    spared = 0
+    for _ in range(5000):
+        scored = rng.randrange(50, 3000)
+        green = rng.randrange(int(0.25 * scored), scored + 1)
+        bar = 10 ** rng.uniform(-12, -2)
+        if _tail_at_least(scored, green, 0.25, bar):
+            spared += 1
+            assert binomial_test(scored, green, 0.25)[0] >= bar, (scored, green, bar)
+    assert spared > 200
+    three_sigma = round(0.25 * 400 + 3 * math.sqrt(400 * 0.25 * 0.75))  # p about 1e-3
+    assert _tail_at_least(400, three_sigma, 0.25, 1e-6)
+    assert not _tail_at_least(400, 200, 0.25, 1e-6)  # half green: p far below 1e-6

@@ -24,6 +24,7 @@ A finding is evidence for a data team's quarantine list, never proof of who wrot
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import subprocess
 from collections.abc import Callable, Iterable, Iterator
@@ -447,6 +448,9 @@ class Scanner:
                 # Under 3 standard deviations above chance is nowhere near alpha: no exact test.
                 for i in np.flatnonzero((scored >= self.min_tokens)
                                         & (green >= key.gamma * scored + 3 * spread)).tolist():  # fmt: skip
+                    if _tail_at_least(int(scored[i]), int(green[i]), key.gamma,
+                                      self.alpha / len(self.keys)):  # fmt: skip
+                        continue  # its p-value is surely above the bar: no exact test needed
                     p, _ = binomial_test(int(scored[i]), int(green[i]), key.gamma)
                     if p * len(self.keys) < self.alpha:
                         marks.setdefault(i, []).append(Finding(
@@ -482,6 +486,16 @@ class Scanner:
             yield Finding(doc.path, "near_duplicate", f"near-duplicate (MinHash Jaccard >= "
                           f"{self.threshold}) of reference sample {sorted(hits)[0]}",
                           doc.line, doc.commit)  # fmt: skip
+
+
+def _tail_at_least(scored: int, green: int, gamma: float, bar: float) -> bool:
+    """Whether ``P[Binomial(scored, gamma) >= green]`` is surely at least ``bar``: the tail is
+    at least its first term, ``P[X = green]``, computed here with ``math.lgamma`` (a margin of
+    1e-6 in log space covers its rounding). Most documents a clean corpus sends to the exact
+    test end here, so a scan worker that meets no marked text never imports SciPy."""
+    log_term = (math.lgamma(scored + 1) - math.lgamma(green + 1) - math.lgamma(scored - green + 1)
+                + green * math.log(gamma) + (scored - green) * math.log1p(-gamma))  # fmt: skip
+    return log_term > math.log(bar) + 1e-6
 
 
 def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = None,
