@@ -130,3 +130,56 @@ def test_selfhash_is_refused_by_the_adapter():
                            hashing_key=7, seeding_scheme="selfhash", context_width=1)  # fmt: skip
     with pytest.raises(ValueError, match="lefthash"):
         TransformersGreenList(their)
+
+
+def _train(sequences: np.ndarray, seed: int):
+    """A tiny Llama trained from scratch on ``sequences`` (next-token loss, a few hundred steps)."""
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=96,
+                                      num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=4, max_position_embeddings=128)  # fmt: skip
+    model = transformers.LlamaForCausalLM(config)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    data = torch.tensor(sequences, dtype=torch.long)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(250):
+        batch = data[torch.randint(len(data), (32,), generator=generator)]
+        loss = model(batch, labels=batch).loss
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+def _teacher_texts(count: int, key: WatermarkKey | None, seed: int) -> np.ndarray:
+    """Texts of 48 ids from a fixed bigram teacher, watermarked with ``key`` (None: plain)."""
+    base = np.random.default_rng(0).normal(size=(64, 64)) * 1.5  # the teacher's own preferences
+    rng = np.random.default_rng(seed)
+    out = np.zeros((count, 48), np.int64)
+    for row in out:
+        row[0] = rng.integers(64)
+        for t in range(1, 48):
+            logits = base[row[t - 1]]
+            if key is not None:
+                logits = watermark_logits(logits, [int(row[t - 1])], key)
+            p = np.exp(logits - logits.max())
+            row[t] = rng.choice(64, p=p / p.sum())
+    return out
+
+
+def test_open_mode_radioactivity_finds_a_transformers_student_of_our_watermarked_outputs():
+    """Sander et al.'s open mode on a transformers model: a student trained on our watermarked
+    answers prefers our green tokens after our contexts; one trained on the same teacher's
+    plain answers does not."""
+    from distillwatch.provenance.hf import open_test_hf
+
+    key = WatermarkKey("radio", "5a" * 32, gamma=0.25, delta=2.0, context=1)
+    marked = _train(_teacher_texts(600, key, 1), seed=1)
+    plain = _train(_teacher_texts(600, None, 1), seed=1)
+    probes = _teacher_texts(100, key, 2)  # our watermarked texts the students never saw
+    found = open_test_hf(marked, probes.tolist(), key)
+    control = open_test_hf(plain, probes.tolist(), key)
+    assert found.tokens_scored >= 100 and control.tokens_scored >= 100
+    assert found.p_value < 1e-6 < 1e-3 < control.p_value
+    # A key the student never saw: nothing (the preference is for our key's green lists).
+    assert open_test_hf(marked, probes.tolist(), WatermarkKey("other", "6b" * 32)).p_value > 1e-3

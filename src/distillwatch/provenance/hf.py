@@ -16,6 +16,8 @@ package imports this module, so the default install stays light.
   output ids so far; the prompt is not passed, so the first generated token is not keyed).
 - :func:`detect_ids` tests a generated text's token ids (the model's tokenizer, not our word
   tokenizer) against a keyring.
+- :func:`open_test_hf` is radioactivity's open mode on a transformers model: did this suspect
+  train on our watermarked outputs?
 - :class:`TransformersGreenList` exposes transformers' ``WatermarkLogitsProcessor`` green lists
   (``WatermarkingConfig``: a torch generator seeded from a hash of the previous id) through the
   interface our detector counts with, so both detectors can be run on the same green lists:
@@ -27,11 +29,12 @@ package imports this module, so the default install stays light.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from distillwatch.provenance.radioactivity import RadioactivityResult, open_test_predictions
 from distillwatch.provenance.watermark import (
     Detection,
     Keyring,
@@ -122,6 +125,30 @@ def detect_ids(generated: Sequence[int], keyring: Keyring,
     return out
 
 
+def open_test_hf(model: Any, texts: Iterable[Sequence[int]], key: WatermarkKey,
+                 max_tokens: int | None = None, max_length: int = 1024) -> RadioactivityResult:  # fmt: skip
+    """Radioactivity in open mode on a transformers causal LM (Sander et al.): for each of our
+    watermarked texts (the suspect tokenizer's ids), one forward pass gives the suspect's most
+    likely next token at every position; each distinct (watermark window, prediction) pair is
+    scored once (:func:`~distillwatch.provenance.radioactivity.open_test_predictions`). Texts
+    are cut at ``max_length`` ids. A small p-value: the suspect prefers our green tokens after
+    our contexts, as a model trained on our watermarked outputs does."""
+    model.eval()
+    first = max(key.context, 1)
+
+    def predicted() -> Iterator[tuple[list[int], list[int]]]:
+        for text in texts:
+            ids = [int(t) for t in text][:max_length]
+            if len(ids) <= first:
+                continue
+            with torch.no_grad():
+                logits = model(torch.tensor([ids], device=model.device)).logits[0]
+            # logits[t - 1] predicts ids[t]: the predictions after ids[:t], t = first, first + 1...
+            yield ids, logits[first - 1 : len(ids) - 1].argmax(-1).tolist()
+
+    return open_test_predictions(predicted(), key, max_tokens)
+
+
 class TransformersGreenList:
     """transformers' watermark green lists behind :meth:`WatermarkKey.green`'s interface.
 
@@ -151,4 +178,5 @@ class TransformersGreenList:
         return found[np.asarray(tokens, dtype=np.int64)]
 
 
-__all__ = ["TransformersGreenList", "WatermarkLogitsProcessor", "detect_ids", "vllm_processor"]
+__all__ = ["TransformersGreenList", "WatermarkLogitsProcessor", "detect_ids", "open_test_hf",
+           "vllm_processor"]  # fmt: skip

@@ -249,18 +249,30 @@ def open_test(model: NgramLM, texts: Iterable[Sequence[int]], key: WatermarkKey,
     """Open mode: the suspect's most likely next token after each context of our texts, each
     distinct (watermark window, prediction) pair scored once."""
     h = key.context
+    predicted = (
+        (ids, (model.argmax(ids[:t]) for t in range(max(h, 1), len(ids)))) for ids in texts
+    )
+    return open_test_predictions(predicted, key, max_tokens)
+
+
+def open_test_predictions(texts: Iterable[tuple[Sequence[int], Iterable[int]]],
+                          key: WatermarkKey, max_tokens: int | None = None) -> RadioactivityResult:  # fmt: skip
+    """Open mode from predictions already made: for each of our texts, its ids and the
+    suspect's most likely next token at positions ``max(context, 1)``, ``+1``, ... (after
+    ``ids[:t]``), in order and lazily if need be; each distinct (watermark window, prediction)
+    pair scored once. :func:`open_test` feeds it an n-gram model's predictions,
+    ``provenance.hf.open_test_hf`` a transformers model's (one forward pass a text)."""
+    h = key.context
     seen: set[tuple[int, ...]] = set()
     rows = []
-    for ids in texts:
-        for t in range(max(h, 1), len(ids)):
-            window = (*(int(x) for x in ids[t - h : t]), model.argmax(ids[:t]))
+    for ids, predictions in texts:
+        for t, prediction in zip(range(max(h, 1), len(ids)), predictions, strict=False):
+            window = (*(int(x) for x in ids[t - h : t]), int(prediction))
             if window not in seen:
                 seen.add(window)
                 rows.append(window)
             if max_tokens and len(rows) >= max_tokens:
-                break
-        if max_tokens and len(rows) >= max_tokens:
-            break
+                return _result("open", key, rows)
     return _result("open", key, rows)
 
 
