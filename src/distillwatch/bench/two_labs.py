@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from distillwatch.bench.hour import SERVED, replay_hour
+from distillwatch.bench.hour import SERVED, _parse, replay_hour
 from distillwatch.detection.pipeline import detect
 from distillwatch.ingest import ingest_paths
 from distillwatch.sharing import SharingKey, write_indicators
@@ -126,7 +126,7 @@ def two_labs(traffic: Path, out: Path, move_day: float = 3.0, step_hours: float 
     alone, with_a = runs["alone"], runs["with_a"]
     only_with: dict[str, int] = {}
     for persona, accounts in with_a["benign_actioned"].items():
-        extra_accounts = set(accounts) - set(alone["benign_actioned"].get(persona, []))
+        extra_accounts = accounts - alone["benign_actioned"].get(persona, set())
         if extra_accounts:
             only_with[persona] = len(extra_accounts)
     hours = (alone["hours_to_half"], with_a["hours_to_half"])
@@ -143,10 +143,6 @@ def two_labs(traffic: Path, out: Path, move_day: float = 3.0, step_hours: float 
         "benign_actioned_only_with_import_by_persona": only_with,
         "accounts_by_lab": {side: sum(1 for v in lab.values() if v == side) for side in "ab"},
     }  # fmt: skip
-
-
-def _parse(ts: str) -> datetime:
-    return datetime.fromisoformat(ts.replace("Z", "")[:26])
 
 
 def _public(run: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +174,7 @@ def _measure(outcomes: list[dict[str, Any]], truth: dict[str, Any], first_b: dat
         if half_at is None and len(actioned) * 2 >= len(seen):
             half_at = when
     served = [when for when, _, outcome in hydra if outcome == SERVED]
-    benign: dict[str, list[str]] = {}
+    benign: dict[str, set[str]] = {}
     benign_accounts: set[str] = set()
     benign_requests = 0
     for o in outcomes:
@@ -188,9 +184,7 @@ def _measure(outcomes: list[dict[str, Any]], truth: dict[str, Any], first_b: dat
         benign_accounts.add(o["account_id"])
         benign_requests += 1
         if o["outcome"] != SERVED:
-            persona = benign.setdefault(label.get("persona") or "unknown", [])
-            if o["account_id"] not in persona:
-                persona.append(o["account_id"])
+            benign.setdefault(label.get("persona") or "unknown", set()).add(o["account_id"])
     return {
         "requests": len(hydra),
         "accounts": len(seen),
