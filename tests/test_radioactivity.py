@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from distillwatch.enforce.processes import free_port
-from distillwatch.provenance import Keyring
+from distillwatch.provenance import Keyring, WatermarkKey
 from distillwatch.provenance.canary import add_canary, canary_for
 from distillwatch.provenance.experiment import (
     PROFILES,
@@ -20,7 +20,7 @@ from distillwatch.provenance.experiment import (
     serving,
     suspect_app,
 )
-from distillwatch.provenance.radioactivity import NgramLM, closed_test
+from distillwatch.provenance.radioactivity import NgramLM, ServedFilter, closed_test
 from distillwatch.provenance.watermark import detect
 from tests.gateway import keys_file, start, stop, verdicts_file
 
@@ -86,6 +86,46 @@ def test_closed_test_scores_each_window_once_and_never_the_prompt(models):
     assert copied.tokens_scored == 1  # only the window across the join is new
 
 
+def test_served_filter_scores_only_tokens_after_a_served_history(models):
+    key = models["key"]  # context 1
+    served = ServedFilter.of([[1, 2, 3, 4]], history=2)
+    assert served.histories == {(1, 2), (2, 3), (3, 4)}
+    answer = [1, 2, 3, 9, 9, 1, 2, 7]
+    # Scored: 3 after (1, 2), 9 after (2, 3), 7 after (1, 2); the second (1, 2) -> 3 never
+    # comes, and 9 -> 9 follows (3, 9), which was not served.
+    assert closed_test([([], answer)], key, served=served).tokens_scored == 3
+    assert closed_test([([1], answer[1:])], key, served=served).tokens_scored == 3  # prompt counts
+    with pytest.raises(ValueError, match="shorter than the key's context"):
+        closed_test([([], answer)], WatermarkKey("k2", "ab" * 32, context=2),
+                    served=ServedFilter.of([[1, 2]], history=1))  # fmt: skip
+    with pytest.raises(ValueError, match="at least 1"):
+        ServedFilter.of([[1, 2]], history=0)
+
+
+def test_filtering_on_what_the_harvest_received_finds_a_small_share(models):
+    """A student whose fine-tuning answers are 20% ours: on the same samples, every window
+    gives a weak p-value and the windows after histories the harvest received give a strong
+    one; a student that never saw the watermark stays at chance under the same filter."""
+    key, marked, plain = models["key"], models["marked"], models["plain"]
+    k = round(0.2 * len(marked))
+    weak = NgramLM().fit(models["b"])
+    for ids in marked[:k] + plain[k:]:
+        weak.fit_ids(ids, 2.0)
+    words = [w for text in models["b"] for w in text.split()][:40_000]
+    probes = [weak.tokens(" ".join(words[i : i + 8])) for i in range(0, 40_000, 100)]
+    served = ServedFilter.of(marked[:k])
+    p = {}
+    for name, model in (("weak", weak), ("clean", models["clean"])):
+        rng = np.random.default_rng(1)
+        samples = [(probe, model.generate(probe, 100, rng)) for probe in probes]
+        p[name] = (
+            closed_test(samples, key).p_value,
+            closed_test(samples, key, served=served).p_value,
+        )
+    assert p["weak"][1] < 1e-5 and p["weak"][1] < p["weak"][0] * 1e-3
+    assert p["clean"][1] > 1e-3
+
+
 def test_open_mode_tells_the_tainted_student_from_the_clean_one(models, tmp_path, cli):
     ring = tmp_path / "keys.json"
     Keyring([models["key"]]).write(ring)
@@ -111,15 +151,28 @@ def test_closed_mode_through_an_openai_compatible_endpoint(models, tmp_path, cli
     prompts = tmp_path / "prompts.txt"
     words = [w for text in models["b"] for w in text.split()][:20_000]
     prompts.write_text("\n".join(" ".join(words[i : i + 8]) for i in range(0, 16_000, 80)))
-    p = {}
+    served = tmp_path / "served.txt"  # what the harvest received: the marked answers
+    served.write_text("\n".join(models["teacher"].text(ids) for ids in models["marked"]))
+    p, scored = {}, {}
     for name in ("tainted", "clean"):
-        with serving(suspect_app(models[name], seed=1)) as url:
-            result = cli("provenance", "radioactivity", "--keys", ring, "--suspect", url,
-                         "--model", "suspect", "--prompts", prompts, "--max-tokens", "120")  # fmt: skip
-        assert result.returncode == 0, result.stderr
-        assert "closed mode" in result.stdout and "What it cannot show" in result.stdout
-        p[name] = float(result.stdout.split("p-value ")[1].split()[0])
-    assert p["tainted"] < 1e-3 < p["clean"]
+        for scope in ([], ["--served", served]):
+            with serving(suspect_app(models[name], seed=1)) as url:
+                result = cli("provenance", "radioactivity", "--keys", ring, "--suspect", url,
+                             "--model", "suspect", "--prompts", prompts, "--max-tokens", "120",
+                             *scope, "--json")  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            doc = json.loads(result.stdout)
+            assert doc["mode"] == "closed" and "cannot show" in doc["explanation"]
+            assert ("histories of" in doc["detail"]) == bool(scope)
+            p[name, bool(scope)] = doc["per_key"][0]["p_value"]
+            scored[name, bool(scope)] = doc["per_key"][0]["tokens_scored"]
+    for scope in (False, True):
+        assert p["tainted", scope] < 1e-3 < p["clean", scope]
+    assert 0 < scored["tainted", True] < scored["tainted", False]
+    with serving(suspect_app(models["clean"], seed=1)) as url:
+        result = cli("provenance", "radioactivity", "--keys", ring, "--suspect", url,
+                     "--prompts", prompts, "--served", tmp_path / "missing.txt")  # fmt: skip
+    assert result.returncode == 2 and "--served: no such file" in result.stderr
 
 
 def test_experiment_smoke_profile_end_to_end(shared_data, tmp_path, cli):

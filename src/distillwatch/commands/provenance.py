@@ -182,20 +182,24 @@ def radioactivity_command(
     prompts: Path | None = typer.Option(None, "--prompts", help="Closed mode: prompts (text, one per line, or JSONL with --field)."),
     max_tokens: int = typer.Option(200, "--max-tokens", min=1, max=4096, help="Closed mode: tokens per answer."),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="Closed mode: environment variable holding the suspect's API key."),
+    served: Path | None = typer.Option(None, "--served", help="Closed mode: our watermarked texts the suspect may have learned from (say, the responses a detected cluster received); only tokens after a history found in them are scored."),
+    served_history: int = typer.Option(2, "--served-history", min=1, max=8, help="Closed mode with --served: tokens of history that must occur in the served texts."),
     suspect_model: Path | None = typer.Option(None, "--suspect-model", help="Open mode: the suspect's weights (a distillwatch n-gram model file)."),
     texts: Path | None = typer.Option(None, "--texts", help="Open mode: our watermarked texts whose contexts the suspect is run on."),
     field: str = typer.Option("text", "--field", help="JSONL: the field holding each prompt or text."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
 ) -> None:  # fmt: skip
     """Did a suspect model train on our watermarked outputs? Closed mode samples the suspect
-    through its API; open mode runs its weights on our texts. Prints the exact p-value, the
-    tokens scored and what the result can and cannot show."""
+    through its API (sharper with --served: what the harvesting cluster received from us);
+    open mode runs its weights on our texts. Prints the exact p-value, the tokens scored and
+    what the result can and cannot show."""
     import os
 
     from distillwatch.provenance import Keyring
     from distillwatch.provenance.radioactivity import (
         EXPLANATION,
         NgramLM,
+        ServedFilter,
         closed_test,
         open_test,
         sample_endpoint,
@@ -219,12 +223,26 @@ def radioactivity_command(
     source = prompts if suspect is not None else texts
     if source is None or not source.is_file():
         raise stop(f"{'--prompts' if suspect else '--texts'}: no such file")
-    items = [d.text for d in documents(source, field, on_skip=_report_skip)]
-    if source.suffix not in (".jsonl", ".ndjson") and len(items) == 1:
-        items = [line for line in items[0].splitlines() if line.strip()]
-    if not items:
-        raise stop(f"{source}: nothing to use")
+    if served is not None and (suspect is None or not served.is_file()):
+        raise stop("--served: closed mode only, and a file" if suspect is None
+                   else "--served: no such file")  # fmt: skip
+
+    def read_items(path: Path) -> list[str]:
+        items = [d.text for d in documents(path, field, on_skip=_report_skip)]
+        if path.suffix not in (".jsonl", ".ndjson") and len(items) == 1:
+            items = [line for line in items[0].splitlines() if line.strip()]
+        if not items:
+            raise stop(f"{path}: nothing to use")
+        return items
+
+    items = read_items(source)
     tokenizer = WordTokenizer()
+    scope = None
+    if served is not None:
+        if served_history < max(k.context for k in keys):
+            raise stop(f"--served-history: at least the key's context "
+                       f"({max(k.context for k in keys)})")  # fmt: skip
+        scope = ServedFilter.of((tokenizer.tokens(t) for t in read_items(served)), served_history)
     if suspect is not None:
         import httpx
 
@@ -234,8 +252,11 @@ def radioactivity_command(
         except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
             raise stop(f"{suspect}: {type(exc).__name__}: {exc}"[:300]) from None
         samples = [(tokenizer.tokens(p), tokenizer.tokens(a)) for p, a in answers]
-        results = [closed_test(samples, k) for k in keys]
+        results = [closed_test(samples, k, served=scope) for k in keys]
         detail = f"{len(samples)} answers sampled from {suspect} ({model})"
+        if scope is not None:
+            detail += (f"; scored only after the {len(scope):,} {served_history}-token histories "
+                       f"of {served}")  # fmt: skip
     else:
         try:
             lm = NgramLM.load(suspect_model)  # type: ignore[arg-type]

@@ -10,10 +10,15 @@
    ``finetune_weight``) on teacher answers of which a share ``rho`` is watermarked.
 4. Test each student in **open** mode (its predictions after contexts from fresh watermarked
    answers it never saw) and **closed** mode (answers sampled from it over HTTP, through an
-   OpenAI-compatible endpoint this module serves). **Controls**: the ``rho = 0`` student tested
-   with ``control_keys`` keys it never saw (a null distribution to check for uniformity).
-5. Write ``DIR/results.json`` (``{"runs": [{"rho", "mode", "seed", "p_value", "tokens_scored"}]}``)
-   and plots of p-value against ``rho`` and against the number of suspect tokens scored.
+   OpenAI-compatible endpoint this module serves, scored only after histories that occur in the
+   watermarked answers this student's harvest received: :class:`~.radioactivity.ServedFilter`,
+   as a real case filters on the responses a detected cluster got). **Controls**: the
+   ``rho = 0`` student tested with ``control_keys`` keys it never saw, in both modes (a null
+   distribution to check for uniformity), and with the real key on a harvest it never trained on.
+5. Write ``DIR/results.json`` (``{"runs": [{"rho", "mode", "seed", "p_value", "tokens_scored"}]}``,
+   and under ``"unfiltered"`` the closed test on every window of the same samples, for
+   comparison) and plots of p-value against ``rho`` and against the number of suspect tokens
+   scored.
 
 What limits it: the student is an n-gram model, and its fine-tuning is weighted counting, so
 what it "learns" from a watermarked token is exactly the count of that (context, token) pair;
@@ -40,7 +45,7 @@ import numpy as np
 from distillwatch.provenance.canary import ProbeResult, attribution_p, canary_for, probe
 from distillwatch.provenance.radioactivity import (
     NgramLM,
-    RadioactivityResult,
+    ServedFilter,
     closed_test,
     open_test,
     sample_endpoint,
@@ -66,6 +71,7 @@ class Profile:
     order: int = 3
     gamma: float = 0.25
     delta: float = 2.0
+    served_history: int = 2  # the closed test's filter: tokens of served history (ServedFilter)
     token_grid: tuple[int, ...] = field(default=(1_000, 3_000, 10_000, 30_000, 100_000))
 
 
@@ -76,7 +82,7 @@ PROFILES = {
                      seeds=(1,), control_keys=5, token_grid=(1_000, 3_000)),
     "full": Profile("full", plays=None, answers_tokens=300_000, answer_length=100,
                     test_tokens=100_000, closed_prompts=4_000, closed_length=150,
-                    rhos=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), seeds=(14, 15, 16),
+                    rhos=(0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5), seeds=(24, 25, 26),
                     control_keys=20, token_grid=(1_000, 3_000, 10_000, 30_000, 100_000, 300_000)),
 }  # fmt: skip
 
@@ -166,6 +172,7 @@ def run(corpus: Path, profile: Profile, out: Path, log: Any = print) -> dict[str
     started = time.perf_counter()
     text_a, text_b = halves(corpus, profile.plays)
     runs: list[dict[str, Any]] = []
+    unfiltered: list[dict[str, Any]] = []
     curves: list[dict[str, Any]] = []
     canaries: list[dict[str, Any]] = []
     for seed in profile.seeds:
@@ -183,13 +190,23 @@ def run(corpus: Path, profile: Profile, out: Path, log: Any = print) -> dict[str
             f"watermarked answers ({time.perf_counter() - started:.0f} s)")  # fmt: skip
         pretrained = NgramLM(profile.order).fit(text_b)
         closed_prompts = _prompts(pretrained, text_b, profile.closed_prompts, 8, rng)
+        smallest = round(min(r for r in profile.rhos if r > 0) * n_answers)
         for rho in profile.rhos:
             student = NgramLM(profile.order).fit(text_b)
             k = round(rho * n_answers)
             for ids in marked[:k] + plain[: n_answers - k]:
                 student.fit_ids(ids, profile.finetune_weight)
+            # What the student's harvest received from us; for the control student, a harvest of
+            # the smallest rho's size that it never trained on.
+            served = ServedFilter.of(marked[:k] if k else marked[:smallest], profile.served_history)
             opened = open_test(student, test, key)
-            closed, samples = _closed(student, closed_prompts, profile, key, seed)
+            samples = _closed(student, closed_prompts, profile, seed)
+            closed = closed_test(samples, key, served=served)
+            every = closed_test(samples, key)
+            unfiltered.append({"rho": rho, "mode": "closed" if rho > 0 else "control",
+                               "seed": seed, "p_value": every.p_value,
+                               "tokens_scored": every.tokens_scored,
+                               "green_share": round(every.green_share, 4)})  # fmt: skip
             for result in (opened, closed):
                 runs.append({"rho": rho, "mode": result.mode if rho > 0 else "control",
                              "test": result.mode, "seed": seed, "key": key.key_id,
@@ -198,7 +215,7 @@ def run(corpus: Path, profile: Profile, out: Path, log: Any = print) -> dict[str
             if rho > 0:
                 for tokens in profile.token_grid:
                     for mode, result in (("open", open_test(student, test, key, tokens)),
-                                         ("closed", closed_test(samples, key, tokens))):  # fmt: skip
+                                         ("closed", closed_test(samples, key, tokens, served))):  # fmt: skip
                         if result.tokens_scored < tokens and tokens != profile.token_grid[0]:
                             continue  # the grid went past what there is to score
                         curves.append({"rho": rho, "mode": mode, "seed": seed,
@@ -211,35 +228,36 @@ def run(corpus: Path, profile: Profile, out: Path, log: Any = print) -> dict[str
             else:  # the rho = 0 student under keys it never saw: the null distribution
                 for i in range(profile.control_keys):
                     other = experiment_key(seed, profile, salt=f"-control-{i}")
-                    result = open_test(student, test, other)
-                    runs.append({"rho": 0.0, "mode": "control", "test": "open", "seed": seed,
-                                 "key": other.key_id, "p_value": result.p_value,
-                                 "tokens_scored": result.tokens_scored,
-                                 "green_share": round(result.green_share, 4)})  # fmt: skip
+                    for result in (open_test(student, test, other),
+                                   closed_test(samples, other, served=served)):  # fmt: skip
+                        runs.append({"rho": 0.0, "mode": "control", "test": result.mode,
+                                     "seed": seed, "key": other.key_id, "p_value": result.p_value,
+                                     "tokens_scored": result.tokens_scored,
+                                     "green_share": round(result.green_share, 4)})  # fmt: skip
             log(f"seed {seed} rho {rho:.2f}: open p={opened.p_value:.3g} "
                 f"({opened.tokens_scored:,} tokens), closed p={closed.p_value:.3g} "
-                f"({closed.tokens_scored:,} tokens)  [{time.perf_counter() - started:.0f} s]")  # fmt: skip
+                f"({closed.tokens_scored:,} tokens; every window: p={every.p_value:.3g}, "
+                f"{every.tokens_scored:,})  [{time.perf_counter() - started:.0f} s]")  # fmt: skip
         canaries.extend(_canaries(key, text_b, plain, profile, seed))
         log(f"seed {seed} canaries: " + "; ".join(
             f"{c['cluster_id']} {c['suspect_hits']}/{c['trials']} hits (control "
             f"{c['control_hits']}/{c['trials']}, p={c['p_value']:.3g})" for c in canaries[-4:]))  # fmt: skip
-    doc = {"profile": asdict(profile), "corpus": str(corpus), "runs": runs, "curves": curves,
-           "canaries": canaries, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    doc = {"profile": asdict(profile), "corpus": str(corpus), "runs": runs,
+           "unfiltered": unfiltered, "curves": curves, "canaries": canaries, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     plot(doc, out)
     return doc
 
 
-def _closed(student: NgramLM, prompts: list[list[int]], profile: Profile, key: WatermarkKey,
-            seed: int) -> tuple[RadioactivityResult, list[tuple[list[int], list[int]]]]:  # fmt: skip
-    """Sample the student through its OpenAI-compatible endpoint and run the closed test; also
-    returns the samples (re-tokenised with our tokenizer) so prefixes can be re-scored."""
+def _closed(student: NgramLM, prompts: list[list[int]], profile: Profile,
+            seed: int) -> list[tuple[list[int], list[int]]]:  # fmt: skip
+    """(prompt ids, answer ids): the student sampled through its OpenAI-compatible endpoint,
+    re-tokenised with our tokenizer, for the closed test."""
     texts = [student.text(p) for p in prompts]
     with serving(suspect_app(student, seed)) as url:
         answers = sample_endpoint(url, "suspect", texts, max_tokens=profile.closed_length)
     tok = student.tokenizer
-    samples = [(tok.tokens(p), tok.tokens(a)) for p, a in answers]
-    return closed_test(samples, key), samples
+    return [(tok.tokens(p), tok.tokens(a)) for p, a in answers]
 
 
 def _canaries(key: WatermarkKey, text_b: list[str], plain: list[list[int]], profile: Profile,
@@ -294,14 +312,21 @@ def plot(doc: dict[str, Any], out: Path) -> None:
 
     runs = doc["runs"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for mode, marker in (("open", "o"), ("closed", "s")):
+    series = (
+        ("open", "o", [r for r in runs if r["test"] == "open" and "-control-" not in r["key"]]),
+        ("closed, filtered on the harvest", "s",
+         [r for r in runs if r["test"] == "closed" and "-control-" not in r["key"]]),
+        ("closed, every window", "x", doc.get("unfiltered", [])),
+    )  # fmt: skip
+    for label, marker, rows in series:
         by_rho: dict[float, list[float]] = {}
-        for r in runs:
-            if r["test"] == mode and "-control-" not in r["key"]:
-                by_rho.setdefault(r["rho"], []).append(_significance(r["p_value"]))
+        for r in rows:
+            by_rho.setdefault(r["rho"], []).append(_significance(r["p_value"]))
+        if not by_rho:
+            continue
         rhos = sorted(by_rho)
         (line,) = ax.plot(rhos, [float(np.median(by_rho[x])) for x in rhos], marker=marker,
-                          label=f"{mode} (median over seeds)")  # fmt: skip
+                          label=f"{label} (median over seeds)")  # fmt: skip
         for x in rhos:
             ax.scatter([x] * len(by_rho[x]), by_rho[x], marker=marker, s=10, alpha=0.4,
                        color=line.get_color())  # fmt: skip

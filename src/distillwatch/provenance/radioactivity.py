@@ -10,7 +10,12 @@ test against the green share ``gamma`` a model that never saw our watermark woul
 - **closed mode** (:func:`closed_test`): we can only call the suspect's API. Sample its answers
   (through any OpenAI-compatible endpoint), re-tokenise them with our tokenizer, and score them as
   watermark detection does: each (window, token) pair once across all samples, and no window that
-  occurs in the prompt (copied, not generated).
+  occurs in the prompt (copied, not generated). Given what we **served** (:class:`ServedFilter`:
+  the watermarked answers a flagged cluster received, from the gateway's store), only tokens that
+  follow a history occurring in that text are scored: where the suspect learned a preference for
+  green tokens is where it saw our text, and elsewhere a sample is only noise. The filter looks
+  at nothing but tokens before the scored one, so a model that never saw the key is still green
+  at rate ``gamma`` on what it keeps (the experiment's closed-mode controls check it).
 
 What the test can show, and what it cannot, is in :data:`EXPLANATION`, which the CLI prints.
 
@@ -276,20 +281,60 @@ def open_test_predictions(texts: Iterable[tuple[Sequence[int], Iterable[int]]],
     return _result("open", key, rows)
 
 
+@dataclass(frozen=True)
+class ServedFilter:
+    """The histories (runs of ``history`` token ids) occurring in text we served under a key:
+    the closed test scores only tokens that follow one of them.
+
+    Build it from the watermarked answers the suspect may have learned from: in a real case, the
+    responses a detected cluster received (its exchanges in the store). The narrower the text,
+    the sharper the test: on the CPU experiment's development seeds (21-23, rho = 0.05, 1,000
+    probes), filtering on the harvest with ``history=2`` took closed-mode p from 5e-5 - 5e-4 to
+    1e-10 - 1e-12, on the same samples; filtering on ten times more of our text (everything
+    served under the key) gained far less (2e-4 - 5e-6). ``history=3`` keeps a third as many
+    tokens for a similar p-value. ``history`` counts tokens just before the scored one, and
+    needs to be at least the key's context (so every scored window's context was served).
+    """
+
+    histories: frozenset[tuple[int, ...]]
+    history: int = 2
+
+    @classmethod
+    def of(cls, texts: Iterable[Sequence[int]], history: int = 2) -> ServedFilter:
+        if history < 1:
+            raise ValueError("history: at least 1 token")
+        found: set[tuple[int, ...]] = set()
+        for ids in texts:
+            row = [int(t) for t in ids]
+            found.update(tuple(row[t - history : t]) for t in range(history, len(row) + 1))
+        return cls(frozenset(found), history)
+
+    def __len__(self) -> int:
+        return len(self.histories)
+
+
 def closed_test(samples: Iterable[tuple[Sequence[int], Sequence[int]]],
-                key: WatermarkKey, max_tokens: int | None = None) -> RadioactivityResult:  # fmt: skip
+                key: WatermarkKey, max_tokens: int | None = None,
+                served: ServedFilter | None = None) -> RadioactivityResult:  # fmt: skip
     """Closed mode: (prompt ids, answer ids) pairs sampled from the suspect. Each distinct
     (window, token) of the answers is scored once across all samples; windows occurring in the
-    prompt are left out (the answer may have copied them)."""
+    prompt are left out (the answer may have copied them). With ``served``, only tokens whose
+    preceding ``served.history`` tokens (prompt tokens included) occur in our served text."""
     h = key.context
+    if served is not None and served.history < h:
+        raise ValueError(f"served filter: history {served.history} is shorter than the key's "
+                         f"context {h}")  # fmt: skip
+    back = max(h, served.history if served is not None else 0)
     seen: set[tuple[int, ...]] = set()
     rows = []
     for prompt, answer in samples:
         full = [*map(int, prompt), *map(int, answer)]
         copied = {tuple(full[i - h : i + 1]) for i in range(h, len(prompt))}
-        for t in range(max(len(prompt), h), len(full)):
+        for t in range(max(len(prompt), back), len(full)):
             window = tuple(full[t - h : t + 1])
             if window in seen or window in copied:
+                continue
+            if served is not None and tuple(full[t - served.history : t]) not in served.histories:
                 continue
             seen.add(window)
             rows.append(window)
