@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import subprocess
+import sys
 
 import httpx
 import numpy as np
@@ -275,6 +277,38 @@ def test_scan_with_worker_processes_reports_exactly_what_one_process_does(
     assert [line for _, line, _ in skips] == skipped
     assert [f["line"] for f in found if f["kind"] == "watermark"] == marked
     assert len([f for f in found if f["kind"] == "assistant_marker"]) >= 10
+
+
+def test_scan_workers_do_not_run_the_calling_script_again(tmp_path):
+    """The console script's ``__main__`` imports the whole CLI; spawned workers would run it
+    again each. A script that leaves a file behind when run as a worker's ``__mp_main__``
+    scans with two workers: the scan is right, the file never appears, and the script's own
+    ``__file__`` is back afterwards."""
+    key = WatermarkKey("ours", "7c" * 32)
+    writer = MarkedWriter(list(WORDS))
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": writer.write(150, key if i % 3 == 0 else None, i)}) + "\n"
+                              for i in range(30)))  # fmt: skip
+    Keyring([key]).write(tmp_path / "keys.json")
+    script = tmp_path / "caller.py"
+    script.write_text(f"""
+import json, pathlib, sys
+if __name__ == "__mp_main__":
+    pathlib.Path({str(tmp_path / "rerun")!r}).write_text("a worker ran the script")
+if __name__ == "__main__":
+    from distillwatch.provenance import Keyring
+    from distillwatch.provenance import scan as scan_module
+    scan_module.BATCH_CHARS = 2_000  # several units of work
+    found = [f.as_dict() for f in scan_module.scan([pathlib.Path({str(corpus)!r})],
+             Keyring.read(pathlib.Path({str(tmp_path / "keys.json")!r})), workers=2)]
+    assert __file__ == {str(script)!r}
+    print(json.dumps([f["line"] for f in found if f["kind"] == "watermark"]))
+""")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == list(range(1, 31, 3))
+    assert not (tmp_path / "rerun").exists()
 
 
 def _gpteacher_responses(shared_data, n):

@@ -23,10 +23,12 @@ A finding is evidence for a data team's quarantine list, never proof of who wrot
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -508,8 +510,9 @@ def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = 
     ``workers`` > 1: that many worker processes parse and scan units while this process reads
     the next ones (the findings and skip reports still come in input order; at most two units
     per worker are in flight, so memory stays bounded). A scan of a single unit runs here. The
-    workers are spawned, not forked: a script calling this with ``workers`` > 1 needs the usual
-    ``if __name__ == "__main__":`` guard."""
+    workers are spawned, not forked, and do not run the calling script again
+    (:func:`_main_script_hidden`): what they are sent (a keyring, a classifier) must come from
+    importable modules, not from ``__main__``."""
     scanner = Scanner(keyring, references, alpha, min_tokens, threshold, classifier)
     units = (work for path in paths for work in read(path, field))
     for found, skipped in _run_all(scanner, units, workers):
@@ -538,12 +541,35 @@ def _run_all(scanner: Scanner, units: Iterator[Work],
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                              initargs=(scanner,)) as pool:  # fmt: skip
         pending: deque[Future[Any]] = deque()
-        for work in itertools.chain((first, second), units):
+        head = [first, second, *itertools.islice(units, workers - 2)]
+        with _main_script_hidden():  # a spawned pool starts a worker a submission while none idles
+            pending.extend(pool.submit(_work, work) for work in head)
+        for work in units:
             pending.append(pool.submit(_work, work))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """While scan workers start, hide the path of a ``__main__`` run as a script, so that spawn
+    does not run the script again in every worker (it does, so that what the script defines
+    can be unpickled there). A worker is sent only the scanner, built from this package's
+    modules, and the ``distillwatch`` console script imports the whole CLI: half a second of
+    every worker's start, more than a whole unit of work. ``python -m`` mains are left alone
+    (spawn does not re-run a ``__main__`` module)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 _WORKER: Scanner | None = None
