@@ -126,6 +126,56 @@ def test_filtering_on_what_the_harvest_received_finds_a_small_share(models):
     assert p["clean"][1] > 1e-3
 
 
+def test_closed_mode_on_a_detected_campaign_probes_with_its_prompts_and_filters_on_its_harvest(
+    models, tmp_path, cli
+):
+    """From detection to proof: a hydra's exchanges (served our watermarked answers) and 30
+    people's (served plain ones) go into a store; ``detect`` finds the campaign; a suspect
+    fine-tuned on the campaign's responses, sampled with the campaign's own prompts and scored
+    after the histories it was served, is told apart from one fine-tuned on plain answers."""
+    from distillwatch.store import Store
+    from tests.test_detection import fill, hydra, people
+
+    key, teacher = models["key"], models["teacher"]
+    ring = tmp_path / "keys.json"
+    Keyring([key]).write(ring)
+    rng = np.random.default_rng(5)
+    h_records, h_accounts = hydra()
+    p_records, p_accounts = people(30)
+    served = []
+    for record in h_records + p_records:
+        prompt = teacher.tokens(record["messages"][0]["content"])[-6:]
+        marked = record["account_id"].startswith("h")
+        answer = teacher.text(teacher.generate(prompt, 80, rng, key if marked else None))
+        record["response"] = answer
+        served += [answer] if marked else []
+    store = tmp_path / "s.duckdb"
+    with Store(store) as db:
+        fill(db, h_records + p_records, h_accounts + p_accounts)
+    result = cli("detect", "--store", store, "--out", tmp_path / "det", "--json")
+    assert result.returncode == 0, result.stderr
+    campaigns = json.loads(result.stdout)["campaigns"]
+    assert len(campaigns) == 1
+    campaign = campaigns[0]["campaign_id"]
+    tainted = NgramLM().fit(models["b"])
+    tainted.fit(served, weight=2.0)
+    verdict = {}
+    for name, model in (("tainted", tainted), ("clean", models["clean"])):
+        with serving(suspect_app(model, seed=2)) as url:
+            result = cli("provenance", "radioactivity", "--keys", ring, "--suspect", url,
+                         "--campaign", campaign, "--store", store, "--max-tokens", "120",
+                         "--json")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        verdict[name] = json.loads(result.stdout)
+    assert f"responses campaign {campaign} was served" in verdict["tainted"]["detail"]
+    assert f"{len(h_records)} answers sampled" in verdict["tainted"]["detail"]
+    assert verdict["tainted"]["per_key"][0]["p_value"] < 1e-6
+    assert verdict["clean"]["per_key"][0]["p_value"] > 1e-3
+    result = cli("provenance", "radioactivity", "--keys", ring, "--suspect", "http://127.0.0.1:9",
+                 "--campaign", "no-such-campaign", "--store", store)  # fmt: skip
+    assert result.returncode == 2 and "no campaign 'no-such-campaign'" in result.stderr
+
+
 def test_open_mode_tells_the_tainted_student_from_the_clean_one(models, tmp_path, cli):
     ring = tmp_path / "keys.json"
     Keyring([models["key"]]).write(ring)

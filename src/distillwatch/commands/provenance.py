@@ -183,6 +183,9 @@ def radioactivity_command(
     max_tokens: int = typer.Option(200, "--max-tokens", min=1, max=4096, help="Closed mode: tokens per answer."),
     api_key_env: str | None = typer.Option(None, "--api-key-env", help="Closed mode: environment variable holding the suspect's API key."),
     served: Path | None = typer.Option(None, "--served", help="Closed mode: our watermarked texts the suspect may have learned from (say, the responses a detected cluster received); only tokens after a history found in them are scored."),
+    campaign: str | None = typer.Option(None, "--campaign", help="Closed mode: a campaign of the latest detection run in --store; its exchanges' responses are the served texts, and (without --prompts) its prompts the probes."),
+    store: Path | None = typer.Option(None, "--store", "-s", help="With --campaign: the DuckDB store detect ran on."),
+    probes: int = typer.Option(1000, "--probes", min=1, max=100_000, help="With --campaign and no --prompts: how many of its prompts to send (spread over its history)."),
     served_history: int = typer.Option(2, "--served-history", min=1, max=8, help="Closed mode with --served: tokens of history that must occur in the served texts."),
     suspect_model: Path | None = typer.Option(None, "--suspect-model", help="Open mode: the suspect's weights (a distillwatch n-gram model file)."),
     texts: Path | None = typer.Option(None, "--texts", help="Open mode: our watermarked texts whose contexts the suspect is run on."),
@@ -220,8 +223,25 @@ def radioactivity_command(
     keys = [k for k in ring.keys if key_id in (None, k.key_id)]
     if not keys:
         raise stop(f"{keyring}: no key {key_id!r}")
+    harvest: list[tuple[str, str]] = []
+    if campaign is not None:
+        if suspect is None or served is not None or store is None or not store.is_file():
+            raise stop("--campaign: closed mode only, with --store (the store detect ran on) "
+                       "and without --served")  # fmt: skip
+        from distillwatch.errors import StoreError
+        from distillwatch.store import Store
+        from distillwatch.workspace.queries import Workspace
+
+        try:
+            with Store(store, read_only=True) as db:
+                harvest = Workspace(db).campaign_exchanges(campaign)
+        except StoreError as exc:
+            raise stop(str(exc)[:300]) from None
+        if not harvest:
+            raise stop(f"{store}: no campaign {campaign!r} with served responses in the latest "
+                       "detection run")  # fmt: skip
     source = prompts if suspect is not None else texts
-    if source is None or not source.is_file():
+    if (source is None and not harvest) or (source is not None and not source.is_file()):
         raise stop(f"{'--prompts' if suspect else '--texts'}: no such file")
     if served is not None and (suspect is None or not served.is_file()):
         raise stop("--served: closed mode only, and a file" if suspect is None
@@ -235,14 +255,22 @@ def radioactivity_command(
             raise stop(f"{path}: nothing to use")
         return items
 
-    items = read_items(source)
+    if source is not None:
+        items = read_items(source)
+    else:  # the campaign's own prompts, spread evenly over its history
+        asked = [p for p, _ in harvest if p.strip()]
+        step = max(1, len(asked) // probes)
+        items = asked[::step][:probes]
+        if not items:
+            raise stop(f"campaign {campaign!r}: no prompts to probe with; give --prompts")
     tokenizer = WordTokenizer()
     scope = None
-    if served is not None:
+    if served is not None or harvest:
         if served_history < max(k.context for k in keys):
             raise stop(f"--served-history: at least the key's context "
                        f"({max(k.context for k in keys)})")  # fmt: skip
-        scope = ServedFilter.of((tokenizer.tokens(t) for t in read_items(served)), served_history)
+        texts_served = read_items(served) if served is not None else [r for _, r in harvest]
+        scope = ServedFilter.of((tokenizer.tokens(t) for t in texts_served), served_history)
     if suspect is not None:
         import httpx
 
@@ -255,8 +283,10 @@ def radioactivity_command(
         results = [closed_test(samples, k, served=scope) for k in keys]
         detail = f"{len(samples)} answers sampled from {suspect} ({model})"
         if scope is not None:
+            origin = served if served is not None else (
+                f"the {len(harvest):,} responses campaign {campaign} was served")  # fmt: skip
             detail += (f"; scored only after the {len(scope):,} {served_history}-token histories "
-                       f"of {served}")  # fmt: skip
+                       f"of {origin}")  # fmt: skip
     else:
         try:
             lm = NgramLM.load(suspect_model)  # type: ignore[arg-type]

@@ -470,6 +470,22 @@ class Workspace:
             )
         return [str(a) for a in _json_list(rows[0][0])] if rows else []
 
+    def campaign_exchanges(self, campaign_id: str, limit: int = 100_000) -> list[tuple[str, str]]:
+        """(prompt, response) of every exchange of the campaign's members (latest run), oldest
+        first, at most ``limit``: what the campaign asked and what it was served (provenance's
+        closed-mode radioactivity probes with the one and filters on the other)."""
+        ids = self.campaign_members(campaign_id)
+        if not ids:
+            return []
+        with self.lock:
+            self._members_table(ids)
+            rows = self.store.run(
+                """SELECT e.prompt, e.response FROM exchanges e JOIN _ws_members m USING (account_id)
+                   WHERE e.response IS NOT NULL ORDER BY e.ts, e.id LIMIT ?""",
+                [limit],
+            )
+        return [(str(p or ""), str(r)) for p, r in rows]
+
     def campaign(self, campaign_id: str) -> Campaign | None:
         with self.lock:
             self.refresh()
