@@ -321,6 +321,26 @@ def _gpteacher_responses(shared_data, n):
     return texts[:n]
 
 
+def test_scan_reports_exactly_the_documents_detect_finds_at_the_min_tokens_boundary():
+    """The scan counts no text too short to be reported; what it reports is still exactly
+    what :func:`detect` says of each document, on lengths either side of ``min_tokens``."""
+    from distillwatch.provenance.scan import Batch, Scanner
+
+    key = WatermarkKey("ours", "3d" * 32, delta=6.0)
+    writer = MarkedWriter(list(WORDS))
+    tokenizer = WordTokenizer()
+    batch, expected = Batch(), []
+    for i, length in enumerate([*range(6, 16), *range(6, 16)]):
+        text = writer.write(length, key if i % 4 else None, i)
+        batch.append("c.jsonl", text, i + 1)
+        found = detect(tokenizer.tokens(text), key)
+        if found.tokens_scored >= 10 and found.p_value < 0.05:
+            expected.append(i + 1)
+    scanner = Scanner(Keyring([key]), alpha=0.05, min_tokens=10)
+    assert [f.line for f in scanner.findings(batch) if f.kind == "watermark"] == expected
+    assert len(expected) >= 5  # marked texts of 11 tokens and more are found
+
+
 def test_vectorised_count_equals_the_reference_count():
     from distillwatch.provenance.watermark import count_green, count_green_fast, scored_pairs
 
