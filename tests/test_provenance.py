@@ -279,11 +279,12 @@ def test_scan_with_worker_processes_reports_exactly_what_one_process_does(
     assert len([f for f in found if f["kind"] == "assistant_marker"]) >= 10
 
 
-def test_scan_workers_do_not_run_the_calling_script_again(tmp_path):
+@pytest.mark.parametrize("how", ["script", "module"])
+def test_scan_workers_do_not_run_the_calling_script_again(tmp_path, how):
     """The console script's ``__main__`` imports the whole CLI; spawned workers would run it
-    again each. A script that leaves a file behind when run as a worker's ``__mp_main__``
-    scans with two workers: the scan is right, the file never appears, and the script's own
-    ``__file__`` is back afterwards."""
+    again each. A script (run by path, or with ``python -m``) that leaves a file behind when
+    run as a worker's ``__mp_main__`` scans with two workers: the scan is right, the file never
+    appears, and the script's own ``__file__`` is back afterwards."""
     key = WatermarkKey("ours", "7c" * 32)
     writer = MarkedWriter(list(WORDS))
     corpus = tmp_path / "corpus.jsonl"
@@ -301,10 +302,11 @@ if __name__ == "__main__":
     scan_module.BATCH_CHARS = 2_000  # several units of work
     found = [f.as_dict() for f in scan_module.scan([pathlib.Path({str(corpus)!r})],
              Keyring.read(pathlib.Path({str(tmp_path / "keys.json")!r})), workers=2)]
-    assert __file__ == {str(script)!r}
+    assert __file__ == {str(script)!r} and (__spec__ is None) == {how == "script"}
     print(json.dumps([f["line"] for f in found if f["kind"] == "watermark"]))
 """)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+    command = [str(script)] if how == "script" else ["-m", "caller"]
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == list(range(1, 31, 3))

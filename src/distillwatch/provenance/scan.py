@@ -560,22 +560,24 @@ def _run_all(scanner: Scanner, units: Iterator[Work],
 
 @contextlib.contextmanager
 def _main_script_hidden() -> Iterator[None]:
-    """While scan workers start, hide the path of a ``__main__`` run as a script, so that spawn
-    does not run the script again in every worker (it does, so that what the script defines
-    can be unpickled there). A worker is sent only the scanner, built from this package's
-    modules, and the ``distillwatch`` console script imports the whole CLI: half a second of
-    every worker's start, more than a whole unit of work. ``python -m`` mains are left alone
-    (spawn does not re-run a ``__main__`` module)."""
+    """While scan workers start, hide where ``__main__`` came from (its ``__file__``, or its
+    ``__spec__`` under ``python -m``), so that spawn does not run it again in every worker (it
+    does, so that what the main module defines can be unpickled there). A worker is sent only
+    the scanner, built from this package's modules, and the ``distillwatch`` console script
+    imports the whole CLI: half a second of every worker's start, more than a unit of work."""
     main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if main is None or path is None or getattr(main, "__spec__", None) is not None:
-        yield
-        return
-    del main.__file__
+    hidden = {name: getattr(main, name) for name in ("__file__", "__spec__")
+              if getattr(main, name, None) is not None}  # fmt: skip
+    for name in hidden:
+        if name == "__spec__":
+            main.__spec__ = None
+        else:
+            del main.__file__
     try:
         yield
     finally:
-        main.__file__ = path
+        for name, value in hidden.items():
+            setattr(main, name, value)
 
 
 _WORKER: Scanner | None = None
