@@ -86,10 +86,10 @@ def test_closed_test_scores_each_window_once_and_never_the_prompt(models):
     assert copied.tokens_scored == 1  # only the window across the join is new
 
 
-def test_served_filter_scores_only_tokens_after_a_served_history(models):
+def test_served_filter_scores_only_tokens_after_a_served_history(models, monkeypatch):
     key = models["key"]  # context 1
-    served = ServedFilter.of([[1, 2, 3, 4]], history=2)
-    assert served.histories == {(1, 2), (2, 3), (3, 4)}
+    served = ServedFilter.of([[1, 2, 3, 4], [3, 4], [7]], history=2)
+    assert len(served) == 3  # (1, 2), (2, 3), (3, 4); [7] is too short to hold one
     answer = [1, 2, 3, 9, 9, 1, 2, 7]
     # Scored: 3 after (1, 2), 9 after (2, 3), 7 after (1, 2); the second (1, 2) -> 3 never
     # comes, and 9 -> 9 follows (3, 9), which was not served.
@@ -100,6 +100,33 @@ def test_served_filter_scores_only_tokens_after_a_served_history(models):
                     served=ServedFilter.of([[1, 2]], history=1))  # fmt: skip
     with pytest.raises(ValueError, match="at least 1"):
         ServedFilter.of([[1, 2]], history=0)
+    # Built in chunks (a large harvest), the filter is the same.
+    texts = [list(range(i, i + 40)) for i in range(0, 4000, 7)]
+    whole = ServedFilter.of(texts, history=3)
+    monkeypatch.setattr(ServedFilter, "_CHUNK", 50)
+    assert np.array_equal(ServedFilter.of(texts, history=3).codes, whole.codes)
+    assert len(whole) == len({tuple(t[i : i + 3]) for t in texts for i in range(38)})
+    # On random samples, what is scored is what a set of history tuples would keep.
+    rng = np.random.default_rng(4)
+    served_texts = [rng.integers(0, 30, 60).tolist() for _ in range(20)]
+    samples = [
+        (rng.integers(0, 30, 5).tolist(), rng.integers(0, 30, 50).tolist()) for _ in range(40)
+    ]
+    histories = {tuple(t[i - 2 : i]) for t in served_texts for i in range(2, len(t) + 1)}
+    seen, reference = set(), []
+    for prompt, answer in samples:
+        full = prompt + answer
+        copied = {tuple(full[i - 1 : i + 1]) for i in range(1, len(prompt))}
+        for t in range(len(prompt), len(full)):
+            window = tuple(full[t - 1 : t + 1])
+            if window not in seen and window not in copied and tuple(full[t - 2 : t]) in histories:
+                seen.add(window)
+                reference.append(window)
+    result = closed_test(samples, key, served=ServedFilter.of(served_texts))
+    assert result.tokens_scored == len(reference) > 100
+    assert result.green == sum(
+        bool(key.green([a], np.array([b], np.uint64))[0]) for a, b in reference
+    )
 
 
 def test_filtering_on_what_the_harvest_received_finds_a_small_share(models):

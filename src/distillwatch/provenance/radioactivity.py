@@ -296,21 +296,57 @@ class ServedFilter:
     needs to be at least the key's context (so every scored window's context was served).
     """
 
-    histories: frozenset[tuple[int, ...]]
+    codes: np.ndarray  # each served history's code (:func:`_history_codes`), sorted, distinct
     history: int = 2
+
+    #: Codes gathered before they are de-duplicated (memory stays bounded on a large harvest).
+    _CHUNK = 4_000_000
 
     @classmethod
     def of(cls, texts: Iterable[Sequence[int]], history: int = 2) -> ServedFilter:
+        """The filter of ``texts`` (token ids): 8 bytes a distinct history, so the responses of
+        a large campaign fit (tuples in a set took about 100)."""
         if history < 1:
             raise ValueError("history: at least 1 token")
-        found: set[tuple[int, ...]] = set()
+        codes = np.zeros(0, np.uint64)
+        pending: list[np.ndarray] = []
+        size = 0
         for ids in texts:
-            row = [int(t) for t in ids]
-            found.update(tuple(row[t - history : t]) for t in range(history, len(row) + 1))
-        return cls(frozenset(found), history)
+            row = np.asarray(ids, np.uint64)
+            if len(row) >= history:
+                pending.append(_history_codes(row, history))
+                size += len(pending[-1])
+            if size >= cls._CHUNK:
+                codes, pending, size = np.unique(np.concatenate([codes, *pending])), [], 0
+        if pending:
+            codes = np.unique(np.concatenate([codes, *pending]))
+        return cls(codes, history)
+
+    def served(self, codes: np.ndarray) -> np.ndarray:
+        """Which of these history codes occur in the served text (a boolean mask)."""
+        if not len(self.codes):
+            return np.zeros(len(codes), bool)
+        at = np.minimum(np.searchsorted(self.codes, codes), len(self.codes) - 1)
+        return self.codes[at] == codes
 
     def __len__(self) -> int:
-        return len(self.histories)
+        return len(self.codes)
+
+
+def _history_codes(ids: np.ndarray, history: int) -> np.ndarray:
+    """One 64-bit code for each run of ``history`` consecutive ids: ``ids[t - history : t]`` for
+    ``t = history .. len(ids)``, in that order. A multiplicative hash: two histories sharing a
+    code (odds about n^2 / 2^64) only add a token to what is scored, and whether a token is
+    scored still depends on nothing but the tokens before it."""
+    n = len(ids) - history + 1
+    if n <= 0:
+        return np.zeros(0, np.uint64)
+    code = np.zeros(n, np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(history):
+            code = (code ^ (ids[j : j + n] + np.uint64(1))) * np.uint64(0x9E3779B97F4A7C15)
+            code ^= code >> np.uint64(29)
+    return code
 
 
 def closed_test(samples: Iterable[tuple[Sequence[int], Sequence[int]]],
@@ -324,17 +360,24 @@ def closed_test(samples: Iterable[tuple[Sequence[int], Sequence[int]]],
     if served is not None and served.history < h:
         raise ValueError(f"served filter: history {served.history} is shorter than the key's "
                          f"context {h}")  # fmt: skip
-    back = max(h, served.history if served is not None else 0)
+    back_served = served.history if served is not None else 0
+    back = max(h, back_served)
     seen: set[tuple[int, ...]] = set()
     rows = []
     for prompt, answer in samples:
         full = [*map(int, prompt), *map(int, answer)]
         copied = {tuple(full[i - h : i + 1]) for i in range(h, len(prompt))}
+        # kept[t - k]: the k tokens before t were served (k = served.history)
+        kept = (
+            None
+            if served is None
+            else served.served(_history_codes(np.asarray(full, np.uint64), served.history))
+        )
         for t in range(max(len(prompt), back), len(full)):
             window = tuple(full[t - h : t + 1])
             if window in seen or window in copied:
                 continue
-            if served is not None and tuple(full[t - served.history : t]) not in served.histories:
+            if kept is not None and not kept[t - back_served]:
                 continue
             seen.add(window)
             rows.append(window)
