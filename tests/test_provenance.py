@@ -21,6 +21,7 @@ from distillwatch.errors import ProvenanceKeyError
 from distillwatch.provenance import (
     Keyring,
     MarkedWriter,
+    TokenizerFile,
     WatermarkKey,
     WordTokenizer,
     binomial_test,
@@ -341,6 +342,74 @@ def test_scan_reports_exactly_the_documents_detect_finds_at_the_min_tokens_bound
     scanner = Scanner(Keyring([key]), alpha=0.05, min_tokens=10)
     assert [f.line for f in scanner.findings(batch) if f.kind == "watermark"] == expected
     assert len(expected) >= 5  # marked texts of 11 tokens and more are found
+
+
+def test_detect_and_scan_with_the_serving_model_s_own_subword_tokenizer(tmp_path, cli, shared_data):
+    """A server whose model has a BPE vocabulary (trained here, saved as tokenizer.json)
+    watermarks its ids; ``detect --tokenizer`` and ``scan --tokenizer`` find its texts on those
+    ids, where distillwatch's word tokenizer sees nothing; a file that is not a tokenizer is a
+    clean error."""
+    import pickle
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from distillwatch.provenance.scan import Scanner
+
+    plays = sorted((shared_data / "shakespeare_gutenberg").glob("*.txt"))[:3]
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train([str(p) for p in plays], trainers.BpeTrainer(
+        vocab_size=3000, special_tokens=["[UNK]"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    bpe.save(str(tmp_path / "tokenizer.json"))
+    # Whole-word tokens (" word") that a re-encoding gives back as themselves: text the server
+    # wrote from them re-encodes to the ids it sampled.
+    words = np.array(sorted(t for t in range(bpe.get_vocab_size())
+                            if (w := bpe.decode([t])).startswith(" ") and w[1:].isalpha()
+                            and bpe.encode(w).ids == [t]), np.uint64)  # fmt: skip
+    assert len(words) > 300
+    key = WatermarkKey("bpe", "4e" * 32)
+    rng = np.random.default_rng(2)
+    lines = []
+    for i in range(12):
+        history = [int(rng.choice(words))]
+        for _ in range(120):
+            logits = np.zeros(len(words)) + (
+                key.delta * key.green(history[-1:], words) if i % 2 == 0 else 0
+            )
+            p = np.exp(logits) / np.exp(logits).sum()
+            history.append(int(words[rng.choice(len(words), p=p)]))
+        lines.append(json.dumps({"response": bpe.decode(history)}))
+    (tmp_path / "served.jsonl").write_text("\n".join(lines) + "\n")
+    Keyring([key]).write(tmp_path / "keys.json")
+    found = {}
+    for tokenizer in ([], ["--tokenizer", tmp_path / "tokenizer.json"]):
+        result = cli("provenance", "detect", tmp_path / "served.jsonl", "--keys", tmp_path / "keys.json",
+                     *tokenizer, "--json")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        found[bool(tokenizer)] = [
+            t["corrected_p_value"] for t in json.loads(result.stdout)["texts"]
+        ]
+    assert all(p < 1e-6 for p in found[True][0:12:2]) and all(p > 1e-3 for p in found[True][1:12:2])
+    assert found[False][-1] > 1e-3  # pooled, on the word tokenizer's ids: nothing
+    result = cli("provenance", "scan", tmp_path / "served.jsonl", "--field", "response", "--keys",
+                 tmp_path / "keys.json", "--tokenizer", tmp_path / "tokenizer.json",
+                 "--out", tmp_path / "found.jsonl")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    marked = [json.loads(x)["line"] for x in (tmp_path / "found.jsonl").read_text().splitlines()]
+    assert marked == list(range(1, 13, 2))
+    # A scan worker gets the tokenizer pickled: the same ids after the round trip.
+    scanner = pickle.loads(
+        pickle.dumps(Scanner(Keyring([key]), tokenizer=TokenizerFile(tmp_path / "tokenizer.json")))
+    )
+    assert (
+        scanner.tokenizer.tokens(json.loads(lines[0])["response"])
+        == bpe.encode(json.loads(lines[0])["response"]).ids
+    )
+    (tmp_path / "junk.json").write_text('{"not": "a tokenizer"}')
+    result = cli("provenance", "detect", tmp_path / "served.jsonl", "--keys", tmp_path / "keys.json",
+                 "--tokenizer", tmp_path / "junk.json")  # fmt: skip
+    assert result.returncode == 2 and "not a Hugging Face tokenizer.json" in result.stderr
 
 
 def test_vectorised_count_equals_the_reference_count():

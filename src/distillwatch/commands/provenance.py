@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -45,12 +46,36 @@ def _report_skip(path: str, line: int, reason: str) -> None:
     err_console.print(f"{path}:{line}: {reason}, skipped", highlight=False)
 
 
+TOKENIZER_HELP = (
+    "The serving model's Hugging Face tokenizer.json, where the watermark was "
+    "applied to its subword ids (default: distillwatch's word tokenizer)."
+)
+
+
+def _tokenizer(path: Path | None) -> Any:
+    """The word tokenizer, or the tokenizer file given (a clean exit 2 if it is unusable)."""
+    from distillwatch.errors import FileFormatError
+    from distillwatch.provenance.tokens import TokenizerFile, WordTokenizer
+
+    if path is None:
+        return WordTokenizer()
+    if not path.is_file():
+        err_console.print(f"[red]{safe_text(str(path))}: no such file[/]")
+        raise typer.Exit(2)
+    try:
+        return TokenizerFile(path)
+    except FileFormatError as exc:
+        err_console.print(f"[red]{safe_text(str(exc))}[/]")
+        raise typer.Exit(2) from None
+
+
 @provenance_app.command("detect")
 def detect_command(
     files: list[Path] = typer.Argument(..., help="Plain-text files (one text each) or JSONL files (one record per line)."),
     keyring: Path = typer.Option(..., "--keys", help="Watermark keyring (provenance keygen)."),
     field: str = typer.Option("response", "--field", help="JSONL: the field holding the text to test."),
     prompt_field: str = typer.Option("prompt", "--prompt-field", help="JSONL: the field holding the prompt (its n-grams are not scored)."),
+    tokenizer_file: Path | None = typer.Option(None, "--tokenizer", help=TOKENIZER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:  # fmt: skip
     """Test texts for our watermark: per text and pooled, the tokens scored, the green ones and
@@ -73,7 +98,7 @@ def detect_command(
                 f":{doc.line}" if path.suffix in (".jsonl", ".ndjson") else ""
             )
             texts.append((name, doc.text, doc.prompt))
-    results, pooled = detect_texts(texts, ring)
+    results, pooled = detect_texts(texts, ring, _tokenizer(tokenizer_file))
     rows = [*results, pooled] if len(results) > 1 else results
     if as_json:
         print(json.dumps({"keys": [k.key_id for k in ring.keys], "texts": [
@@ -110,6 +135,7 @@ def scan_command(
     target_precision: float = typer.Option(0.95, "--target-precision", min=0.5, max=0.999, help="The classifier flags at the lowest score whose held-out precision reaches this..."),
     max_fpr: float = typer.Option(0.02, "--max-fpr", min=0.0, max=0.5, help="...and that flags at most this share of the held-out other texts."),
     workers: int = typer.Option(0, "--workers", min=0, max=64, help="Worker processes for corpora of more than one batch (0: one per CPU core, at most 8; 1: none)."),
+    tokenizer_file: Path | None = typer.Option(None, "--tokenizer", help=TOKENIZER_HELP),
 ) -> None:  # fmt: skip
     """Scan a corpus for other models' outputs before training on it: assistant markers (commit
     trailers, 'Generated with' footers, bot e-mails, chat boilerplate), our own watermark,
@@ -152,12 +178,14 @@ def scan_command(
             err_console.print(f"[red]vendor classifier: {exc}[/]")
             raise typer.Exit(2) from None
         err_console.print(safe_text(f"vendor classifier: {classifier.describe()}"))
+    tokenizer = _tokenizer(tokenizer_file) if tokenizer_file is not None else None
     started = time.perf_counter()
     counts: dict[str, int] = {}
     handle = out.open("w") if out else None
     try:
         for finding in scan(paths, ring, references, field, alpha, on_skip=_report_skip,
-                            classifier=classifier, workers=workers or min(8, os.cpu_count() or 1)):  # fmt: skip
+                            classifier=classifier, workers=workers or min(8, os.cpu_count() or 1),
+                            tokenizer=tokenizer):  # fmt: skip
             counts[finding.kind] = counts.get(finding.kind, 0) + 1
             line = json.dumps(finding.as_dict())
             if handle is not None:
@@ -190,6 +218,7 @@ def radioactivity_command(
     suspect_model: Path | None = typer.Option(None, "--suspect-model", help="Open mode: the suspect's weights (a distillwatch n-gram model file)."),
     texts: Path | None = typer.Option(None, "--texts", help="Open mode: our watermarked texts whose contexts the suspect is run on."),
     field: str = typer.Option("text", "--field", help="JSONL: the field holding each prompt or text."),
+    tokenizer_file: Path | None = typer.Option(None, "--tokenizer", help="Closed mode: " + TOKENIZER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
 ) -> None:  # fmt: skip
     """Did a suspect model train on our watermarked outputs? Closed mode samples the suspect
@@ -208,7 +237,6 @@ def radioactivity_command(
         sample_endpoint,
     )
     from distillwatch.provenance.scan import documents
-    from distillwatch.provenance.tokens import WordTokenizer
 
     def stop(message: str) -> typer.Exit:
         err_console.print(f"[red]{safe_text(message)}[/]")
@@ -263,7 +291,9 @@ def radioactivity_command(
         items = asked[::step][:probes]
         if not items:
             raise stop(f"campaign {campaign!r}: no prompts to probe with; give --prompts")
-    tokenizer = WordTokenizer()
+    if tokenizer_file is not None and suspect is None:
+        raise stop("--tokenizer: closed mode only (open mode runs the suspect on its own ids)")
+    tokenizer = _tokenizer(tokenizer_file)
     scope = None
     if served is not None or harvest:
         if served_history < max(k.context for k in keys):

@@ -1,7 +1,7 @@
 """Provenance: watermark what we serve and prove it afterwards."""
 
 from distillwatch.provenance.detect import TextResult, detect_texts
-from distillwatch.provenance.tokens import MarkedWriter, WordTokenizer
+from distillwatch.provenance.tokens import MarkedWriter, TokenizerFile, WordTokenizer
 from distillwatch.provenance.watermark import (
     Detection,
     Keyring,
@@ -11,5 +11,5 @@ from distillwatch.provenance.watermark import (
     watermark_logits,
 )
 
-__all__ = ["Detection", "Keyring", "MarkedWriter", "TextResult", "WatermarkKey", "WordTokenizer",
-           "binomial_test", "detect", "detect_texts", "watermark_logits"]  # fmt: skip
+__all__ = ["Detection", "Keyring", "MarkedWriter", "TextResult", "TokenizerFile", "WatermarkKey",
+           "WordTokenizer", "binomial_test", "detect", "detect_texts", "watermark_logits"]  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from distillwatch.provenance.tokens import WordTokenizer
+from distillwatch.provenance.tokens import Tokenizer, WordTokenizer
 from distillwatch.provenance.watermark import (
     Detection,
     Keyring,
@@ -33,7 +33,7 @@ class TextResult:
 
 
 def detect_texts(texts: Sequence[tuple[str, str, str]], keyring: Keyring,
-                 tokenizer: WordTokenizer | None = None) -> tuple[list[TextResult], TextResult]:  # fmt: skip
+                 tokenizer: Tokenizer | None = None) -> tuple[list[TextResult], TextResult]:  # fmt: skip
     """``texts``: (name, text, prompt) triples. Returns each text's result and the pooled one
     (all texts' pairs together, each distinct (context, token) pair once across the pool)."""
     tokenizer = tokenizer or WordTokenizer()

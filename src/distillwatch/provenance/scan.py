@@ -415,7 +415,7 @@ class Scanner:
 
     def __init__(self, keyring: Any = None, references: list[str] | None = None,
                  alpha: float = 1e-6, min_tokens: int = 50, threshold: float = 0.7,
-                 classifier: Any = None) -> None:  # fmt: skip
+                 classifier: Any = None, tokenizer: Any = None) -> None:  # fmt: skip
         from distillwatch.provenance.tokens import WordTokenizer
 
         self.keys = list(keyring.keys) if keyring is not None else []
@@ -424,7 +424,7 @@ class Scanner:
         self.min_tokens = min_tokens
         self.threshold = threshold
         self.classifier = classifier
-        self.tokenizer = WordTokenizer()
+        self.tokenizer = tokenizer if tokenizer is not None else WordTokenizer()
         self._lsh: Any = None
         self._signature: Any = None
 
@@ -509,9 +509,12 @@ def _tail_at_least(scored: int, green: int, gamma: float, bar: float) -> bool:
 def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = None,
          field: str = "text", alpha: float = 1e-6, min_tokens: int = 50,
          threshold: float = 0.7, on_skip: Skipped | None = None,
-         classifier: Any = None, workers: int = 1) -> Iterator[Finding]:  # fmt: skip
+         classifier: Any = None, workers: int = 1, tokenizer: Any = None) -> Iterator[Finding]:  # fmt: skip
     """Findings over every document of ``paths`` (see the module docstring), document by
     document in input order, computed a unit of work (:func:`read`) at a time.
+
+    ``tokenizer``: the serving model's (:class:`~.tokens.TokenizerFile`) where the watermark
+    was applied to a subword vocabulary; default :class:`~.tokens.WordTokenizer`.
 
     ``workers`` > 1: that many worker processes parse and scan units while this process reads
     the next ones (the findings and skip reports still come in input order; at most two units
@@ -519,7 +522,7 @@ def scan(paths: list[Path], keyring: Any = None, references: list[str] | None = 
     workers are spawned, not forked, and do not run the calling script again
     (:func:`_main_script_hidden`): what they are sent (a keyring, a classifier) must come from
     importable modules, not from ``__main__``."""
-    scanner = Scanner(keyring, references, alpha, min_tokens, threshold, classifier)
+    scanner = Scanner(keyring, references, alpha, min_tokens, threshold, classifier, tokenizer)
     units = (work for path in paths for work in read(path, field))
     for found, skipped in _run_all(scanner, units, workers):
         for skip in skipped:

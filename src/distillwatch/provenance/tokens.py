@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -188,6 +188,60 @@ def _ascii_buffer(array: Any) -> tuple[Any, np.ndarray]:
     return buffer, np.diff(offsets)
 
 
+class Tokenizer(Protocol):
+    """What detection needs of a tokenizer: a text's token ids, as the server that marked it
+    counted them (:class:`WordTokenizer`, :class:`TokenizerFile`)."""
+
+    def tokens(self, text: str) -> list[int]: ...
+
+
+class TokenizerFile:
+    """The serving model's own tokenizer, from a Hugging Face ``tokenizer.json`` read offline
+    (the ``tokenizers`` library of the ``embed`` extra; no PyTorch, no model hub): for text
+    watermarked by a server whose model has a subword vocabulary, the watermark lives on that
+    vocabulary's ids. ``tokens`` and ``tokens_batch`` as :class:`WordTokenizer` (no special
+    tokens added). Text that a model generated re-encodes to the ids it generated as long as
+    the tokenizer is the model's and the text was not edited (BPE's own tokenisation of a
+    string can differ from the path a sampler took to it, which costs a few pairs, never adds
+    green ones)."""
+
+    def __init__(self, path: Any) -> None:
+        from distillwatch.errors import FileFormatError
+
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:  # pragma: no cover - the embed extra is absent
+            raise FileFormatError(f"{path}: reading a tokenizer needs distillwatch[embed] "
+                                  "(the tokenizers library)") from exc  # fmt: skip
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises bare Exceptions
+            raise FileFormatError(f"{path}: not a Hugging Face tokenizer.json "
+                                  f"({str(exc)[:200]})") from None  # fmt: skip
+        self.path = str(path)
+
+    def __getstate__(self) -> dict[str, Any]:  # scan workers: send the file's text, not Rust
+        return {"path": self.path, "json": self._tokenizer.to_str()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from tokenizers import Tokenizer
+
+        self.path, self._tokenizer = state["path"], Tokenizer.from_str(state["json"])
+
+    def tokens(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def tokens_batch(self, texts: Sequence[str] | Any,
+                     ordered: bool = True) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """As :meth:`WordTokenizer.tokens_batch` (always in text order)."""
+        if not isinstance(texts, list | tuple):
+            texts = texts.to_pylist()  # an Arrow string array
+        encoded = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        counts = np.fromiter((len(e.ids) for e in encoded), np.int64, len(encoded))
+        ids = np.fromiter((t for e in encoded for t in e.ids), np.uint64, int(counts.sum()))
+        return ids, np.repeat(np.arange(len(encoded), dtype=np.int64), counts)
+
+
 #: Character classes as Python's ``re`` sees a ``str``: ``\s`` (``str.isspace``, which also
 #: holds ``\x1c``-``\x1f``), ``\w`` (``str.isalnum`` or underscore) and everything else.
 _SPACE_CHAR, _WORD_CHAR, _OTHER_CHAR, _UNKNOWN = 0, 1, 2, 255
@@ -251,4 +305,4 @@ class MarkedWriter:
         return " ".join(out)
 
 
-__all__ = ["MarkedWriter", "WordTokenizer", "watermark_logits"]
+__all__ = ["MarkedWriter", "TokenizerFile", "WordTokenizer", "watermark_logits"]
