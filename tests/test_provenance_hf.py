@@ -9,6 +9,8 @@ take the extra: PyPI's torch wheel brings gigabytes of CUDA libraries)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -183,3 +185,32 @@ def test_open_mode_radioactivity_finds_a_transformers_student_of_our_watermarked
     assert found.p_value < 1e-6 < 1e-3 < control.p_value
     # A key the student never saw: nothing (the preference is for our key's green lists).
     assert open_test_hf(marked, probes.tolist(), WatermarkKey("other", "6b" * 32)).p_value > 1e-3
+
+
+def test_radioactivity_cli_runs_a_transformers_model_folder_in_open_mode(tmp_path, cli):
+    """``provenance radioactivity --suspect-model DIR``: a saved transformers model, our texts
+    read with the model's tokenizer.json (a word-level one naming the 64 ids here), tells the
+    student of our watermarked answers from the student of plain ones."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    key = WatermarkKey("radio", "5a" * 32, gamma=0.25, delta=2.0, context=1)
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    ring = tmp_path / "keys.json"
+    Keyring([key]).write(ring)
+    texts = tmp_path / "ours.txt"
+    texts.write_text(
+        "\n".join(" ".join(f"w{t}" for t in row) for row in _teacher_texts(100, key, 2))
+    )
+    p = {}
+    for name, marked in (("marked", key), ("plain", None)):
+        folder = tmp_path / name
+        _train(_teacher_texts(600, marked, 1), seed=1).save_pretrained(folder)
+        words.save(str(folder / "tokenizer.json"))
+        result = cli("provenance", "radioactivity", "--keys", ring, "--suspect-model", folder,
+                     "--texts", texts, "--json", timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert doc["mode"] == "open" and "(transformers) run on 100 of our texts" in doc["detail"]
+        p[name] = doc["per_key"][0]["p_value"]
+    assert p["marked"] < 1e-6 < 1e-3 < p["plain"]

@@ -220,6 +220,9 @@ def test_open_mode_tells_the_tainted_student_from_the_clean_one(models, tmp_path
     assert (
         verdict["tainted"]["mode"] == "open" and "cannot show" in verdict["tainted"]["explanation"]
     )
+    result = cli("provenance", "radioactivity", "--keys", ring, "--suspect-model",
+                 tmp_path / "tainted.json", "--texts", texts, "--tokenizer", ring)  # fmt: skip
+    assert result.returncode == 2 and "n-gram suspect reads" in result.stderr
 
 
 def test_closed_mode_through_an_openai_compatible_endpoint(models, tmp_path, cli):

@@ -215,10 +215,10 @@ def radioactivity_command(
     store: Path | None = typer.Option(None, "--store", "-s", help="With --campaign: the DuckDB store detect ran on."),
     probes: int = typer.Option(1000, "--probes", min=1, max=100_000, help="With --campaign and no --prompts: how many of its prompts to send (spread over its history)."),
     served_history: int = typer.Option(2, "--served-history", min=1, max=8, help="Closed mode with --served: tokens of history that must occur in the served texts."),
-    suspect_model: Path | None = typer.Option(None, "--suspect-model", help="Open mode: the suspect's weights (a distillwatch n-gram model file)."),
+    suspect_model: Path | None = typer.Option(None, "--suspect-model", help="Open mode: the suspect's weights: a distillwatch n-gram model file, or a transformers model folder (the hf extra; our texts are read with --tokenizer, else the folder's tokenizer.json)."),
     texts: Path | None = typer.Option(None, "--texts", help="Open mode: our watermarked texts whose contexts the suspect is run on."),
     field: str = typer.Option("text", "--field", help="JSONL: the field holding each prompt or text."),
-    tokenizer_file: Path | None = typer.Option(None, "--tokenizer", help="Closed mode: " + TOKENIZER_HELP),
+    tokenizer_file: Path | None = typer.Option(None, "--tokenizer", help=TOKENIZER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a summary."),
 ) -> None:  # fmt: skip
     """Did a suspect model train on our watermarked outputs? Closed mode samples the suspect
@@ -291,8 +291,14 @@ def radioactivity_command(
         items = asked[::step][:probes]
         if not items:
             raise stop(f"campaign {campaign!r}: no prompts to probe with; give --prompts")
-    if tokenizer_file is not None and suspect is None:
-        raise stop("--tokenizer: closed mode only (open mode runs the suspect on its own ids)")
+    hf_model = suspect_model is not None and suspect_model.is_dir()
+    if hf_model and tokenizer_file is None:
+        tokenizer_file = suspect_model / "tokenizer.json"  # type: ignore[operator]
+        if not tokenizer_file.is_file():
+            raise stop(f"{suspect_model}: no tokenizer.json; give --tokenizer (the one our "
+                       "watermarked texts were generated with)")  # fmt: skip
+    if tokenizer_file is not None and suspect_model is not None and not hf_model:
+        raise stop("--tokenizer: an n-gram suspect reads distillwatch's word tokenizer's ids")
     tokenizer = _tokenizer(tokenizer_file)
     scope = None
     if served is not None or harvest:
@@ -317,6 +323,22 @@ def radioactivity_command(
                 f"the {len(harvest):,} responses campaign {campaign} was served")  # fmt: skip
             detail += (f"; scored only after the {len(scope):,} {served_history}-token histories "
                        f"of {origin}")  # fmt: skip
+    elif hf_model:
+        try:
+            from transformers import AutoModelForCausalLM
+
+            from distillwatch.provenance.hf import open_test_hf
+        except ImportError:
+            raise stop(
+                "a transformers suspect needs the hf extra: pip install 'distillwatch[hf]'"
+            ) from None
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(suspect_model, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise stop(f"{suspect_model}: {exc}"[:300]) from None
+        ids = [tokenizer.tokens(t) for t in items]
+        results = [open_test_hf(lm, ids, k) for k in keys]
+        detail = f"{suspect_model} (transformers) run on {len(ids)} of our texts"
     else:
         try:
             lm = NgramLM.load(suspect_model)  # type: ignore[arg-type]
