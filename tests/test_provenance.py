@@ -412,6 +412,75 @@ def test_detect_and_scan_with_the_serving_model_s_own_subword_tokenizer(tmp_path
     assert result.returncode == 2 and "not a Hugging Face tokenizer.json" in result.stderr
 
 
+def test_parquet_scans_as_jsonl_does_and_reports_what_it_cannot_read(tmp_path, monkeypatch):
+    """The same texts as Parquet (read as Arrow columns, several units) and as JSONL give the
+    same findings at the same lines; null rows, a missing or non-text column, an unreadable
+    file, invalid UTF-8 and over-long texts are handled as JSONL handles them, and reported."""
+    import pyarrow.parquet as pq
+
+    from distillwatch.provenance import scan as scan_module
+
+    key = WatermarkKey("ours", "2f" * 32)
+    writer = MarkedWriter(list(WORDS))
+    texts: list[str | None] = []
+    for i in range(300):
+        text = writer.write(120, key if i % 7 == 3 else None, i)
+        texts.append(
+            None if i % 50 == 9 else text + ("\n\nGenerated with Claude" if i % 11 == 5 else "")
+        )
+    pq.write_table(pa.table({"text": texts, "n": list(range(300))}), tmp_path / "c.parquet",
+                   row_group_size=64)  # fmt: skip
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    monkeypatch.setattr(scan_module, "BATCH_CHARS", 20_000)  # several units a file
+    monkeypatch.setattr(scan_module, "PARQUET_ROWS", 64)
+    assert len(list(scan_module.read(tmp_path / "c.parquet"))) >= 4
+    found, skips = {}, {}
+    for kind in ("parquet", "jsonl"):
+        skips[kind] = []
+        found[kind] = [(f.kind, f.line, f.reason) for f in scan_module.scan(
+            [tmp_path / f"c.{kind}"], Keyring([key]), on_skip=lambda *s, k=kind: skips[k].append(s[1:]))]  # fmt: skip
+    assert found["parquet"] == found["jsonl"]
+    assert [line for kind, line, _ in found["parquet"] if kind == "watermark"] == [
+        i + 1 for i in range(300) if i % 7 == 3 and i % 50 != 9
+    ]
+    assert (
+        skips["parquet"]
+        == skips["jsonl"]
+        == [(i + 1, "no string field 'text'") for i in range(9, 300, 50)]
+    )
+    reported: list[tuple] = []
+    for field_name, path in (("nope", "c.parquet"), ("n", "c.parquet"), ("text", "junk.parquet")):
+        (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+        assert (
+            list(
+                scan_module.documents(
+                    tmp_path / path, field_name, on_skip=lambda *s: reported.append(s)
+                )
+            )
+            == []
+        )
+    assert [r[1:] for r in reported] == [
+        (0, "no column 'nope' (columns: text, n)"),
+        (0, "column 'n' holds int64, not text"),
+        (0, reported[2][2]),
+    ] and reported[2][2].startswith("not a readable Parquet file")
+    # Invalid UTF-8 and an over-long text, as JSONL reads them.
+    data = b"ok\xff\xfebad"
+    bad = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(np.array([0, 2, 7], np.int32).tobytes()),
+                                                 pa.py_buffer(data)])  # fmt: skip
+    pq.write_table(pa.table({"text": bad}), tmp_path / "bad.parquet")
+    assert [d.text for d in scan_module.documents(tmp_path / "bad.parquet")] == [
+        "ok",
+        "\ufffd\ufffdbad",
+    ]
+    monkeypatch.setattr(scan_module, "MAX_DOCUMENT_CHARS", 5)
+    pq.write_table(pa.table({"text": ["h\u00e9llo world", "short"]}), tmp_path / "long.parquet")
+    assert [d.text for d in scan_module.documents(tmp_path / "long.parquet")] == [
+        "h\u00e9llo",
+        "short",
+    ]
+
+
 def test_vectorised_count_equals_the_reference_count():
     from distillwatch.provenance.watermark import count_green, count_green_fast, scored_pairs
 

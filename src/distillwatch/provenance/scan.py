@@ -105,9 +105,11 @@ class Batch:
     commits: list[str | None] = field(default_factory=list)
     prompts: list[str] = field(default_factory=list)
     #: The texts as one Arrow string array, when the reader produced them so (JSONL read by
-    #: Arrow): the marker prefilter and the tokenizer read its buffers, and ``texts`` stays
-    #: empty until a step needs Python strings (:meth:`text_list`).
+    #: Arrow, Parquet): the marker prefilter and the tokenizer read its buffers, and ``texts``
+    #: stays empty until a step needs Python strings (:meth:`text_list`).
     column: Any = None
+    #: Records of the batch's part of its file that yield no document (a reader found them).
+    skipped: list[Skip] = field(default_factory=list)
 
     def append(self, path: str, text: str, line: int, commit: str | None = None,
                prompt: str = "") -> None:  # fmt: skip
@@ -135,8 +137,9 @@ class Batch:
         return Document(self.paths[i], text, self.lines[i], self.commits[i], self.prompts[i])
 
     def parse(self) -> tuple[Batch, list[Skip]]:
-        """Its documents (already read) and no skipped records: as :meth:`JsonlChunk.parse`."""
-        return self, []
+        """Its documents (already read) and the records its reader skipped: as
+        :meth:`JsonlChunk.parse`."""
+        return self, self.skipped
 
 
 @dataclass(frozen=True)
@@ -267,7 +270,7 @@ def read(path: Path, field: str = "text", prompt_field: str | None = None) -> It
                 plain.append(child)
         yield from _batched(d for p in plain for d in _text_document(p))
     elif path.suffix == ".parquet":
-        yield from _batched(_parquet_documents(path, field))
+        yield from _parquet_batches(path, field)
     elif path.suffix in (".jsonl", ".ndjson"):
         yield from _jsonl_chunks(path, field, prompt_field)
     else:
@@ -313,15 +316,79 @@ def _batched(docs: Iterable[Document]) -> Iterator[Batch]:
         yield batch
 
 
-def _parquet_documents(path: Path, field: str) -> Iterator[Document]:
+def _parquet_batches(path: Path, field: str) -> Iterator[Batch]:
+    """A Parquet file's ``field`` column about :data:`BATCH_CHARS` bytes at a time, as Arrow
+    arrays (no Python string a row: the scan reads the column's buffers). A row's line is its
+    1-based row number. Reported, never dropped unsaid: a null row (``no string field``), and
+    at line 0 a file that cannot be read, has no such column, or holds something other than
+    text in it. Invalid UTF-8 is read with replacement characters, and texts are cut at
+    :data:`MAX_DOCUMENT_CHARS`, as JSONL's are."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=2048, columns=[field]):
-        for value in batch.column(0).to_pylist():
-            row += 1
-            if isinstance(value, str):
-                yield Document(str(path), value[:MAX_DOCUMENT_CHARS], row)
+    name = str(path)
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+    except (pa.ArrowException, OSError) as exc:
+        yield Batch(skipped=[(name, 0, f"not a readable Parquet file ({str(exc)[:200]})")])
+        return
+    if field not in names:
+        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        yield Batch(skipped=[(name, 0, f"no column {field!r} (columns: {shown})")])
+        return
+    parts: list[Any] = []
+    lines: list[np.ndarray] = []
+    skipped: list[Skip] = []
+    size, row = 0, 1
+
+    def flush() -> Batch:
+        nonlocal parts, lines, skipped, size
+        column = pa.concat_arrays(parts) if parts else pa.array([], pa.large_string())
+        at = np.concatenate(lines).tolist() if lines else []
+        n = len(at)
+        batch = Batch([name] * n, [], at, [None] * n, [""] * n, column=column, skipped=skipped)
+        parts, lines, skipped, size = [], [], [], 0
+        return batch
+
+    batches = parquet.iter_batches(batch_size=PARQUET_ROWS, columns=[field])
+    while True:
+        try:
+            record = next(batches, None)
+        except (pa.ArrowException, OSError) as exc:
+            skipped.append((name, row, f"unreadable from this row on ({str(exc)[:200]})"))
+            break
+        if record is None:
+            break
+        column = record.column(0)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            skipped.append((name, 0, f"column {field!r} holds {column.type}, not text"))
+            break
+        column = column.cast(pa.large_string())
+        valid = np.ones(len(column), bool)
+        if column.null_count:
+            valid = column.is_valid().to_numpy(zero_copy_only=False)
+            skipped += [(name, row + int(i), f"no string field {field!r}")
+                        for i in np.flatnonzero(~valid)]  # fmt: skip
+            column = column.filter(pa.array(valid))
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:  # invalid UTF-8: as JSONL reads it, with replacement characters
+            raw = column.cast(pa.large_binary()).to_pylist()
+            column = pa.array([v.decode("utf-8", "replace") for v in raw], pa.large_string())
+        if len(column) and int(pc.max(pc.binary_length(column)).as_py()) > MAX_DOCUMENT_CHARS:
+            column = pc.utf8_slice_codeunits(column, 0, MAX_DOCUMENT_CHARS)
+        parts.append(column)
+        lines.append(np.flatnonzero(valid) + row)
+        size += int(pc.sum(pc.binary_length(column)).as_py() or 0)
+        row += len(valid)
+        if size >= BATCH_CHARS:
+            yield flush()
+    if parts or skipped:
+        yield flush()
 
 
 def _git_documents(repo: Path) -> Iterator[Document]:
@@ -390,6 +457,8 @@ def marker_findings(doc: Document) -> Iterator[Finding]:
 #: bounded; per-document Python work is left to the few documents that need it).
 BATCH_DOCUMENTS = 4096
 BATCH_CHARS = 8_000_000
+#: Parquet rows read at a time (a unit of work gathers them to about BATCH_CHARS).
+PARQUET_ROWS = 8192
 #: RE2 (Arrow) form of the marker prefilter, case-insensitive: exact for ASCII text, where
 #: lower-casing is one-to-one; other text takes the Python prefilter of :func:`marker_findings`.
 _LITERALS_RE2 = "|".join(re.escape(literal) for literal in _LITERALS if literal.isascii())
