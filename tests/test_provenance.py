@@ -8,6 +8,7 @@ import math
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -479,6 +480,19 @@ def test_parquet_scans_as_jsonl_does_and_reports_what_it_cannot_read(tmp_path, m
         "h\u00e9llo",
         "short",
     ]
+
+
+def test_a_folder_scan_reports_binary_files_instead_of_reading_them_as_text(tmp_path, cli):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "logo.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(range(256))
+    )
+    (tmp_path / "docs" / "notes.md").write_text("Fixed the parser.\n\nGenerated with Claude Code\n")
+    result = cli("provenance", "scan", tmp_path / "docs", "--out", tmp_path / "found.jsonl")
+    assert result.returncode == 0, result.stderr
+    found = [json.loads(x) for x in (tmp_path / "found.jsonl").read_text().splitlines()]
+    assert [(Path(f["path"]).name, f["line"]) for f in found] == [("notes.md", 3)]
+    assert "logo.png:0: binary file, skipped" in result.stderr
 
 
 def test_vectorised_count_equals_the_reference_count():

@@ -277,9 +277,20 @@ def read(path: Path, field: str = "text", prompt_field: str | None = None) -> It
         yield from _batched(_text_document(path))
 
 
-def _text_document(path: Path) -> Iterator[Document]:
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        chunk = handle.read(MAX_DOCUMENT_CHARS)  # one document per file, bounded
+def _text_document(path: Path) -> Iterator[Document | Skip]:
+    """One document per file, bounded; a binary file (a NUL byte in its first 8 KiB, git's
+    test) is reported, not read as text, and so is a file that cannot be read."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8192)
+            if b"\0" in head:
+                yield (str(path), 0, "binary file")
+                return
+            data = head + handle.read(4 * MAX_DOCUMENT_CHARS - len(head))
+    except OSError as exc:
+        yield (str(path), 0, f"unreadable ({exc.strerror or exc})")
+        return
+    chunk = data.decode("utf-8", "replace")[:MAX_DOCUMENT_CHARS]
     if chunk:
         yield Document(str(path), chunk)
 
@@ -304,15 +315,18 @@ def _jsonl_chunks(path: Path, field: str, prompt_field: str | None) -> Iterator[
         yield JsonlChunk(str(path), first_line, rest, field, prompt_field)
 
 
-def _batched(docs: Iterable[Document]) -> Iterator[Batch]:
+def _batched(docs: Iterable[Document | Skip]) -> Iterator[Batch]:
     batch, chars = Batch(), 0
     for doc in docs:
+        if isinstance(doc, tuple):  # a file a reader skipped: reported with the batch
+            batch.skipped.append(doc)
+            continue
         batch.append(doc.path, doc.text, doc.line, doc.commit, doc.prompt)
         chars += len(doc.text)
         if len(batch) >= BATCH_DOCUMENTS or chars >= BATCH_CHARS:
             yield batch
             batch, chars = Batch(), 0
-    if len(batch):
+    if len(batch) or batch.skipped:
         yield batch
 
 
