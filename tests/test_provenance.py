@@ -604,6 +604,27 @@ def test_jsonl_chunks_read_by_arrow_equal_the_line_by_line_reading(data, whole):
     assert len(batch) + len(skipped) >= 2
 
 
+def test_jsonl_chunks_are_whole_lines_that_cover_the_file(tmp_path, monkeypatch):
+    """The chunker only finds line ends and counts lines (each chunk is read again where it is
+    parsed): on random files and buffer sizes, lines longer than the buffer, a last line with
+    or without its end, the chunks are non-empty, whole lines, in order, cover the file
+    exactly, and know their first line."""
+    from distillwatch.provenance import scan as scan_module
+
+    rng = random.Random(1)
+    for trial in range(300):
+        monkeypatch.setattr(scan_module, "BATCH_CHARS", rng.choice([5, 16, 64, 1000]))
+        lines = ["x" * rng.choice([0, 1, 3, 10, 70, 200]) for _ in range(rng.randrange(0, 30))]
+        data = ("\n".join(lines) + rng.choice(["", "\n"])).encode()
+        path = tmp_path / f"{trial}.jsonl"
+        path.write_bytes(data)
+        chunks = list(scan_module._jsonl_chunks(path, "text", None))
+        assert b"".join(c.read() for c in chunks) == data
+        for c in chunks:
+            assert c.read() and c.first_line == data[: c.start].count(b"\n") + 1
+            assert c.read().endswith(b"\n") or c.start + c.length == len(data)
+
+
 def test_a_real_corpus_chunk_takes_the_arrow_path(shared_data, tmp_path):
     from distillwatch.provenance.scan import read
 
