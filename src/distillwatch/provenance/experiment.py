@@ -45,6 +45,7 @@ import numpy as np
 from distillwatch.provenance.canary import ProbeResult, attribution_p, canary_for, probe
 from distillwatch.provenance.radioactivity import (
     NgramLM,
+    RadioactivityResult,
     ServedFilter,
     closed_test,
     open_test,
@@ -203,15 +204,8 @@ def run(corpus: Path, profile: Profile, out: Path, log: Any = print) -> dict[str
             samples = _closed(student, closed_prompts, profile, seed)
             closed = closed_test(samples, key, served=served)
             every = closed_test(samples, key)
-            unfiltered.append({"rho": rho, "mode": "closed" if rho > 0 else "control",
-                               "seed": seed, "p_value": every.p_value,
-                               "tokens_scored": every.tokens_scored,
-                               "green_share": round(every.green_share, 4)})  # fmt: skip
-            for result in (opened, closed):
-                runs.append({"rho": rho, "mode": result.mode if rho > 0 else "control",
-                             "test": result.mode, "seed": seed, "key": key.key_id,
-                             "p_value": result.p_value, "tokens_scored": result.tokens_scored,
-                             "green_share": round(result.green_share, 4)})  # fmt: skip
+            unfiltered.append(_row(rho, seed, every))
+            runs.extend(_row(rho, seed, result, key.key_id) for result in (opened, closed))
             if rho > 0:
                 for tokens in profile.token_grid:
                     for mode, result in (("open", open_test(student, test, key, tokens)),
@@ -230,10 +224,7 @@ def run(corpus: Path, profile: Profile, out: Path, log: Any = print) -> dict[str
                     other = experiment_key(seed, profile, salt=f"-control-{i}")
                     for result in (open_test(student, test, other),
                                    closed_test(samples, other, served=served)):  # fmt: skip
-                        runs.append({"rho": 0.0, "mode": "control", "test": result.mode,
-                                     "seed": seed, "key": other.key_id, "p_value": result.p_value,
-                                     "tokens_scored": result.tokens_scored,
-                                     "green_share": round(result.green_share, 4)})  # fmt: skip
+                        runs.append(_row(0.0, seed, result, other.key_id))
             log(f"seed {seed} rho {rho:.2f}: open p={opened.p_value:.3g} "
                 f"({opened.tokens_scored:,} tokens), closed p={closed.p_value:.3g} "
                 f"({closed.tokens_scored:,} tokens; every window: p={every.p_value:.3g}, "
@@ -243,10 +234,21 @@ def run(corpus: Path, profile: Profile, out: Path, log: Any = print) -> dict[str
             f"{c['cluster_id']} {c['suspect_hits']}/{c['trials']} hits (control "
             f"{c['control_hits']}/{c['trials']}, p={c['p_value']:.3g})" for c in canaries[-4:]))  # fmt: skip
     doc = {"profile": asdict(profile), "corpus": str(corpus), "runs": runs,
-           "unfiltered": unfiltered, "curves": curves, "canaries": canaries, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+           "unfiltered": unfiltered, "curves": curves, "canaries": canaries,
+           "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     (out / "results.json").write_text(json.dumps(doc, indent=1))
     plot(doc, out)
     return doc
+
+
+def _row(rho: float, seed: int, result: RadioactivityResult,
+         key_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """One test as results.json records it (``mode`` is "control" for the rho = 0 student;
+    ``test`` is which test ran; ``key`` only where the row names the key it was run with)."""
+    row = {"rho": rho, "mode": result.mode if rho > 0 else "control", "test": result.mode,
+           "seed": seed, "key": key_id, "p_value": result.p_value,
+           "tokens_scored": result.tokens_scored, "green_share": round(result.green_share, 4)}  # fmt: skip
+    return {k: v for k, v in row.items() if v is not None}
 
 
 def _closed(student: NgramLM, prompts: list[list[int]], profile: Profile,

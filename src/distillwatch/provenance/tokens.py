@@ -209,12 +209,12 @@ class TokenizerFile:
         from distillwatch.errors import FileFormatError
 
         try:
-            from tokenizers import Tokenizer
+            from tokenizers import Tokenizer as RustTokenizer
         except ImportError as exc:  # pragma: no cover - the embed extra is absent
             raise FileFormatError(f"{path}: reading a tokenizer needs distillwatch[embed] "
                                   "(the tokenizers library)") from exc  # fmt: skip
         try:
-            self._tokenizer = Tokenizer.from_file(str(path))
+            self._tokenizer = RustTokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises bare Exceptions
             raise FileFormatError(f"{path}: not a Hugging Face tokenizer.json "
                                   f"({str(exc)[:200]})") from None  # fmt: skip
@@ -224,9 +224,9 @@ class TokenizerFile:
         return {"path": self.path, "json": self._tokenizer.to_str()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer as RustTokenizer
 
-        self.path, self._tokenizer = state["path"], Tokenizer.from_str(state["json"])
+        self.path, self._tokenizer = state["path"], RustTokenizer.from_str(state["json"])
 
     def tokens(self, text: str) -> list[int]:
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
